@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with everything mxlab and its tests need. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# Install torch on its own first: a bare "torch" requirement would pull a multi-GB CUDA build
+# on a machine with no GPU. TORCH_SPEC overrides the choice (e.g. TORCH_SPEC="torch" on a GPU box).
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+.venv/bin/python -m pip install -q -r requirements-dev.txt
