@@ -1,0 +1,195 @@
+"""Loading any causal LM (hub id or local directory) and the embedded default model.
+
+The embedded default is karpathy's pretrained ``stories260K`` (llama2.c), converted once into a
+Hugging Face ``LlamaForCausalLM`` directory by ``scripts/convert_llama2c.py``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import MxlabError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parents[1] / "assets" / "stories260K"
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _offline() -> bool:
+    """True when the user asked for no network (read at call time, not import time)."""
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags):
+        return True
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
+        return False
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cpu; "auto" -> cuda when available, else cpu; anything else as given."""
+    if device is None:
+        return torch.device("cpu")
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MxlabError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu' or 'auto'")
+    return dev
+
+
+def _resolve_dtype(dtype, config, device: torch.device) -> torch.dtype:
+    """The checkpoint's dtype, or float32 on CPU when the checkpoint is half precision."""
+    if dtype is not None:
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise MxlabError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+            dtype = getattr(torch, dtype)
+        return dtype
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    if not isinstance(stored, torch.dtype):
+        stored = torch.float32
+    if device.type == "cpu" and stored in _HALF:
+        # half-precision matmuls on CPU are slow (and float16 is emulated): compute in float32
+        log.info("checkpoint is %s; loading as float32 on CPU", stored)
+        return torch.float32
+    return stored
+
+
+def _locate(source: str | os.PathLike | None) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, is_local)."""
+    if source is None:
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise MxlabError(f"the embedded model is missing from {DEFAULT_MODEL_DIR}; reinstall mxlab or run "
+                             "scripts/convert_llama2c.py")
+        return str(DEFAULT_MODEL_DIR), True
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MxlabError(f"{path} has no config.json: it is not a Hugging Face model directory")
+        return str(path), True
+    if path.exists():
+        raise MxlabError(f"{path} is a file; pass the directory holding config.json and the weights")
+    text = str(source)
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text and os.sep != "/"
+    if looks_like_path:
+        raise MxlabError(f"no such directory: {text}; give an existing local model directory or a hub id "
+                         "like 'Qwen/Qwen2.5-0.5B'")
+    return text, False
+
+
+def _from_pretrained(loader, name: str, local: bool, **kwargs):
+    """Call `loader.from_pretrained`, trying the local cache first so we never wait on the network."""
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_err:
+        if local or _offline():
+            raise cached_err
+        log.info("%s is not in the local cache; downloading from the Hugging Face hub", name)
+        return loader.from_pretrained(name, **kwargs)
+
+
+def _load_config(name: str, local: bool, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    try:
+        return _from_pretrained(AutoConfig, name, local, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise MxlabError(f"{name} needs custom code from its repository; pass trust_remote_code=True only if "
+                             "you trust it") from e
+        raise MxlabError(f"cannot read the config of {name}: {e}") from e
+    except OSError as e:
+        where = "the local cache (offline mode)" if _offline() else "the local cache or the Hugging Face hub"
+        raise MxlabError(f"cannot find model {name!r} in {where}; check the id or path, or download it first "
+                         f"(unset HF_HUB_OFFLINE when online). Details: {e}") from e
+
+
+def _check_causal_lm(name: str, config) -> None:
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return
+    if any(a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or [])) and getattr(
+            config, "auto_map", None):
+        return  # remote-code causal LM; AutoModelForCausalLM will resolve it
+    raise MxlabError(f"{name} is a {config.model_type!r} model, not a causal (decoder-only) language model; "
+                     "mxlab quantizes models that AutoModelForCausalLM can load")
+
+
+def _load_tokenizer(name: str, local: bool, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = _from_pretrained(AutoTokenizer, name, local, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        raise MxlabError(f"{name} has no usable tokenizer ({e}); add the tokenizer files "
+                         "(tokenizer.json or tokenizer.model + tokenizer_config.json) to the model directory") from e
+    if tok is None or isinstance(tok, bool):
+        raise MxlabError(f"{name} has no tokenizer; add the tokenizer files to the model directory")
+    return tok
+
+
+def _warn_if_unmapped(model) -> None:
+    """Tell the user what works for an architecture the scaling methods know nothing about."""
+    try:
+        from .architectures import architecture_map
+    except ImportError:  # the architectures module is optional for loading
+        return
+    if architecture_map(model) is None:
+        log.warning("no architecture map for %s: RTN and GPTQ work, but SmoothQuant and AWQ will skip its "
+                    "blocks (they need to know which norm feeds which linears)", type(model).__name__)
+
+
+def load_model(source: str | os.PathLike | None = None, device: str | torch.device | None = None, *,
+               dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
+               trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer from a hub id or local directory (None: the embedded default).
+
+    Args:
+        source: hub id ("Qwen/Qwen2.5-0.5B"), local HF directory, or None for stories260K.
+        device: None (cpu), "auto" (cuda when available) or any torch device.
+        dtype: None follows the checkpoint (float32 on CPU for half-precision checkpoints).
+        allow_pickle: also accept .bin/.pt pickle checkpoints (they can run arbitrary code).
+        trust_remote_code: allow model code shipped in the repository.
+    Returns:
+        (model in eval mode on `device`, tokenizer)
+    """
+    from transformers import AutoModelForCausalLM
+
+    name, local = _locate(source)
+    dev = resolve_device(device)
+    config = _load_config(name, local, trust_remote_code)
+    _check_causal_lm(name, config)
+    tokenizer = _load_tokenizer(name, local, trust_remote_code)
+    torch_dtype = _resolve_dtype(dtype, config, dev)
+    try:
+        model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, dtype=torch_dtype,
+                                 use_safetensors=None if allow_pickle else True,
+                                 trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, EnvironmentError) as e:
+        if not allow_pickle and ("safetensors" in str(e).lower() or _has_only_pickle(name)):
+            raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
+                             "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
+        raise MxlabError(f"cannot load the weights of {name}: {e}") from e
+    model = model.to(dev).eval()
+    log.info("loaded %s (%s, %.2fM parameters) on %s", name, torch_dtype,
+             sum(p.numel() for p in model.parameters()) / 1e6, dev)
+    _warn_if_unmapped(model)
+    return model, tokenizer
+
+
+def _has_only_pickle(name: str) -> bool:
+    """A local directory with pickle weights and no safetensors."""
+    path = Path(name)
+    if not path.is_dir():
+        return False
+    return not any(path.glob("*.safetensors")) and (any(path.glob("*.bin")) or any(path.glob("*.pt")))
