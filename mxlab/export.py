@@ -1,0 +1,472 @@
+"""Export: the packed MX checkpoint and its exact reload, a dequantized HF checkpoint, run results.
+
+Packed checkpoint layout (a directory, written atomically):
+- ``model.safetensors``: per quantized Linear ``<name>.weight.*`` = the tensors of its
+  ``PackedTensor.state_dict`` (element codes, E8M0 scales, int/nvfp4 parameters); every other
+  tensor of the model as it is. Header metadata ``mxlab`` (JSON): each packed weight's
+  ``PackedTensor.metadata()`` and the tied-tensor aliases.
+- ``config.json``: the Hugging Face config plus ``quantization_config`` (method "mxlab", version,
+  the recipe, each quantized module's formats, the sha256 of ``model.safetensors``).
+- the tokenizer files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .atomic import atomic_directory
+from .errors import MxlabError
+from .progress import ProgressFn, report
+
+log = logging.getLogger(__name__)
+
+QUANT_METHOD = "mxlab"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+# ----------------------------------------------------------------------------------------- saving
+def _unpack_result(result_or_model: Any, recipe: Any) -> tuple[nn.Module, Any]:
+    """Accept a QuantResult (model + recipe) or a bare model with an explicit recipe."""
+    if hasattr(result_or_model, "model") and hasattr(result_or_model, "recipe"):
+        return result_or_model.model, recipe if recipe is not None else result_or_model.recipe
+    return result_or_model, recipe
+
+
+def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every QuantLinear of ``model`` by full module name."""
+    from .qlinear import QuantLinear
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    return {"weights": spec.weights, "acts": spec.acts, "block_size": int(spec.block_size),
+            "rounding": spec.rounding}
+
+
+def _dedup(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop tensors sharing storage with an earlier one (tied embeddings); return aliases dup -> kept."""
+    seen: dict[tuple, str] = {}
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, t in tensors.items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        kept[name] = t.detach().to("cpu").contiguous()
+    return kept, aliases
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (Path, torch.dtype, torch.device)):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def finite_or_none(x: Any) -> Any:
+    """JSON has no inf/nan: write them as null (with the value logged) so files stay valid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    if tokenizer is None:
+        log.warning("no tokenizer given: %s will hold no tokenizer files", directory)
+        return
+    tokenizer.save_pretrained(str(directory))
+
+
+def _config_dict(model: nn.Module) -> dict[str, Any]:
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    return cfg
+
+
+def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.PathLike, recipe: Any = None,
+                   *, progress: ProgressFn | None = None, overwrite: bool = False) -> Path:
+    """Write the packed MX checkpoint of a quantized model (a QuantResult or model + recipe) atomically."""
+    model, recipe = _unpack_result(result_or_model, recipe)
+    qmods = quant_linears(model)
+    if not qmods:
+        raise MxlabError("the model has no quantized Linear layers; quantize it first "
+                         "(mxlab.quantize_model) or use save_dequantized for a plain checkpoint")
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        tensors: dict[str, torch.Tensor] = {}
+        modules: dict[str, dict[str, Any]] = {}
+        packed_meta: dict[str, dict[str, str]] = {}
+        for i, (name, mod) in enumerate(qmods.items()):
+            modules[name] = _spec_dict(mod.spec)
+            if mod.spec.weights != "none":
+                packed = mod.packed()
+                tensors.update(packed.state_dict(f"{name}.weight."))
+                packed_meta[name] = packed.metadata()
+            report(progress, 0.8 * (i + 1) / len(qmods), f"packing {name}")
+        plain = {k: v for k, v in model.state_dict().items()
+                 if not (k.endswith(".weight") and k[: -len(".weight")] in packed_meta)}
+        plain, aliases = _dedup(plain)
+        clash = set(plain) & set(tensors)
+        if clash:
+            raise MxlabError(f"internal name clash between packed and plain tensors: {sorted(clash)[:3]}")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        tensors.update(plain)
+        from safetensors.torch import save_file
+
+        meta = {"format": "pt", "mxlab": json.dumps({"packed": packed_meta, "aliases": aliases})}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=meta)
+        report(progress, 0.9, "writing config and tokenizer")
+        cfg = _config_dict(model)
+        cfg["quantization_config"] = {
+            "quant_method": QUANT_METHOD,
+            "version": FORMAT_VERSION,
+            "mxlab_version": __version__,
+            "recipe": recipe.to_dict() if recipe is not None else None,
+            "modules": modules,
+            "weights_sha256": _file_sha256(tmp / WEIGHTS_FILE),
+        }
+        _write_json(tmp / CONFIG_FILE, cfg)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, tmp)
+        report(progress, 1.0, "saved")
+    log.info("packed checkpoint written to %s (%d quantized modules)", directory, len(qmods))
+    return Path(directory)
+
+
+def save_dequantized(model: nn.Module, tokenizer: Any, directory: str | os.PathLike, *,
+                     overwrite: bool = False) -> Path:
+    """Write a plain HF checkpoint: fake-quantized weights as ordinary Linear weights, no mxlab needed.
+
+    Activation quantization cannot be expressed in a plain checkpoint: it reproduces weights only.
+    """
+    qmods = quant_linears(model)
+    acts = sorted({m.spec.acts for m in qmods.values() if m.spec.acts != "none"})
+    if acts:
+        log.warning("activation quantization (%s) is not part of a dequantized checkpoint: "
+                    "it reproduces the quantized weights only", ", ".join(acts))
+    # a QuantLinear may hold extra state (caches, flags); keep only what an nn.Linear has
+    state = {}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in qmods and leaf not in ("weight", "bias"):
+            continue
+        state[key] = value
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        had_qc = hasattr(model.config, "quantization_config")
+        qc = getattr(model.config, "quantization_config", None)
+        if had_qc:
+            del model.config.quantization_config
+        try:
+            model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+        finally:
+            if had_qc:
+                model.config.quantization_config = qc
+        _save_tokenizer(tokenizer, tmp)
+    log.info("dequantized checkpoint written to %s", directory)
+    return Path(directory)
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """config.json without and its quantization_config; clear errors for every way it can be wrong."""
+    if not directory.is_dir():
+        raise MxlabError(f"{directory} is not a directory; give the directory written by save_quantized "
+                         "(a run's DIR/model)")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise MxlabError(f"{directory} has no {CONFIG_FILE}; it is not a complete mxlab checkpoint, "
+                         "export it again with mxlab.save_quantized")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MxlabError(f"{path} is not readable JSON ({e}); export the checkpoint again") from e
+    qc = cfg.pop("quantization_config", None)
+    if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
+        raise MxlabError(f"{directory} is not an mxlab packed checkpoint (no quantization_config with "
+                         f"quant_method 'mxlab'); load a plain checkpoint with mxlab.load_model")
+    if int(qc.get("version", -1)) > FORMAT_VERSION:
+        raise MxlabError(f"{directory} was written by a newer mxlab (format version {qc.get('version')}, "
+                         f"this mxlab reads {FORMAT_VERSION}); upgrade mxlab")
+    if not isinstance(qc.get("modules"), dict):
+        raise MxlabError(f"{path}: quantization_config has no 'modules' table; export the checkpoint again")
+    return cfg, qc
+
+
+def _check_formats(qc: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """Validate each module's formats (canonical names) so an unknown one fails before any tensor work."""
+    from .formats import ROUNDINGS, canonical_format
+
+    modules = {}
+    for name, spec in qc["modules"].items():
+        spec = dict(spec)
+        for key in ("weights", "acts"):
+            if spec.get(key, "none") != "none":
+                try:
+                    spec[key] = canonical_format(spec[key])
+                except MxlabError as e:
+                    raise MxlabError(f"{path}: module {name} has unknown {key} format "
+                                     f"{spec.get(key)!r}: {e}") from e
+        if spec.get("rounding", "nearest") not in ROUNDINGS:
+            raise MxlabError(f"{path}: module {name} has unknown rounding {spec.get('rounding')!r}; "
+                             f"valid: {', '.join(ROUNDINGS)}")
+        modules[name] = spec
+    return modules
+
+
+def _read_weights(directory: Path, qc: dict[str, Any], verify: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and the mxlab header metadata of model.safetensors, checked against the recorded sha256."""
+    from safetensors import SafetensorError
+    from safetensors import safe_open
+
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise MxlabError(f"{directory} has no {WEIGHTS_FILE}; export the checkpoint again")
+    expected = qc.get("weights_sha256")
+    if verify and expected and _file_sha256(path) != expected:
+        raise MxlabError(f"{path} is corrupted or truncated (its sha256 differs from the one recorded in "
+                         f"{CONFIG_FILE}); export the checkpoint again")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise MxlabError(f"{path} is corrupted or truncated ({e}); export the checkpoint again") from e
+    try:
+        extra = json.loads(meta["mxlab"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise MxlabError(f"{path} lacks mxlab's header metadata; it was not written by save_quantized") from e
+    return tensors, extra
+
+
+def _build_model(cfg: dict[str, Any], dtype: torch.dtype) -> nn.Module:
+    """An un-initialised model of the config's architecture (weights come from the file)."""
+    import transformers as tf
+
+    try:
+        config = tf.AutoConfig.for_model(**cfg)
+    except (ValueError, KeyError) as e:
+        raise MxlabError(f"config.json describes a model transformers cannot build ({e})") from e
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model
+
+
+def _pop_packed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    keys = [k for k in tensors if k.startswith(prefix)]
+    return {k: tensors.pop(k) for k in keys}
+
+
+def load_quantized(directory: str | os.PathLike, device: str | torch.device | None = None, *,
+                   verify: bool = True) -> tuple[nn.Module, Any]:
+    """Rebuild a runnable quantized model (QuantLinear from the packed tensors) and its tokenizer."""
+    from .formats import PackedTensor
+    from .qlinear import QuantLinear
+    from .recipe import QuantSpec
+
+    directory = Path(directory).expanduser()
+    cfg, qc = _read_config(directory)
+    modules = _check_formats(qc, directory / CONFIG_FILE)
+    tensors, extra = _read_weights(directory, qc, verify)
+    packed_meta, aliases = extra.get("packed", {}), extra.get("aliases", {})
+
+    packed: dict[str, Any] = {}
+    for name, meta in packed_meta.items():
+        prefix = f"{name}.weight."
+        try:
+            packed[name] = PackedTensor.from_state_dict(_pop_packed(tensors, prefix), meta, prefix)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise MxlabError(f"{directory / WEIGHTS_FILE}: packed weight of {name} is incomplete ({e}); "
+                             "export the checkpoint again") from e
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    dtype = max(set(floats), key=floats.count) if floats else torch.float32
+    model = _build_model(cfg, dtype)
+
+    for name, spec in modules.items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError as e:
+            raise MxlabError(f"{directory}: module {name} in quantization_config is not in the model") from e
+        qspec = QuantSpec(spec["weights"], spec["acts"], int(spec["block_size"]), spec["rounding"])
+        qlin = QuantLinear(linear, qspec)
+        if name in packed:
+            qlin.set_quantized_weight(packed[name].dequantize().to(linear.weight.dtype), packed=packed[name])
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, qlin)
+
+    for dup, kept in aliases.items():
+        if kept in tensors:
+            tensors[dup] = tensors[kept]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not (k.endswith(".weight") and k[: -len(".weight")] in packed)]
+    if missing or unexpected:
+        raise MxlabError(f"{directory / WEIGHTS_FILE} does not match config.json: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}; export the checkpoint again")
+    model.mxlab_quantization_config = qc
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, _load_tokenizer(directory)
+
+
+def _load_tokenizer(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as e:
+        log.warning("no tokenizer could be loaded from %s (%s)", directory, e)
+        return None
+
+
+def is_packed_checkpoint(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds a config.json whose quantization_config says mxlab."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        qc = json.loads(path.read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    return qc.get("quant_method") == QUANT_METHOD
+
+
+def packed_bits_per_weight(model: nn.Module) -> float:
+    """Mean storage bits per quantized weight element, scales included (from the real packed sizes)."""
+    bits, count = 0, 0
+    for mod in quant_linears(model).values():
+        if mod.spec.weights != "none":
+            bits += 8 * mod.packed().nbytes
+            count += mod.weight.numel()
+    return bits / count if count else float("nan")
+
+
+# ------------------------------------------------------------------------------------ run results
+RESULTS_FILE = "results.json"
+RECIPE_FILE = "recipe.yaml"
+REPORT_FILE = "report.html"
+MODEL_DIR = "model"
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types all the way down; non-finite floats become null (JSON has no inf/nan)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return finite_or_none(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return _jsonable(obj.item())
+    return str(obj)
+
+
+def results_dict(outcome: Any) -> dict[str, Any]:
+    """The content of results.json: metrics, recipe, model, per-layer records, statistics."""
+    result = outcome.result
+    info = dict(getattr(outcome, "info", {}) or {})
+    return _jsonable({
+        "mxlab_version": __version__,
+        "model": info.pop("model", None),
+        "metrics": outcome.metrics,
+        "recipe": result.recipe.to_dict(),
+        "run": info,
+        "seconds": getattr(result, "seconds", None),
+        "records": list(result.records or []),
+        "stats": getattr(result, "stats", None) or {},
+    })
+
+
+def write_report_html(results: dict[str, Any], path: Path) -> bool:
+    """Write the HTML report from a results dict; False (with a warning) when plotly is missing."""
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        log.warning("plotly is not installed: skipping %s (pip install plotly, then `python -m mxlab "
+                    "report DIR` rebuilds it from results.json)", path.name)
+        return False
+    from .report import write_report
+
+    write_report(results, path)
+    return True
+
+
+def _write_tables(results: dict[str, Any], directory: Path) -> None:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        log.warning("pandas is not installed: skipping the CSV tables (results.json holds the same data)")
+        return
+    from .stats import write_tables
+
+    write_tables(directory, records=results["records"], stats=results["stats"])
+
+
+def export_run(outcome: Any, out_dir: str | os.PathLike, *, progress: ProgressFn | None = None,
+               overwrite: bool = False, save_model: bool = True) -> Path:
+    """Write a run atomically: results.json, recipe.yaml, the CSV tables, report.html and model/."""
+    from .progress import scaled
+
+    results = results_dict(outcome)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        _write_json(tmp / RESULTS_FILE, results)
+        (tmp / RECIPE_FILE).write_text(outcome.result.recipe.to_yaml())
+        _write_tables(results, tmp)
+        report(progress, 0.1, "writing the report")
+        write_report_html(results, tmp / REPORT_FILE)
+        if save_model:
+            report(progress, 0.3, "packing the model")
+            save_quantized(outcome.result, outcome.tokenizer, tmp / MODEL_DIR, progress=scaled(progress, 0.3, 1.0))
+    log.info("run written to %s", out_dir)
+    return Path(out_dir)
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load DIR/results.json (or the file itself) with a clear error when it is missing or broken."""
+    path = Path(run_dir)
+    path = path / RESULTS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise MxlabError(f"{path} not found; give a run directory written by `python -m mxlab run --out DIR`")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MxlabError(f"{path} is not readable JSON ({e}); run the experiment again") from e

@@ -1,0 +1,98 @@
+"""One experiment end to end: load -> FP eval -> quantize -> quantized eval (+KL) -> optional export.
+
+The CLI's ``run`` and the app both call ``run_experiment``; it owns the progress split across stages.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import __version__
+from .progress import ProgressFn, report, scaled
+
+log = logging.getLogger(__name__)
+
+# share of the progress bar per stage: load, FP eval, quantize, quantized eval, export
+_STAGES = {"load": (0.0, 0.05), "eval_fp": (0.05, 0.2), "quantize": (0.2, 0.75),
+           "eval_q": (0.75, 0.92), "export": (0.92, 1.0)}
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    """What one experiment produced: the QuantResult, the metrics, the quantized model and its tokenizer."""
+
+    result: Any
+    metrics: dict[str, Any]
+    model: nn.Module
+    tokenizer: Any
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # model source, eval set, versions
+    out_dir: Path | None = None
+
+
+def _stage(progress: ProgressFn | None, name: str) -> ProgressFn | None:
+    return scaled(progress, *_STAGES[name])
+
+
+def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_dataset: str = "tinystories",
+                   out_dir: str | os.PathLike | None = None, max_eval_windows: int | None = None,
+                   progress: ProgressFn | None = None, with_kl: bool = True, device: str | None = None,
+                   eval_seq_len: int | None = None, calib_tokens: Any = None,
+                   overwrite: bool = False) -> RunOutcome:
+    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
+    from .evaluate import evaluate_model
+    from .export import packed_bits_per_weight
+    from .models import load_model
+    from .pipeline import quantize_model
+
+    report(progress, 0.0, "loading model")
+    model, tokenizer = load_model(None if source is None else str(source), device=device)
+    report(progress, _STAGES["load"][1], "evaluating the FP model")
+
+    t0 = time.perf_counter()
+    fp = evaluate_model(model, tokenizer, eval_dataset, seq_len=eval_seq_len, max_windows=max_eval_windows,
+                        progress=_stage(progress, "eval_fp"))
+    seconds_eval = time.perf_counter() - t0
+    log.info("FP perplexity on %s: %.4f (%d tokens)", eval_dataset, fp["ppl"], fp["n_tokens"])
+    # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
+    reference = copy.deepcopy(model) if with_kl else None
+
+    t0 = time.perf_counter()
+    result = quantize_model(model, tokenizer, recipe, progress=_stage(progress, "quantize"), device=device,
+                            calib_tokens=calib_tokens)
+    seconds_quantize = time.perf_counter() - t0
+    qmodel = result.model
+
+    t0 = time.perf_counter()
+    q = evaluate_model(qmodel, tokenizer, eval_dataset, reference=reference, seq_len=eval_seq_len,
+                       max_windows=max_eval_windows, progress=_stage(progress, "eval_q"))
+    seconds_eval += time.perf_counter() - t0
+    del reference
+    log.info("quantized perplexity: %.4f", q["ppl"])
+
+    metrics = {"ppl_fp": float(fp["ppl"]), "ppl_quant": float(q["ppl"]),
+               "kl": _maybe_float(q.get("kl")), "top1": _maybe_float(q.get("top1")),
+               "bits_per_weight": packed_bits_per_weight(qmodel),
+               "seconds_quantize": seconds_quantize, "seconds_eval": seconds_eval,
+               "n_eval_tokens": int(q["n_tokens"])}
+    info = {"model": "embedded:stories260K" if source is None else str(source), "eval_dataset": eval_dataset,
+            "max_eval_windows": max_eval_windows, "eval_seq_len": eval_seq_len, "device": device,
+            "mxlab_version": __version__}
+    outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
+    if out_dir is not None:
+        from .export import export_run
+
+        report(progress, _STAGES["export"][0], "exporting")
+        outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
+    report(progress, 1.0, "done")
+    return outcome
+
+
+def _maybe_float(x: Any) -> float | None:
+    return None if x is None else float(x)
