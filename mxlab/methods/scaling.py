@@ -1,0 +1,39 @@
+"""Fold per-channel scales into a block: the FP function stays the same (SmoothQuant, AWQ)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..architectures import ScalingGroup
+from ..errors import MxlabError
+
+
+@torch.no_grad()
+def fold_scales(block: nn.Module, group: ScalingGroup, s: torch.Tensor) -> None:
+    """Divide ``group.prev``'s output channels by ``s`` and multiply the linears' input columns by ``s``.
+
+    ``s``: (channels,) positive. Norm: weight (and bias) / s. Linear prev: rows of weight (and
+    bias) / s. Each linear: weight[:, j] * s[j]. Computed in float32, stored in each tensor's dtype.
+    """
+    prev = block.get_submodule(group.prev)
+    linears = [block.get_submodule(n) for n in group.linears]
+    s = s.detach().float().flatten()
+    if not torch.all(torch.isfinite(s)) or not torch.all(s > 0):
+        raise MxlabError(f"scales for {group.prev} -> {group.linears} must be finite and positive")
+    for name, m in [(group.prev, prev), *zip(group.linears, linears)]:
+        if getattr(m, "weight_quantized", False):
+            raise MxlabError(f"{name} is already quantized: a scaling step must come before GPTQ/RTN")
+    if prev.weight.shape[0 if group.prev_kind == "linear" else -1] != s.numel():
+        raise MxlabError(f"{s.numel()} scales do not match the output channels of {group.prev}")
+
+    def scale_(t: torch.Tensor, factor: torch.Tensor) -> None:
+        t.copy_((t.float() * factor.to(t.device)).to(t.dtype))
+
+    if group.prev_kind == "linear":
+        scale_(prev.weight, 1.0 / s[:, None])           # (out, in): rows
+    else:
+        scale_(prev.weight, 1.0 / s)                     # (channels,)
+    if getattr(prev, "bias", None) is not None:
+        scale_(prev.bias, 1.0 / s)
+    for lin in linears:
+        scale_(lin.weight, s[None, :])                   # (out, in): columns
