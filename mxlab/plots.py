@@ -1,0 +1,262 @@
+"""Tables -> Plotly figures. Every function takes DataFrames from `stats` / `sensitivity` (or a runs
+table) and returns a `plotly.graph_objects.Figure`; none touches a model.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .errors import MxlabError
+
+_TEMPLATE = "plotly_white"
+
+
+def _need(df: Any, cols: Sequence[str], what: str) -> None:
+    """Raise a clear error when a table lacks the columns a figure reads."""
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise MxlabError(f"{what} needs columns {missing}; build the table with mxlab.stats / mxlab.sensitivity")
+
+
+def _empty(title: str, why: str) -> go.Figure:
+    """A figure that says there is nothing to plot (and why), instead of an empty canvas."""
+    fig = go.Figure(layout=dict(title=title, template=_TEMPLATE, xaxis_visible=False, yaxis_visible=False))
+    fig.add_annotation(text=why, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font_size=14)
+    return fig
+
+
+def short_names(names: Sequence[str]) -> dict[str, str]:
+    """Module names without their shared dotted prefix ("model.layers.3.mlp.up_proj" -> "3.mlp.up_proj")."""
+    names = list(dict.fromkeys(names))
+    if len(names) < 2:
+        return {n: n for n in names}
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[: prefix.rfind(".") + 1]
+    return {n: n[len(prefix):] or n for n in names}
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def _heatmap_rows(df) -> tuple[list[str], list[list[float]], list[str]]:
+    """Rows of one stage (module order kept); modules with identical inputs (q/k/v) share one row."""
+    short = short_names(df["module"].unique())
+    rows: dict[tuple, list] = {}
+    for module, g in df.groupby("module", sort=False):
+        vals = g.sort_values("channel")["absmax_or_mean"].tolist()
+        key = (int(g["block"].iloc[0]), tuple(vals))
+        if key in rows:
+            rows[key][0] += "," + short[module].rsplit(".", 1)[-1]
+        else:
+            rows[key] = [short[module], vals, module]
+    labels = [r[0] for r in rows.values()]
+    width = max(len(r[1]) for r in rows.values())
+    z = [r[1] + [math.nan] * (width - len(r[1])) for r in rows.values()]
+    return labels, z, [r[2] for r in rows.values()]
+
+
+def activation_heatmap(channels, value: str = "absmax", log_scale: bool = True) -> go.Figure:
+    """Layers x input channels heatmap of activation magnitude; a dropdown switches stage (fp, smoothquant...)."""
+    _need(channels, ["module", "block", "stage", "channel", value], "activation_heatmap")
+    title = f"Activation {'max' if value == 'absmax' else 'mean'} |x| per input channel"
+    if not len(channels):
+        return _empty(title, "no activation statistics recorded")
+    stages = list(dict.fromkeys(channels["stage"]))
+    fig = go.Figure()
+    for i, stage in enumerate(stages):
+        d = channels[channels["stage"] == stage].assign(absmax_or_mean=lambda t: t[value].astype(float))
+        labels, z, _ = _heatmap_rows(d)
+        raw = z
+        if log_scale:
+            z = [[math.log10(v) if v > 0 else math.nan for v in row] for row in z]
+        fig.add_trace(go.Heatmap(
+            z=z, y=labels, customdata=raw, colorscale="Viridis", visible=i == 0, name=stage,
+            colorbar=dict(title=f"log10 {value}" if log_scale else value),
+            hovertemplate="%{y}<br>channel %{x}<br>" + value + " %{customdata:.4g}<extra>" + stage + "</extra>"))
+    buttons = [dict(label=s, method="update",
+                    args=[{"visible": [j == i for j in range(len(stages))]}, {"title.text": f"{title}: {s}"}])
+               for i, s in enumerate(stages)]
+    fig.update_layout(
+        title=f"{title}: {stages[0]}", template=_TEMPLATE, xaxis_title="input channel",
+        yaxis=dict(title="module (layer order)", autorange="reversed", type="category"),
+        height=max(350, 22 * len(fig.data[0].y) + 150),
+        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.12, yanchor="top",
+                          showactive=True)] if len(stages) > 1 else [])
+    return fig
+
+
+def outlier_ratio_chart(activations) -> go.Figure:
+    """Max/median channel absmax per module, one bar group per stage: what smoothing did to outliers."""
+    _need(activations, ["module", "stage", "outlier_ratio", "kurtosis"], "outlier_ratio_chart")
+    title = "Activation outlier ratio (max / median channel max|x|)"
+    if not len(activations):
+        return _empty(title, "no activation statistics recorded")
+    short = short_names(activations["module"].unique())
+    fig = go.Figure()
+    for stage, g in activations.groupby("stage", sort=False):
+        fig.add_trace(go.Bar(x=[short[m] for m in g["module"]], y=g["outlier_ratio"], name=stage,
+                             customdata=g[["kurtosis", "top_channels"]] if "top_channels" in g else g[["kurtosis"]],
+                             hovertemplate="%{x}<br>ratio %{y:.2f}<br>kurtosis %{customdata[0]:.2f}"
+                                           "<br>top channels %{customdata[1]}<extra>" + stage + "</extra>"))
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", xaxis_title="module",
+                      yaxis=dict(title="outlier ratio", type="log"), legend_title="stage")
+    return fig
+
+
+# ----------------------------------------------------------------------------- weights and scales
+
+
+def scale_histogram(scales) -> go.Figure:
+    """Histogram of E8M0 shared exponents, one bar series per layer, one panel per format."""
+    _need(scales, ["block", "format", "exponent", "count"], "scale_histogram")
+    title = "MX shared-scale exponents (E8M0) per layer"
+    if not len(scales):
+        return _empty(title, "no MX-quantized weights (scale statistics exist for MX formats only)")
+    agg = scales.groupby(["format", "block", "exponent"], as_index=False)["count"].sum()
+    formats = list(dict.fromkeys(agg["format"]))
+    fig = make_subplots(rows=len(formats), cols=1, subplot_titles=[f"weights: {f}" for f in formats],
+                        vertical_spacing=0.12)
+    for r, fmt in enumerate(formats, start=1):
+        for block, g in agg[agg["format"] == fmt].groupby("block"):
+            share = g["count"] / g["count"].sum()
+            fig.add_trace(go.Bar(x=g["exponent"], y=g["count"], name=f"layer {block}", legendgroup=str(block),
+                                 showlegend=r == 1, customdata=share,
+                                 hovertemplate=f"layer {block}<br>2^%{{x}}: %{{y}} blocks "
+                                               "(%{customdata:.1%})<extra>" + fmt + "</extra>"), row=r, col=1)
+        fig.update_xaxes(title_text="shared exponent e (scale 2^e)", dtick=1, row=r, col=1)
+        fig.update_yaxes(title_text="blocks", row=r, col=1)
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", height=320 * len(formats) + 80)
+    return fig
+
+
+def weight_quality_chart(weights) -> go.Figure:
+    """Weight SQNR per module, hover: saturation, flush-to-zero and unused headroom of the scale."""
+    _need(weights, ["module", "format", "sqnr_db", "saturated_frac", "flushed_frac", "headroom_bits"],
+          "weight_quality_chart")
+    title = "Weight quantization quality per module"
+    if not len(weights):
+        return _empty(title, "no weight statistics recorded")
+    short = short_names(weights["module"].unique())
+    sat = weights["saturated_frac"].astype(float)
+    custom = list(zip(weights["format"], sat.fillna(-1), weights["flushed_frac"].astype(float),
+                      weights["headroom_bits"].astype(float).fillna(-1)))
+    fig = go.Figure(go.Bar(
+        x=[short[m] for m in weights["module"]], y=weights["sqnr_db"], customdata=custom,
+        marker_color=sat.fillna(0), marker_colorscale="Reds", marker_colorbar=dict(title="saturated"),
+        hovertemplate="%{x} (%{customdata[0]})<br>SQNR %{y:.2f} dB<br>saturated %{customdata[1]:.3%}"
+                      "<br>flushed to zero %{customdata[2]:.3%}<br>headroom lost %{customdata[3]:.2f} bits"
+                      "<extra></extra>"))
+    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title="module", yaxis_title="weight SQNR (dB)")
+    return fig
+
+
+# ----------------------------------------------------------------------------- error by step
+
+
+def error_waterfall(records, metric: str = "mse") -> go.Figure:
+    """Per-module output error stacked by step: the error before the first step, then each step's change."""
+    _need(records, ["module", "step", f"{metric}_before", f"{metric}_after"], "error_waterfall")
+    label = {"mse": "output MSE", "sqnr": "output SQNR (dB)"}.get(metric, metric)
+    title = f"Layer {label}: what each step added or removed"
+    if not len(records):
+        return _empty(title, "no step records (the recipe ran no steps)")
+    modules = list(dict.fromkeys(records["module"]))
+    short = short_names(modules)
+    x = [short[m] for m in modules]
+    first = records.groupby("module", sort=False).first()
+    last = records.groupby("module", sort=False).last()
+    fig = go.Figure(go.Bar(x=x, y=[first.loc[m, f"{metric}_before"] for m in modules], name="before steps",
+                           marker_color="#9aa5b1", hovertemplate="%{x}<br>before: %{y:.4g}<extra></extra>"))
+    for step in dict.fromkeys(records["step"]):
+        g = records[records["step"] == step].set_index("module")
+        delta = [g.loc[m, f"{metric}_after"] - g.loc[m, f"{metric}_before"] if m in g.index else None
+                 for m in modules]
+        fig.add_trace(go.Bar(x=x, y=delta, name=step,
+                             hovertemplate="%{x}<br>" + step + " changed it by %{y:+.4g}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x, y=[last.loc[m, f"{metric}_after"] for m in modules], name="final",
+                             mode="markers", marker=dict(symbol="diamond", size=9, color="black"),
+                             hovertemplate="%{x}<br>final: %{y:.4g}<extra></extra>"))
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="relative", xaxis_title="module",
+                      yaxis_title=label, legend_title="stage")
+    return fig
+
+
+def compare_runs(records_a, records_b, names: tuple[str, str] = ("run A", "run B"),
+                 metric: str = "mse_after") -> go.Figure:
+    """Final per-module error of two runs side by side (last step of each module in each run)."""
+    for df in (records_a, records_b):
+        _need(df, ["module", metric], "compare_runs")
+    label = {"mse_after": "output MSE", "sqnr_after": "output SQNR (dB)"}.get(metric, metric)
+    title = f"Layer by layer: {names[0]} vs {names[1]} ({label})"
+    a = records_a.groupby("module", sort=False)[metric].last()
+    b = records_b.groupby("module", sort=False)[metric].last()
+    modules = list(dict.fromkeys([*a.index, *b.index]))
+    if not modules:
+        return _empty(title, "neither run has step records")
+    short = short_names(modules)
+    x = [short[m] for m in modules]
+    fig = go.Figure()
+    for name, s in zip(names, (a, b)):
+        fig.add_trace(go.Bar(x=x, y=[s.get(m) for m in modules], name=name,
+                             hovertemplate="%{x}<br>" + name + ": %{y:.4g}<extra></extra>"))
+    ratio = [b[m] / a[m] if m in a.index and m in b.index and a[m] else None for m in modules]
+    fig.add_trace(go.Scatter(x=x, y=ratio, name=f"{names[1]} / {names[0]}", yaxis="y2", mode="lines+markers",
+                             hovertemplate="%{x}<br>ratio %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", xaxis_title="module",
+                      yaxis=dict(title=label, type="log" if metric.startswith("mse") else "linear"),
+                      yaxis2=dict(title="ratio", overlaying="y", side="right", showgrid=False))
+    return fig
+
+
+# ----------------------------------------------------------------------------- sensitivity and runs
+
+
+def sensitivity_chart(sensitivity, value: str = "kl", top: int = 30) -> go.Figure:
+    """The most sensitive modules (or blocks) when quantized alone, largest first."""
+    _need(sensitivity, ["unit", value], "sensitivity_chart")
+    label = {"kl": "KL to FP (nats/token)", "d_ppl": "perplexity increase"}.get(value, value)
+    title = f"Sensitivity: {label} when only this unit is quantized"
+    if not len(sensitivity):
+        return _empty(title, "no sensitivity rows")
+    d = sensitivity.sort_values(value, ascending=False).head(top).iloc[::-1]
+    short = short_names(d["unit"])
+    hover = "%{y}<br>" + label + " %{x:.4g}"
+    if "ppl" in d:
+        hover += "<br>ppl %{customdata[0]:.3f} (FP %{customdata[1]:.3f})"
+    fig = go.Figure(go.Bar(x=d[value], y=[short[u] for u in d["unit"]], orientation="h",
+                           customdata=d[["ppl", "ppl_fp"]] if "ppl" in d else None,
+                           hovertemplate=hover + "<extra></extra>"))
+    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title=label, yaxis_title="unit",
+                      height=max(350, 20 * len(d) + 150))
+    return fig
+
+
+def pareto_front(runs, x: str = "bits_per_weight", y: str = "ppl") -> list[int]:
+    """Index labels of the runs no other run beats on both x and y (lower is better for both)."""
+    best, front = math.inf, []
+    for idx, row in runs.sort_values([x, y]).iterrows():
+        if row[y] < best:
+            best = row[y]
+            front.append(idx)
+    return front
+
+
+def pareto_chart(runs, x: str = "bits_per_weight", y: str = "ppl", label: str = "name") -> go.Figure:
+    """Perplexity vs bits per weight across runs, with the Pareto frontier drawn through the best."""
+    _need(runs, [x, y, label], "pareto_chart")
+    title = "Perplexity vs bits per weight"
+    if not len(runs):
+        return _empty(title, "no runs to compare")
+    front = runs.loc[pareto_front(runs, x, y)]
+    fig = go.Figure(go.Scatter(x=runs[x], y=runs[y], text=runs[label], mode="markers+text", name="runs",
+                               textposition="top center", marker=dict(size=10),
+                               hovertemplate="%{text}<br>%{x:.3f} bits/weight<br>ppl %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto frontier",
+                             line=dict(dash="dash", shape="hv"), hoverinfo="skip"))
+    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title="bits per weight (incl. scales)",
+                      yaxis_title="perplexity")
+    return fig
