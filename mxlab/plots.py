@@ -117,7 +117,7 @@ def scale_histogram(scales) -> go.Figure:
     if not len(scales):
         return _empty(title, "no MX-quantized weights (scale statistics exist for MX formats only)")
     agg = scales.groupby(["format", "block", "exponent"], as_index=False)["count"].sum()
-    formats = list(dict.fromkeys(agg["format"]))
+    formats = list(dict.fromkeys(scales["format"]))  # first-seen order, as the recipe lists them
     fig = make_subplots(rows=len(formats), cols=1, subplot_titles=[f"weights: {f}" for f in formats],
                         vertical_spacing=0.12)
     for r, fmt in enumerate(formats, start=1):
