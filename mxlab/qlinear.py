@@ -1,0 +1,100 @@
+"""QuantLinear: a Linear whose weight is stored quantized and whose input is quantized on the fly.
+
+Both quantizations use blocks along in_features (axis -1), as the study does: a weight (out, in)
+has blocks along each row, an activation (..., in) along each token's features.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import MxlabError
+from .recipe import QuantSpec
+
+
+class QuantLinear(nn.Module):
+    """Drop-in replacement for nn.Linear in a quantized block.
+
+    ``weight`` is floating point until a step (or the final RTN) calls ``set_quantized_weight``;
+    from then on it holds the fake-quantized values (on the format's grid, in the model dtype)
+    and ``weight_quantized`` is True. ``weight_fp`` keeps the weight as it was just before
+    quantization (for error measurements) until ``release_fp`` is called.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, spec: QuantSpec,
+                 device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype),
+                                 requires_grad=False) if bias else None
+        self.spec = spec
+        self.weight_quantized = False
+        self.weight_fp: Optional[torch.Tensor] = None
+        self._packed = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, spec: QuantSpec) -> "QuantLinear":
+        """Wrap ``linear``'s own weight and bias tensors (no copy) with ``spec``."""
+        q = cls(linear.in_features, linear.out_features, False, spec, device="meta")
+        q.weight = nn.Parameter(linear.weight.data, requires_grad=False)
+        q.bias = None if linear.bias is None else nn.Parameter(linear.bias.data, requires_grad=False)
+        return q
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., in_features) fake-quantized in ``spec.acts`` (blocks along in_features)."""
+        if self.spec.acts == "none":
+            return x
+        from .formats import quantize
+
+        return quantize(x, self.spec.acts, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+
+    def quantize_weight_rtn(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Round-to-nearest quantization of ``w`` (default: the current weight) in ``spec.weights``."""
+        w = self.weight.data if w is None else w
+        if self.spec.weights == "none":
+            return w
+        from .formats import quantize
+
+        return quantize(w, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+
+    @torch.no_grad()
+    def set_quantized_weight(self, q: torch.Tensor, packed=None) -> None:
+        """Store the quantized weight ``q`` (out, in) and mark this layer done; steps after must not rescale it."""
+        if q.shape != self.weight.shape:
+            raise MxlabError(f"quantized weight has shape {tuple(q.shape)}, expected {tuple(self.weight.shape)}")
+        self.weight_fp = self.weight.data.clone()
+        self.weight.data.copy_(q.to(self.weight.dtype))
+        self.weight_quantized = True
+        self._packed = packed
+
+    def quantize_weight(self) -> None:
+        """RTN-quantize the weight in place (no-op if already quantized)."""
+        if not self.weight_quantized:
+            self.set_quantized_weight(self.quantize_weight_rtn())
+
+    def release_fp(self) -> None:
+        """Drop the pre-quantization copy of the weight (frees memory once the block is done)."""
+        self.weight_fp = None
+
+    def packed(self):
+        """The weight as a PackedTensor (element codes + scales) for export."""
+        if self._packed is not None:
+            return self._packed
+        if self.spec.weights == "none":
+            raise MxlabError("this layer keeps its weights in floating point (weights 'none'): nothing to pack")
+        from .formats import pack
+
+        return pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantize_input(x), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weights={s.weights}, acts={s.acts}, block_size={s.block_size}, quantized={self.weight_quantized}")
