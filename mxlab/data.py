@@ -66,6 +66,11 @@ def _hub_text(name: str, split: str) -> str:
             os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise MxlabError(f"dataset {name!r} must be downloaded, but offline mode is on (HF_HUB_OFFLINE); use one of "
                          f"the embedded sets {DATASETS} or a local text file")
+    from .models import hub_reachable
+
+    if not hub_reachable():
+        raise MxlabError(f"dataset {name!r} must be downloaded, but the Hugging Face hub cannot be reached (no "
+                         f"network); use one of the embedded sets {DATASETS} or a local text file")
     try:
         if name == "wikitext-2-raw-v1":
             rows = datasets.load_dataset("wikitext", name, split="test" if split == "eval" else "train")

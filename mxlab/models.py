@@ -32,6 +32,24 @@ def _offline() -> bool:
         return False
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection within `timeout` seconds.
+
+    Checked before any download so that a machine without network fails in seconds instead of
+    waiting through huggingface_hub's retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """None -> cpu; "auto" -> cuda when available, else cpu; anything else as given."""
     if device is None:
@@ -93,6 +111,9 @@ def _from_pretrained(loader, name: str, local: bool, **kwargs):
     except (OSError, ValueError) as cached_err:
         if local or _offline():
             raise cached_err
+        if not hub_reachable():
+            raise OSError(f"{name} is not in the local cache and the Hugging Face hub cannot be reached "
+                          "(no network)") from cached_err
         log.info("%s is not in the local cache; downloading from the Hugging Face hub", name)
         return loader.from_pretrained(name, **kwargs)
 
