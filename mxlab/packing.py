@@ -1,0 +1,164 @@
+"""Real storage of quantized tensors: dense bit-packed element codes plus their scales.
+
+Layouts (all codes in the row-major order of the tensor, ``axis`` zero-padded to whole blocks):
+- MX: sign-magnitude element codes (the reference's convention, so -0.0 survives) and one E8M0
+  byte per block (``scales``, shape = padded shape with ``axis`` replaced by the block count;
+  2^(byte - 127), 255 = NaN).
+- nvfp4: E2M1 codes, one FP8 E4M3 byte per block (``scales``), a float32 ``tensor_scale``.
+- int8/int4/int3: unsigned affine codes, float32 ``scale`` and int32 ``zero_point`` per channel.
+Codes of b bits are packed densely, little-endian within groups: 2 per byte at 4 bits, 4 per
+3 bytes at 6 bits, 8 per 3 bytes at 3 bits, 4 per byte at 2 bits.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import MxlabError
+from .formats import (E2M1, FORMATS, _blocked, _check_args, _int_quantize, _mx_quantize, _nvfp4_quantize,
+                      _unblocked, canonical_format, element_values, encode_elements, pow2)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "float64": torch.float64}
+
+
+def pack_bits(codes: Tensor, bits: int) -> Tensor:
+    """Pack b-bit codes (uint8, flat) densely into bytes; the tail is zero-padded to a whole group."""
+    codes = codes.reshape(-1)
+    if bits == 8:
+        return codes.to(torch.uint8).clone()
+    group = 8 // math.gcd(8, bits)  # codes per group; a group is group*bits/8 whole bytes
+    n = codes.numel()
+    c = torch.nn.functional.pad(codes.to(torch.int32), (0, (-n) % group)).reshape(-1, group)
+    shifts = torch.arange(group, device=codes.device, dtype=torch.int32) * bits
+    word = (c << shifts).sum(dim=1, dtype=torch.int32)  # (groups,) at most 24 bits
+    nbytes = group * bits // 8
+    byte_shifts = torch.arange(nbytes, device=codes.device, dtype=torch.int32) * 8
+    return ((word[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
+
+
+def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
+    """Inverse of ``pack_bits``: the first n codes (int64)."""
+    if bits == 8:
+        return packed.reshape(-1)[:n].long()
+    group = 8 // math.gcd(8, bits)
+    nbytes = group * bits // 8
+    b = packed.reshape(-1, nbytes).to(torch.int32)
+    word = (b << (torch.arange(nbytes, device=b.device, dtype=torch.int32) * 8)).sum(dim=1, dtype=torch.int32)
+    shifts = torch.arange(group, device=b.device, dtype=torch.int32) * bits
+    return ((word[:, None] >> shifts) & (2 ** bits - 1)).reshape(-1)[:n].long()
+
+
+@dataclass
+class PackedTensor:
+    """A quantized tensor in its real storage; ``dequantize()`` equals ``quantize()`` bit for bit."""
+
+    fmt: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    block_size: int
+    axis: int
+    tensors: dict[str, Tensor] = field(default_factory=dict)  # "codes" plus the format's scales
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually stored: packed codes plus every scale tensor."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors["codes"].device
+
+    def bits_per_element(self) -> float:
+        """Measured storage cost per original element (includes padding)."""
+        return 8.0 * self.nbytes / max(1, math.prod(self.shape))
+
+    def dequantize(self) -> Tensor:
+        """The fake-quantized tensor (original shape and dtype)."""
+        f = FORMATS[self.fmt]
+        shape = torch.Size(self.shape)
+        if f.kind == "int":
+            codes = unpack_bits(self.tensors["codes"], f.bits, math.prod(shape)).reshape(shape)
+            zp, scale = self.tensors["zero_point"], self.tensors["scale"]
+            keep = list(shape)
+            keep[self.axis] = 1
+            out = (codes.float() - zp.reshape(keep)) * scale.reshape(keep)
+            return out.to(self.dtype)
+        scales = self.tensors["scales"]  # (outer, nblocks, inner)
+        nblocks, inner = scales.shape[1], scales.shape[2]
+        n = scales.numel() * self.block_size
+        codes = unpack_bits(self.tensors["codes"], f.bits, n).reshape(-1, self.block_size, inner)
+        values = element_values(f).to(codes.device)[codes]  # (N, block, inner) float32
+        if f.kind == "mx":
+            e = scales.reshape(-1, 1, inner).to(torch.int32) - 127
+            up = pow2(e.clamp(max=127)).masked_fill_(e == 128, float("nan"))
+        else:
+            up = scales.view(torch.float8_e4m3fn).float().reshape(-1, 1, inner) * self.tensors["tensor_scale"]
+        pad = nblocks * self.block_size - (shape[self.axis] if shape else 1)
+        return _unblocked(values * up, shape, self.axis, pad).to(self.dtype)
+
+    def state_dict(self, prefix: str = "") -> dict[str, Tensor]:
+        """Tensors to save (e.g. with safetensors), keys prefixed."""
+        return {prefix + k: v for k, v in self.tensors.items()}
+
+    def metadata(self) -> dict[str, str]:
+        """JSON-able strings that, with ``state_dict``, rebuild this tensor."""
+        f = FORMATS[self.fmt]
+        code = "unsigned_affine" if f.kind == "int" else "sign_magnitude"
+        return {"fmt": self.fmt, "shape": json.dumps(list(self.shape)), "dtype": str(self.dtype).split(".")[-1],
+                "block_size": str(self.block_size), "axis": str(self.axis), "code": code,
+                "bits": str(f.bits)}
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict[str, Tensor], metadata: dict[str, str], prefix: str = "") -> PackedTensor:
+        """Rebuild from ``state_dict(prefix)`` (extra keys ignored) and ``metadata()``."""
+        try:
+            fmt = canonical_format(metadata["fmt"])
+            names = {"mx": ["codes", "scales"], "nvfp4": ["codes", "scales", "tensor_scale"],
+                     "int": ["codes", "scale", "zero_point"]}[FORMATS[fmt].kind]
+            own = {k: tensors[prefix + k] for k in names}
+            return cls(fmt, tuple(json.loads(metadata["shape"])), _DTYPES[metadata["dtype"]],
+                       int(metadata["block_size"]), int(metadata["axis"]), own)
+        except KeyError as exc:
+            raise MxlabError(f"packed tensor {prefix!r} is incomplete: missing {exc}; re-export it") from exc
+
+
+def pack(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding: str = "nearest",
+         *, scale: Tensor | None = None, zero_point: Tensor | None = None) -> PackedTensor:
+    """Quantize x into ``fmt`` and store it packed (``scale``/``zero_point``: int formats only)."""
+    f, ax = _check_args(x, fmt, block_size, axis, rounding)
+    if f is None:
+        raise MxlabError("format 'none' has nothing to pack; keep the tensor as it is")
+    if (scale is not None or zero_point is not None) and f.kind != "int":
+        raise MxlabError(f"scale=/zero_point= apply to int8/int4/int3 only, not {f.name}")
+    shape = tuple(x.shape)
+    with torch.no_grad():
+        if f.kind == "int":
+            _, codes, s, zp = _int_quantize(x, f, ax, rounding, scale, zero_point)
+            keep = [d for i, d in enumerate(shape) if i != ax]
+            tensors = {"codes": pack_bits(codes, f.bits), "scale": s.reshape(keep).contiguous(),
+                       "zero_point": zp.reshape(keep).contiguous()}
+        elif f.kind == "mx":
+            out, e = _mx_quantize(x, f, block_size, ax, rounding, want_exponents=True)
+            ob, _ = _blocked(out, block_size, ax)  # (N, block, inner) float32
+            ec = e.masked_fill(e == 128, 0)
+            q = torch.where(e == 128, 0.0, ob * pow2(-ec))  # exact: back to the element grid; NaN block -> 0
+            scales = (e + 127).to(torch.uint8)  # 128 + 127 = 255: NaN
+            inner = ob.shape[2]
+            tensors = {"codes": pack_bits(encode_elements(q, f), f.bits),
+                       "scales": scales.reshape(_outer(shape, ax), -1, inner)}
+        else:
+            _, q, s8, ts = _nvfp4_quantize(x, block_size, ax, rounding)
+            inner = q.shape[2]
+            tensors = {"codes": pack_bits(encode_elements(q, E2M1), 4),
+                       "scales": s8.view(torch.uint8).reshape(_outer(shape, ax), -1, inner),
+                       "tensor_scale": ts.reshape(()).float()}
+    return PackedTensor(f.name, shape, x.dtype, block_size, ax if shape else 0, tensors)
+
+
+def _outer(shape: tuple[int, ...], axis: int) -> int:
+    return math.prod(shape[:axis]) if shape else 1
