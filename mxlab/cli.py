@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -301,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MxlabError as e:
         print(f"mxlab {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception:  # a bug: show everything
-        log.exception("unexpected error (please report it with the command line above)")
+    except Exception:  # a bug, not a user error: show everything
+        traceback.print_exc(file=sys.stderr)
+        print(f"mxlab {args.command}: unexpected error (a bug; please report it with the traceback above)",
+              file=sys.stderr)
         return EXIT_UNEXPECTED

@@ -109,9 +109,21 @@ def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
+def embeddings_tied(model: nn.Module) -> bool | None:
+    """Whether lm_head and the input embeddings share one tensor *now* (quantizing one unties them)."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if emb is None or head is None:
+        return None
+    return head.weight.data_ptr() == emb.weight.data_ptr()
+
+
 def _config_dict(model: nn.Module) -> dict[str, Any]:
+    """The HF config as a dict, with tie_word_embeddings matching the model as it is now."""
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
+    tied = embeddings_tied(model)
+    if tied is not None and "tie_word_embeddings" in cfg:
+        cfg["tie_word_embeddings"] = tied
     return cfg
 
 
@@ -186,13 +198,18 @@ def save_dequantized(model: nn.Module, tokenizer: Any, directory: str | os.PathL
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         had_qc = hasattr(model.config, "quantization_config")
         qc = getattr(model.config, "quantization_config", None)
+        tie = getattr(model.config, "tie_word_embeddings", None)
         if had_qc:
             del model.config.quantization_config
+        if embeddings_tied(model) is False and tie:  # the pipeline untied them to quantize only one
+            model.config.tie_word_embeddings = False
         try:
             model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         finally:
             if had_qc:
                 model.config.quantization_config = qc
+            if tie is not None:
+                model.config.tie_word_embeddings = tie
         _save_tokenizer(tokenizer, tmp)
     log.info("dequantized checkpoint written to %s", directory)
     return Path(directory)
@@ -323,9 +340,11 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
         except AttributeError as e:
             raise MxlabError(f"{directory}: module {name} in quantization_config is not in the model") from e
         qspec = QuantSpec(spec["weights"], spec["acts"], int(spec["block_size"]), spec["rounding"])
-        qlin = QuantLinear(linear, qspec)
-        if name in packed:
+        qlin = QuantLinear.from_linear(linear, qspec)
+        if name in packed:  # its own tensor: never write into a weight tied to another module
+            qlin.weight = nn.Parameter(torch.empty_like(linear.weight), requires_grad=False)
             qlin.set_quantized_weight(packed[name].dequantize().to(linear.weight.dtype), packed=packed[name])
+            qlin.release_fp()  # the pre-quantization copy is uninitialised memory here
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, qlin)
 
@@ -424,9 +443,9 @@ def write_report_html(results: dict[str, Any], path: Path) -> bool:
         log.warning("plotly is not installed: skipping %s (pip install plotly, then `python -m mxlab "
                     "report DIR` rebuilds it from results.json)", path.name)
         return False
-    from .report import write_report
+    from .report import write_report_from_results
 
-    write_report(results, path)
+    write_report_from_results(results, path)
     return True
 
 
@@ -463,7 +482,7 @@ def export_run(outcome: Any, out_dir: str | os.PathLike, *, progress: ProgressFn
 def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Load DIR/results.json (or the file itself) with a clear error when it is missing or broken."""
     path = Path(run_dir)
-    path = path / RESULTS_FILE if path.is_dir() else path
+    path = path if path.suffix == ".json" else path / RESULTS_FILE
     if not path.is_file():
         raise MxlabError(f"{path} not found; give a run directory written by `python -m mxlab run --out DIR`")
     try:
