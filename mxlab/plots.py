@@ -146,7 +146,7 @@ def weight_quality_chart(weights) -> go.Figure:
                       weights["headroom_bits"].astype(float).fillna(-1)))
     fig = go.Figure(go.Bar(
         x=[short[m] for m in weights["module"]], y=weights["sqnr_db"], customdata=custom,
-        marker_color=sat.fillna(0), marker_colorscale="Reds", marker_colorbar=dict(title="saturated"),
+        marker_color=sat.fillna(0), marker_colorscale="Reds", marker_cmin=0, marker_colorbar=dict(title="saturated"),
         hovertemplate="%{x} (%{customdata[0]})<br>SQNR %{y:.2f} dB<br>saturated %{customdata[1]:.3%}"
                       "<br>flushed to zero %{customdata[2]:.3%}<br>headroom lost %{customdata[3]:.2f} bits"
                       "<extra></extra>"))
@@ -158,7 +158,8 @@ def weight_quality_chart(weights) -> go.Figure:
 
 
 def error_waterfall(records, metric: str = "mse") -> go.Figure:
-    """Per-module output error stacked by step: the error before the first step, then each step's change."""
+    """Per-module waterfall: a bar at the error before any step, then one floating bar per step spanning
+    its record's before -> after (above the previous level: the step added error; below: it removed some)."""
     _need(records, ["module", "step", f"{metric}_before", f"{metric}_after"], "error_waterfall")
     label = {"mse": "output MSE", "sqnr": "output SQNR (dB)"}.get(metric, metric)
     title = f"Layer {label}: what each step added or removed"
@@ -173,14 +174,15 @@ def error_waterfall(records, metric: str = "mse") -> go.Figure:
                            marker_color="#9aa5b1", hovertemplate="%{x}<br>before: %{y:.4g}<extra></extra>"))
     for step in dict.fromkeys(records["step"]):
         g = records[records["step"] == step].set_index("module")
+        base = [g.loc[m, f"{metric}_before"] if m in g.index else None for m in modules]
         delta = [g.loc[m, f"{metric}_after"] - g.loc[m, f"{metric}_before"] if m in g.index else None
                  for m in modules]
-        fig.add_trace(go.Bar(x=x, y=delta, name=step,
-                             hovertemplate="%{x}<br>" + step + " changed it by %{y:+.4g}<extra></extra>"))
+        fig.add_trace(go.Bar(x=x, y=delta, base=base, name=step,
+                             hovertemplate="%{x}<br>" + step + ": %{base:.4g} -> %{y:+.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=x, y=[last.loc[m, f"{metric}_after"] for m in modules], name="final",
                              mode="markers", marker=dict(symbol="diamond", size=9, color="black"),
                              hovertemplate="%{x}<br>final: %{y:.4g}<extra></extra>"))
-    fig.update_layout(title=title, template=_TEMPLATE, barmode="relative", xaxis_title="module",
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", xaxis_title="module",
                       yaxis_title=label, legend_title="stage")
     return fig
 

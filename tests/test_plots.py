@@ -89,16 +89,18 @@ def _records(scale: float = 1.0) -> list[StepRecord]:
     return recs
 
 
-def test_error_waterfall_stacks_to_the_final_error():
+def test_error_waterfall_steps_chain_to_the_final_error():
     df = stats.records_table(_records())
     fig = plots.error_waterfall(df)
-    assert fig.layout.barmode == "relative"
     names = [t.name for t in fig.data]
     assert names == ["before steps", "awq", "gptq", "final"]
-    stacked = np.sum([np.array(t.y, dtype=float) for t in fig.data[:-1]], axis=0)
-    np.testing.assert_allclose(stacked, np.array(fig.data[-1].y, dtype=float))
-    assert list(fig.data[-1].x) == ["0.attn.q", "0.attn.o", "1.attn.q", "1.attn.o"]
-    assert list(fig.data[1].y) == [-1.0, 0.5, -1.0, 0.5]  # what AWQ removed / added per module
+    before, awq, gptq, final = fig.data
+    assert list(final.x) == ["0.attn.q", "0.attn.o", "1.attn.q", "1.attn.o"]
+    assert list(awq.base) == list(before.y) == [4.0, 2.0, 4.0, 2.0]  # each step floats from its start...
+    assert list(awq.y) == [-1.0, 0.5, -1.0, 0.5]  # ...by what it removed (-) or added (+)
+    np.testing.assert_allclose(np.add(awq.base, awq.y), gptq.base)  # the next step starts where it ended
+    np.testing.assert_allclose(np.add(gptq.base, gptq.y), final.y)
+    assert list(final.y) == [1.0, 2.0, 1.0, 2.0]
 
 
 def test_compare_runs_ratio():

@@ -50,7 +50,8 @@ def test_report_is_one_self_contained_file(tmp_path):
 
 def test_report_without_optional_parts(tmp_path):
     html = report.report_html(recipe=None, model_info=None, metrics={"ppl_fp": 1.0})
-    assert "js-plotly-plot" not in html and '<div id="fig' not in html
+    assert '<div id="fig' not in html  # no figure without data (plotly.js itself is still inlined)
+    assert "<h2>Metrics</h2>" in html and "(not given)" in html
 
 
 def test_report_from_results_dict(tmp_path):
