@@ -142,7 +142,10 @@ def _round_inplace(a: Tensor, rounding: str, exact: bool = False) -> Tensor:
     if rounding == "floor":
         return a.floor_()
     if rounding == "even":
-        return a.round_() if exact else a.add_(a == 0.49999997).round_()  # float32(0.5 - 2^-25)
+        if exact:
+            return a.round_()
+        quirk = a == 0.49999997  # float32(0.5 - 2^-25), which the reference rounds to 1
+        return a.round_().add_(quirk)
     if exact:
         r = a.floor()
         return r.add_(a.sub_(r) >= 0.5)
@@ -181,7 +184,7 @@ def shared_exponent(amax: Tensor, f: ElementFormat) -> Tensor:
     e = floor(log2(amax)) - emax clamped to >= -127, floor(log2) read from the exponent bits
     (amax == 0 counts as 2^-126, as in the reference; subnormal amax clamps to -127 anyway).
     """
-    biased = amax.view(torch.int32) >> 23
+    biased = (amax.view(torch.int32) >> 23) & 0xFF  # & 0xFF: a NaN from a reduction may carry a sign bit
     e = torch.where(amax == 0, -126, biased - 127) - f.emax
     e.clamp_(min=-127)
     return e.masked_fill_(biased == 255, 128)
