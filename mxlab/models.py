@@ -135,15 +135,17 @@ def _load_config(name: str, local: bool, trust_remote_code: bool):
 
 
 def _check_causal_lm(name: str, config) -> None:
+    """A decoder-only LM whose checkpoint has its LM head (else the head would be random)."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
-        return
-    if any(a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or [])) and getattr(
-            config, "auto_map", None):
-        return  # remote-code causal LM; AutoModelForCausalLM will resolve it
-    raise MxlabError(f"{name} is a {config.model_type!r} model, not a causal (decoder-only) language model; "
-                     "mxlab quantizes models that AutoModelForCausalLM can load")
+    archs = getattr(config, "architectures", None) or []
+    remote = bool(getattr(config, "auto_map", None)) and any("CausalLM" in a for a in archs)
+    if getattr(config, "is_encoder_decoder", False) or not (type(config) in MODEL_FOR_CAUSAL_LM_MAPPING or remote):
+        raise MxlabError(f"{name} is a {config.model_type!r} model, not a causal (decoder-only) language model; "
+                         "mxlab quantizes models that AutoModelForCausalLM can load")
+    if archs and not any("CausalLM" in a or "LMHead" in a or a.endswith("ForConditionalGeneration") for a in archs):
+        raise MxlabError(f"{name} holds a {'/'.join(archs)} checkpoint without a language-model head, so it is not a "
+                         "causal LM (its head would be random); use the ...ForCausalLM checkpoint of that model")
 
 
 def _load_tokenizer(name: str, local: bool, trust_remote_code: bool):

@@ -63,3 +63,11 @@ def random_tokens():
     """Calibration-like token batches (4 x 32) for tiny models with a 512-token vocabulary."""
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 512, (4, 32), generator=g)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded default (stories260K) loaded once per session: (model, tokenizer)."""
+    from mxlab.models import load_model
+
+    return load_model()
