@@ -1,6 +1,8 @@
 """Shared pieces of the AWQ/GPTQ tests: formats under test, toy inputs with outliers, error measures."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from mxlab.formats import pack, quantize
@@ -11,11 +13,12 @@ MX_FORMATS = ["mxint4", "mxint3", "mxfp4_e2m1"]   # every MX format of 3 or 4 bi
 INT_FORMATS = ["int4", "int3"]
 
 
-def outlier_inputs(n: int, d: int, seed: int = 0, n_outliers: int = 4, factor: float = 30.0) -> torch.Tensor:
-    """(n, d) float32 activations: correlated Gaussian channels, a few of them `factor` times larger."""
+def outlier_inputs(n: int, d: int, seed: int = 0, n_outliers: int = 4, factor: float = 30.0,
+                   rank: int = 8) -> torch.Tensor:
+    """(n, d) float32 activations shaped like an LLM's: independent noise plus a few shared directions
+    (rank ``rank``, which makes channels correlated), and ``n_outliers`` channels ``factor`` times larger."""
     g = torch.Generator().manual_seed(seed)
-    mix = torch.eye(d) + 0.3 * torch.randn(d, d, generator=g) / d ** 0.5   # mild channel correlation
-    x = torch.randn(n, d, generator=g) @ mix
+    x = torch.randn(n, d, generator=g) + torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g)
     idx = torch.randperm(d, generator=g)[:n_outliers]
     x[:, idx] *= factor
     return x
@@ -36,3 +39,45 @@ def weight_quantizer(W: torch.Tensor, fmt: str, block_size: int = 32):
     else:
         on_grid = lambda Q: torch.equal(quantize(Q, fmt, block_size), Q)  # noqa: E731
     return quant, block, on_grid
+
+
+REAL_MODULES = ("model.layers.2.self_attn.q_proj", "model.layers.2.mlp.down_proj", "model.layers.4.mlp.gate_proj")
+
+
+@functools.lru_cache(maxsize=1)
+def real_activations() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (inputs (2048, in), weight (out, in)) of three linears of the embedded stories260K model,
+    captured with forward pre-hooks on 16 x 128 TinyStories calibration tokens (loaded once per session)."""
+    import mxlab
+    from mxlab.data import calibration_batches
+
+    model, tok = mxlab.load_model()
+    tokens = calibration_batches(tok, "tinystories", n_samples=16, seq_len=128)
+    got: dict[str, torch.Tensor] = {}
+
+    def hook_for(name):
+        def hook(module, args):
+            got[name] = args[0].reshape(-1, args[0].shape[-1]).detach().float()
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in REAL_MODULES]
+    with torch.no_grad():
+        model(tokens)
+    for h in handles:
+        h.remove()
+    return {n: (got[n], model.get_submodule(n).weight.detach().float().clone()) for n in REAL_MODULES}
+
+
+def awq_weight(x: torch.Tensor, W: torch.Tensor, fmt: str, block_size: int = 32, clip: bool = True):
+    """AWQ on one linear through the library's searches: (s, W * s clipped, alpha); the layer then
+    computes (x / s) @ quantize(W * s clipped)^T."""
+    from mxlab.methods import awq
+
+    spec = QuantSpec(weights=fmt, acts="none", block_size=block_size)
+    wq = lambda w: quantize(w, fmt, block_size)  # noqa: E731  (per-row min/max for int formats)
+    s, alpha, _ = awq.search_scale(x, [W], [wq])
+    Ws = W * s
+    if clip:
+        g = awq.clip_group_size(spec, W.shape[1])
+        Ws = awq.apply_clip(Ws, awq.search_clip(Ws, awq.group_gram(x / s, g), wq, g), g)
+    return s, Ws, alpha

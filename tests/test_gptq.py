@@ -91,13 +91,13 @@ def test_int4_matches_reference_in_float32_with_mxlab_int4():
 @pytest.mark.parametrize("fmt", MX_FORMATS + INT_FORMATS)
 def test_gptq_on_grid_and_beats_rtn_toy(fmt, act_order):
     """Toy layer with outlier input channels: on the format's grid, lower output error than RTN."""
-    x = outlier_inputs(1024, 256, seed=5)
-    W = torch.randn(64, 256, generator=torch.Generator().manual_seed(6)) * 0.05
+    x = outlier_inputs(1024, 128, seed=5)
+    W = torch.randn(64, 128, generator=torch.Generator().manual_seed(6)) * 0.05
     quant, block, on_grid = weight_quantizer(W, fmt, 32)
     Q = gptq_quantize(W, hessian(x), quant, block_size=block, act_order=act_order)
     assert on_grid(Q)
     e_rtn, e_gptq = output_mse(x, W, quant(W)), output_mse(x, W, Q)
-    assert e_gptq < 0.95 * e_rtn, (fmt, e_gptq, e_rtn)  # measured ratios 0.65 to 0.91
+    assert e_gptq < 0.85 * e_rtn, (fmt, e_gptq, e_rtn)  # measured ratios 0.11 to 0.77
 
 
 def test_act_order_permutation_keeps_blocks_whole():
