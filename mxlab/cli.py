@@ -281,6 +281,10 @@ COMMANDS = {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "presets": c
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet and args.command in ("run", "eval"):  # transformers draws its own "Loading weights" bar
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if not args.verbose:  # transformers / httpx chatter is noise at INFO
         for noisy in ("transformers", "httpx", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -366,6 +366,9 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
 def _load_tokenizer(directory: Path) -> Any:
     from transformers import AutoTokenizer
 
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        log.warning("%s holds no tokenizer files: returning tokenizer None", directory)
+        return None
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as e:

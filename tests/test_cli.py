@@ -147,7 +147,7 @@ def test_help_teaches(capsys):
 
 # ------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_run_end_to_end_subprocess(tmp_path):
+def test_run_end_to_end_subprocess(tmp_path, capsys):
     out = tmp_path / "run"
     proc = mxlab_cli("-q", "run", "--weights", "mxint4", "--acts", "mxint8", "--block-size", "32",
                      "--steps", "awq,gptq", "--calib", "tinystories", "--calib-samples", "4",
@@ -159,7 +159,7 @@ def test_run_end_to_end_subprocess(tmp_path):
     assert 1.0 < m["ppl_fp"] < 100 and 1.0 < m["ppl_quant"] < 1000
     assert m["ppl_quant"] >= m["ppl_fp"] * 0.98  # 4-bit weights do not beat FP by luck on 2 windows
     assert 0 <= m["kl"] and 0 <= m["top1"] <= 1
-    assert abs(m["bits_per_weight"] - 4.25) < 0.01
+    assert 4.25 <= m["bits_per_weight"] < 4.4  # stories260K's down_proj (in 172) pads to 6 blocks of 32
     assert [s["name"] for s in results["recipe"]["steps"]] == ["awq", "gptq"]
     assert results["records"]
     assert json.loads(proc.stdout)["ppl_quant"] == pytest.approx(m["ppl_quant"])
@@ -167,9 +167,9 @@ def test_run_end_to_end_subprocess(tmp_path):
         assert (out / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
-    again = mxlab_cli("-q", "run", "--out", str(out))
-    assert again.returncode == EXIT_USAGE and "--overwrite" in again.stderr
+    capsys.readouterr()
+    assert main(["-q", "run", "--out", str(out)]) == EXIT_USAGE  # refuses to replace it silently
+    assert "--overwrite" in capsys.readouterr().err
 
-    ev = mxlab_cli("-q", "eval", "--model", str(out / "model"), "--max-eval-windows", "2", "--json")
-    assert ev.returncode == 0, ev.stderr
-    assert json.loads(ev.stdout)["ppl"] == pytest.approx(m["ppl_quant"], rel=1e-6)
+    assert main(["-q", "eval", "--model", str(out / "model"), "--max-eval-windows", "2", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["ppl"] == pytest.approx(m["ppl_quant"], rel=1e-9)

@@ -128,7 +128,12 @@ def test_dequantized_loads_in_plain_transformers(tmp_path):
     assert perplexity(plain, tokens, seq_len=64) == pytest.approx(ppl_q, rel=1e-6)
     assert torch.equal(_logits(plain, TOKENS), _logits(result.model, TOKENS))
 
-    # and with no mxlab importable at all (a clean interpreter, outside the repository)
+
+@pytest.mark.slow
+def test_dequantized_loads_without_mxlab(tmp_path):
+    """A clean interpreter outside the repository, where mxlab cannot be imported, loads it."""
+    result = _quantized("llama", weights="mxint4", acts="none")
+    save_dequantized(result.model, _tokenizer(), tmp_path / "plain")
     torch.save(TOKENS, tmp_path / "tokens.pt")
     code = ("import sys, torch; from transformers import AutoModelForCausalLM as A; "
             f"m = A.from_pretrained({str(tmp_path / 'plain')!r}).eval(); "
