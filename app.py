@@ -109,8 +109,9 @@ def run_recipe(source: str, recipe_yaml: str, eval_dataset: str, max_eval_window
 
 def cancel_run(state: lab.SessionState):
     """Ask this session's running job to stop at its next progress report."""
-    state.cancel.set()
-    return "⏹️ Cancelling at the next step..."
+    if state.request_cancel():
+        return "⏹️ Cancelling at the next step..."
+    return "Nothing is running."
 
 
 def _run_pickers(state: lab.SessionState):
@@ -220,9 +221,9 @@ def build(default_preset: str | None = None) -> gr.Blocks:
     """The app's Blocks (not launched)."""
     from mxlab.data import DATASETS
     from mxlab.formats import FORMATS, ROUNDINGS
-    from mxlab.recipe import PRESETS, Recipe
+    from mxlab.recipe import PRESETS, Recipe, get_preset
 
-    start = PRESETS[default_preset] if default_preset else Recipe(steps=[])
+    start = get_preset(default_preset) if default_preset else Recipe.from_dict(lab.START_RECIPE)
     values = lab.recipe_values(start)
     formats = ["none", *sorted(FORMATS)]
     classes = lab.step_classes()
@@ -260,14 +261,14 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                                        info="comma-separated; edit here or with the buttons")
                     picked = gr.Radio(lab.order_choices(lab.parse_order(values["order"])), label="Selected step",
                                       scale=3, elem_id="order-picker")
-                with gr.Row():
-                    method = gr.Dropdown(list(classes), value=next(iter(classes)), label="Method", scale=2,
-                                         elem_id="add-method")
-                    add_btn = gr.Button("➕ Add", elem_id="order-add")
-                    remove_btn = gr.Button("✖ Remove", elem_id="order-remove")
-                    up_btn = gr.Button("⬆ Up", elem_id="order-up")
-                    down_btn = gr.Button("⬇ Down", elem_id="order-down")
-                check_md = gr.Markdown(elem_id="recipe-check")
+                with gr.Row(equal_height=True):
+                    method = gr.Dropdown(list(classes), value=next(iter(classes)), label="Method to add",
+                                         scale=2, elem_id="add-method")
+                    add_btn = gr.Button("+ Add", elem_id="order-add", size="md")
+                    remove_btn = gr.Button("× Remove selected", elem_id="order-remove", size="md")
+                    up_btn = gr.Button("↑ Move up", elem_id="order-up", size="md")
+                    down_btn = gr.Button("↓ Move down", elem_id="order-down", size="md")
+                check_md = gr.Markdown(lab.validation_message(start), elem_id="recipe-check")
                 param_widgets = []
                 with gr.Accordion("Step parameters", open=False):
                     with gr.Row():
@@ -290,13 +291,13 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                 with gr.Row():
                     calib_ds = gr.Dropdown(list(DATASETS), value=values["calib_dataset"], label="Calibration set")
                     calib_n = gr.Number(values["calib_samples"], precision=0, label="Calibration samples",
-                                        minimum=1)
+                                        minimum=1, elem_id="calib-n")
                     calib_len = gr.Number(values["calib_seq_len"], precision=0, label="Tokens per sample",
-                                          minimum=8)
+                                          minimum=8, elem_id="calib-len")
                     seed = gr.Number(values["seed"], precision=0, label="Seed")
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
                     eval_windows = gr.Number(None, precision=0, label="Max eval windows",
-                                             info="empty: the whole set")
+                                             info="empty: the whole set", elem_id="eval-windows")
                 with gr.Row():
                     run_btn = gr.Button("▶ Run", variant="primary", elem_id="run-btn")
                     cancel_btn = gr.Button("⏹ Cancel", variant="stop", elem_id="cancel-btn")

@@ -22,6 +22,9 @@ from .errors import Cancelled, MxlabError
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "embedded default (stories260K)"
+# what the app shows first: the study's best 4-bit recipe, calibration sized for the embedded model
+START_RECIPE = dict(weights="mxint4", acts="mxint8", block_size=32, steps=["awq", "gptq"],
+                    calib=dict(dataset="tinystories", n_samples=32, seq_len=256))
 RUN_COLUMNS = ["run", "model", "weights", "acts", "block", "steps", "bits/elem", "ppl FP", "ppl quant",
                "KL", "top-1", "time (s)"]
 
@@ -83,6 +86,13 @@ class SessionState:
         """The id and (not yet existing) output directory of the next run."""
         run_id = (self.runs[-1].id + 1) if self.runs else 1
         return run_id, self.workdir / f"run{run_id}"
+
+    def request_cancel(self) -> bool:
+        """Ask the running job to stop at its next progress report; False when nothing is running."""
+        if not self.busy:
+            return False
+        self.cancel.set()
+        return True
 
     def add(self, entry: RunEntry) -> None:
         """Append a finished run."""
@@ -365,8 +375,10 @@ def execute_run(state: SessionState, source: Optional[str], recipe, *, eval_data
     from .formats import bits_per_element
     from .runner import run_experiment
 
+    if state.busy:
+        raise MxlabError("A run of this session is still going; wait for it or press Cancel.")
     run_id, out_dir = state.next_run_dir()
-    state.cancel.clear()
+    state.busy = True
     start = time.perf_counter()
     try:
         outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, out_dir=out_dir,
@@ -375,6 +387,9 @@ def execute_run(state: SessionState, source: Optional[str], recipe, *, eval_data
     except Cancelled:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    finally:
+        state.busy = False
+        state.cancel.clear()  # a Cancel pressed for this run must not stop the next one
     seconds = time.perf_counter() - start
     bits = bits_per_element(recipe.weights, recipe.block_size) if recipe.weights != "none" else 16.0
     entry = RunEntry(id=run_id, model=source or "default", recipe_yaml=recipe.to_yaml(), weights=recipe.weights,

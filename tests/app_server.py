@@ -1,0 +1,34 @@
+"""Start the Gradio app in this process on a free port (shared by the client and browser tests)."""
+from __future__ import annotations
+
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app() -> Iterator[str]:
+    """The app served from a background thread; yields its URL and closes it afterwards."""
+    sys.path.insert(0, str(REPO))
+    import app
+
+    demo = app.build()
+    demo.queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
