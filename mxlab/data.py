@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -130,7 +131,29 @@ def _story_tokens(tokenizer, stories: list[str]) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch.long)
 
 
+# tokenizer -> {(dataset, split): tokens}: the FP and the quantized model of a run share the
+# tokenizer, so an embedded set is tokenized once per process (WikiText-2 takes seconds)
+_TOKEN_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _split_tokens(tokenizer, source, split: str) -> torch.Tensor:
+    key = (str(source), split)
+    cached = _cached(tokenizer).get(key) if str(source) in DATASETS else None
+    if cached is None:
+        cached = _tokenize_split(tokenizer, source, split)
+        if str(source) in DATASETS:
+            _cached(tokenizer)[key] = cached
+    return cached.clone()
+
+
+def _cached(tokenizer) -> dict:
+    try:
+        return _TOKEN_CACHE.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no caching
+        return {}
+
+
+def _tokenize_split(tokenizer, source, split: str) -> torch.Tensor:
     text = load_text(source, split)
     if str(source) == "tinystories" and split == "eval":
         return _story_tokens(tokenizer, _stories(text))
