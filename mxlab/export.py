@@ -71,6 +71,34 @@ def _dedup(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     return kept, aliases
 
 
+BUFFER_PREFIX = "mxlab_buffers."  # non-persistent buffers (rotary inv_freq): saved so a cast model reloads exactly
+
+
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers a state_dict leaves out (e.g. rotary inv_freq), keyed BUFFER_PREFIX + full name."""
+    out = {}
+    for mod_name, mod in model.named_modules():
+        for b in getattr(mod, "_non_persistent_buffers_set", ()):
+            t = mod._buffers.get(b)
+            if t is not None:
+                out[f"{BUFFER_PREFIX}{mod_name}.{b}" if mod_name else f"{BUFFER_PREFIX}{b}"] = t
+    return out
+
+
+def _restore_buffers(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved non-persistent buffers back, with their saved dtype (pops them from ``tensors``)."""
+    for key in [k for k in tensors if k.startswith(BUFFER_PREFIX)]:
+        owner, _, leaf = key[len(BUFFER_PREFIX):].rpartition(".")
+        try:
+            mod = model.get_submodule(owner)
+        except AttributeError:
+            mod = None
+        if mod is None or leaf not in mod._buffers:
+            raise MxlabError(f"buffer {key[len(BUFFER_PREFIX):]} of the checkpoint is not in the model built "
+                             "from config.json; export the checkpoint again")
+        mod._buffers[leaf] = tensors.pop(key)
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -148,6 +176,7 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
             report(progress, 0.8 * (i + 1) / len(qmods), f"packing {name}")
         plain = {k: v for k, v in model.state_dict().items()
                  if not (k.endswith(".weight") and k[: -len(".weight")] in packed_meta)}
+        plain.update(_non_persistent_buffers(model))
         plain, aliases = _dedup(plain)
         clash = set(plain) & set(tensors)
         if clash:
@@ -330,8 +359,12 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
         except (KeyError, ValueError, RuntimeError) as e:
             raise MxlabError(f"{directory / WEIGHTS_FILE}: packed weight of {name} is incomplete ({e}); "
                              "export the checkpoint again") from e
-    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
-    dtype = max(set(floats), key=floats.count) if floats else torch.float32
+    # the model dtype: that of most stored floating-point elements (buffers such as inv_freq may differ)
+    counts: dict[torch.dtype, int] = {}
+    for k, t in tensors.items():
+        if t.is_floating_point() and not k.startswith(BUFFER_PREFIX):
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    dtype = max(counts, key=counts.get) if counts else torch.float32
     model = _build_model(cfg, dtype)
 
     for name, spec in modules.items():
@@ -351,6 +384,7 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
     for dup, kept in aliases.items():
         if kept in tensors:
             tensors[dup] = tensors[kept]
+    _restore_buffers(model, tensors)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not (k.endswith(".weight") and k[: -len(".weight")] in packed)]
     if missing or unexpected:

@@ -83,6 +83,30 @@ def test_round_trip_embedded_model_with_lm_head(tmp_path):
     assert "lm_head" in quant_linears(loaded)
 
 
+def test_round_trip_bfloat16(tmp_path):
+    model = make_tiny_model("qwen3").to(torch.bfloat16)
+    result = quantize_model(model, None, Recipe(weights="mxfp6_e2m3", acts="mxint8"),
+                            calib_tokens=torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0)))
+    save_quantized(result, None, tmp_path / "ckpt")
+    loaded, tok = load_quantized(tmp_path / "ckpt")
+    assert tok is None and loaded.dtype == torch.bfloat16
+    assert torch.equal(_logits(loaded, TOKENS), _logits(result.model, TOKENS))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_round_trip_cuda(tmp_path):
+    model = make_tiny_model("llama").to("cuda")
+    result = quantize_model(model, None, Recipe(weights="mxint4", acts="mxint8", steps=["gptq"]), device="cuda",
+                            calib_tokens=torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0)))
+    tokens = TOKENS.to("cuda")
+    expected = _logits(result.model, tokens)
+    save_quantized(result, None, tmp_path / "ckpt")
+    loaded, _ = load_quantized(tmp_path / "ckpt", device="cuda")
+    assert next(loaded.parameters()).device.type == "cuda"
+    assert torch.equal(_logits(loaded, tokens), expected)
+
+
 # ------------------------------------------------------------------------------------ size
 def _safetensors_sizes(path: Path) -> tuple[int, dict[str, int]]:
     """(header bytes, {tensor name: data bytes}) read straight from the file format."""
@@ -101,14 +125,15 @@ def test_packed_size_mxint4_block32(tmp_path):
     qmods = quant_linears(result.model)
     n_weights = sum(m.weight.numel() for m in qmods.values())
     packed_bytes = sum(b for k, b in sizes.items() if k.rpartition(".weight.")[0] in qmods)
-    plain_bytes = sum(b for k, b in sizes.items() if k.rpartition(".weight.")[0] not in qmods)
+    buffer_bytes = sum(b for k, b in sizes.items() if k.startswith("mxlab_buffers."))  # rotary inv_freq
+    plain_bytes = sum(b for k, b in sizes.items() if k.rpartition(".weight.")[0] not in qmods) - buffer_bytes
     # 4-bit codes + one 8-bit E8M0 scale per 32 weights: 4.25 bits (tiny metadata tensors allowed)
     assert 4.25 <= 8 * packed_bytes / n_weights < 4.26
     # everything else stays float32, counted separately: embeddings, norms, lm_head
     n_plain = sum(p.numel() for n, p in result.model.state_dict().items()
                   if n.rpartition(".")[0] not in qmods)
     assert plain_bytes == 4 * n_plain
-    assert path.stat().st_size == header + packed_bytes + plain_bytes
+    assert path.stat().st_size == header + packed_bytes + plain_bytes + buffer_bytes and buffer_bytes < 200
 
 
 # ------------------------------------------------------------------------------ dequantized
@@ -126,6 +151,21 @@ def test_dequantized_loads_in_plain_transformers(tmp_path):
     tokens = torch.randint(0, 512, (400,), generator=torch.Generator().manual_seed(2))
     ppl_q = perplexity(result.model, tokens, seq_len=64)
     assert perplexity(plain, tokens, seq_len=64) == pytest.approx(ppl_q, rel=1e-6)
+    assert torch.equal(_logits(plain, TOKENS), _logits(result.model, TOKENS))
+
+
+def test_dequantized_embedded_with_quantized_lm_head(tmp_path):
+    """Quantizing lm_head unties it from the embeddings; the plain checkpoint must say so."""
+    from transformers import AutoModelForCausalLM
+
+    from mxlab.models import load_model
+
+    model, tok = load_model()
+    result = quantize_model(model, tok, Recipe(weights="mxint4", acts="none", targets="decoder+lm_head"),
+                            calib_tokens=torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0)))
+    save_dequantized(result.model, tok, tmp_path / "plain")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
+    assert plain.config.tie_word_embeddings is False
     assert torch.equal(_logits(plain, TOKENS), _logits(result.model, TOKENS))
 
 
