@@ -155,6 +155,15 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
     return cfg
 
 
+def _check_packed(name: str, packed: Any, weight: torch.Tensor) -> None:
+    """The packed codes must give back the in-memory weight bit for bit, or the reload would differ."""
+    w = packed.dequantize().to(weight.device)
+    same = (w == weight) | (torch.isnan(w) & torch.isnan(weight))
+    if w.shape != weight.shape or w.dtype != weight.dtype or not bool(same.all()):
+        raise RuntimeError(f"{name}: the packed weight ({packed.fmt}) does not reproduce the model's weight "
+                           f"exactly; this is a bug in mxlab, please report it with the recipe")
+
+
 def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.PathLike, recipe: Any = None,
                    *, progress: ProgressFn | None = None, overwrite: bool = False) -> Path:
     """Write the packed MX checkpoint of a quantized model (a QuantResult or model + recipe) atomically."""
@@ -171,6 +180,7 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
             modules[name] = _spec_dict(mod.spec)
             if mod.spec.weights != "none":
                 packed = mod.packed()
+                _check_packed(name, packed, mod.weight)
                 tensors.update(packed.state_dict(f"{name}.weight."))
                 packed_meta[name] = packed.metadata()
             report(progress, 0.8 * (i + 1) / len(qmods), f"packing {name}")
