@@ -74,8 +74,17 @@ class QuantLinear(nn.Module):
 
     def quantize_weight(self) -> None:
         """RTN-quantize the weight in place (no-op if already quantized)."""
-        if not self.weight_quantized:
-            self.set_quantized_weight(self.quantize_weight_rtn())
+        if self.weight_quantized:
+            return
+        from .formats import is_mx, pack
+
+        if self.spec.weights == "none" or is_mx(self.spec.weights):
+            self.set_quantized_weight(self.quantize_weight_rtn())   # MX: re-packing Q later is exact
+        else:
+            # per-channel int/nvfp4 scales of an already-quantized tensor can differ in the last bit:
+            # pack the FP weight now and keep the packed form for export
+            p = pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+            self.set_quantized_weight(p.dequantize().to(self.weight.device), packed=p)
 
     def release_fp(self) -> None:
         """Drop the pre-quantization copy of the weight (frees memory once the block is done)."""

@@ -1,0 +1,114 @@
+"""The layer-by-layer pipeline on tiny models: what gets quantized, records, one block at a time."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import make_tiny_model
+from mxlab.errors import Cancelled, MxlabError
+from mxlab.formats import quantize
+from mxlab.pipeline import quantize_model
+from mxlab.qlinear import QuantLinear
+from mxlab.recipe import Recipe
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def test_rtn_w8a8_quantizes_every_decoder_linear(random_tokens):
+    model = make_tiny_model("llama")
+    ref = _logits(model, random_tokens)
+    result = quantize_model(model, None, Recipe(weights="mxint8", acts="mxint8", steps=["rtn"]),
+                            calib_tokens=random_tokens, device="cpu")
+    qlins = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    assert len(qlins) == 2 * 7 and all(n.startswith("model.layers.") for n in qlins)
+    assert type(model.lm_head) is nn.Linear
+    for q in qlins.values():
+        assert q.weight_quantized and q.weight_fp is None          # fp copies released
+        assert torch.equal(quantize(q.weight.data, "mxint8", 32), q.weight.data)   # on the grid
+    assert [(r.step, r.block, len(r.modules)) for r in result.records] == [("rtn", 0, 7), ("rtn", 1, 7)]
+    for m in result.records[0].modules:
+        assert m.sqnr_after > 30 and m.mse_after > 0 and m.module.startswith("model.layers.0.")
+    out = _logits(model, random_tokens)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
+    assert len(result.stats["weights"]) == 14 and len(result.stats["activations"]) == 14
+
+
+def test_smoothquant_then_rtn_records_and_recaptured_inputs(random_tokens):
+    model = make_tiny_model("qwen2")
+    with torch.no_grad():                      # plant outlier input channels (a column of the embeddings)
+        model.model.embed_tokens.weight[:, 5] *= 40
+    recipe = Recipe(weights="mxint8", acts="mxint8", block_size=16, steps=["smoothquant"])
+    result = quantize_model(model, None, recipe, calib_tokens=random_tokens, device="cpu")
+    steps = [(r.step, r.block) for r in result.records]
+    assert steps == [("smoothquant", 0), ("rtn", 0), ("smoothquant", 1), ("rtn", 1)]
+    sq = result.records[0]
+    q = next(m for m in sq.modules if m.module == "model.layers.0.self_attn.q_proj")
+    assert q.details["alpha"] == 0.5 and q.details["scale_max"] > 1
+    assert q.sqnr_after > q.sqnr_before                       # smoothing helps the outlier channel
+    acts = {(a["module"], a["stage"]): a for a in result.stats["activations"]}
+    before = max(acts[("model.layers.0.self_attn.q_proj", "fp")]["absmax"])
+    after = max(acts[("model.layers.0.self_attn.q_proj", "smoothquant")]["absmax"])
+    assert after < before / 2                                 # stats saw the re-captured, smoothed inputs
+    final = result.records[1]
+    assert all(m.details.get("final") for m in final.modules) and len(final.modules) == 7
+
+
+def test_only_one_block_moves_at_a_time(random_tokens):
+    model = make_tiny_model("opt")
+    blocks = model.model.decoder.layers
+    log = []
+    for i, b in enumerate(blocks):
+        def spy(*args, _i=i, _to=b.to, **kwargs):
+            log.append((_i, str(args[0]) if args else str(kwargs)))
+            return _to(*args, **kwargs)
+        b.to = spy
+    seen = []
+    quantize_model(model, None, Recipe(weights="mxint4", acts="none", steps=["rtn"]), calib_tokens=random_tokens,
+                   device="cpu", progress=lambda f, msg: seen.append(f))
+    # block 0 goes to the device and back before block 1 is touched
+    assert [i for i, _ in log] == [0, 0, 1, 1]
+    assert seen == sorted(seen) and seen[-1] == 1.0
+
+
+def test_cancel_returns_the_block(random_tokens):
+    model = make_tiny_model("llama")
+    calls = []
+    blocks = model.model.layers
+    blocks[1].to = lambda *a, **k: calls.append(a) or nn.Module.to(blocks[1], *a, **k)
+
+    def progress(f, msg):
+        if "block 2/2: rtn" in msg:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        quantize_model(model, None, Recipe(steps=["rtn"]), calib_tokens=random_tokens, device="cpu", progress=progress)
+    assert len(calls) == 2                                     # moved to the device, then home again
+
+
+def test_overrides_targets_and_errors(random_tokens):
+    model = make_tiny_model("llama")
+    recipe = Recipe(weights="mxint4", acts="mxint8", targets="decoder+lm_head",
+                    overrides=[{"pattern": "model.layers.0.mlp.*", "skip": True},
+                               {"pattern": "*.down_proj", "weights": "mxint8"}])
+    quantize_model(model, None, recipe, calib_tokens=random_tokens, device="cpu")
+    assert type(model.model.layers[0].mlp.up_proj) is nn.Linear
+    assert model.model.layers[1].mlp.down_proj.spec.weights == "mxint8"
+    assert isinstance(model.lm_head, QuantLinear) and model.lm_head.weight_quantized
+    with pytest.raises(MxlabError, match="already quantized"):
+        quantize_model(model, None, recipe, calib_tokens=random_tokens, device="cpu")
+    with pytest.raises(MxlabError, match="calib_tokens"):
+        quantize_model(make_tiny_model("llama"), None, recipe, calib_tokens=torch.rand(2, 8), device="cpu")
+
+
+def test_unknown_architecture_rtn_works_scaling_skips(random_tokens):
+    model = make_tiny_model("mistral")
+    model.config.model_type = "mystery"
+    result = quantize_model(model, None, Recipe(weights="mxint8", acts="mxint8", steps=["smoothquant"]),
+                            calib_tokens=random_tokens, device="cpu")
+    assert "no architecture map" in result.notes[0]
+    assert result.records[0].step == "smoothquant" and result.records[0].notes
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
