@@ -96,3 +96,40 @@ def test_report_renders_offline_in_chromium(tmp_path):
     assert n_plots == N_FIGURES and n_svg >= 2 * N_FIGURES  # each plot draws a main and an overlay svg
     assert all(n > 0 for n in n_traces), n_traces  # every figure drew data, not just axes
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_full_analysis_on_the_embedded_model(tmp_path):
+    """stories260K: quantize (smoothquant, gptq) with statistics, sensitivity, tables and the report.
+
+    ~12 s on 2 busy CPU cores with one torch thread (quantize ~7 s, sensitivity ~4 s, report ~1 s)."""
+    import time
+
+    from mxlab.data import calibration_batches, evaluation_tokens
+    from mxlab.models import load_model
+    from mxlab.pipeline import quantize_model
+    from mxlab.recipe import Recipe
+    from mxlab.sensitivity import layer_sensitivity
+
+    model, tok = load_model()
+    fp, _ = load_model()
+    recipe = Recipe(weights="mxint4", acts="mxint8", block_size=32, steps="smoothquant,gptq")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: on a shared 2-core box, 2 spinning threads per process run ~10x slower
+    try:
+        t0 = time.perf_counter()
+        sens = layer_sensitivity(fp, recipe, evaluation_tokens(tok, "tinystories"), seq_len=128, max_windows=4)
+        res = quantize_model(model, tok, recipe, calib_tokens=calibration_batches(tok, "tinystories", 16, 128))
+        tables = stats.write_tables(tmp_path / "tables", records=res.records, stats=res.stats)
+        path = report.write_report(tmp_path / "report.html", recipe=recipe, model_info={"model": "stories260K"},
+                                   metrics={}, records=res.records, stats=res.stats, sensitivity=sens)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    n_linears = 5 * 7
+    assert len(sens) == n_linears and len(res.stats["weights"]) == n_linears
+    assert len(stats.activation_table(res.stats)) == 2 * n_linears  # fp and after smoothquant
+    assert len(stats.records_table(res.records)) == 2 * n_linears  # one row per module x step
+    assert set(tables) == {"records", "activations", "activation_channels", "weights", "weight_channels", "scales"}
+    assert len(re.findall(r'<div id="fig\d+"', path.read_text())) == N_FIGURES - 1  # all but the runs chart
+    assert seconds < 60, seconds

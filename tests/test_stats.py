@@ -173,3 +173,29 @@ def test_tables_and_csv(tmp_path):
     back = pd.read_csv(paths["weights"])
     assert back.loc[0, "n_blocks"] == 16 and back.loc[0, "format"] == "mxint8"
     assert not list(tmp_path.glob(".*"))  # no temp files left
+
+
+def test_pipeline_smoothquant_reduces_planted_outliers():
+    """Tiny llama whose input_layernorm amplifies channels 42, 5, 17: the pipeline's fp stats find them,
+    and methods/smoothquant (alpha 0.5) cuts the q/k/v input outlier ratio by several times."""
+    from conftest import make_tiny_model
+    from mxlab.pipeline import quantize_model
+    from mxlab.recipe import Recipe
+
+    model = make_tiny_model("llama")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for c, gain in OUTLIERS.items():
+                layer.input_layernorm.weight[c] *= gain
+    calib = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
+    res = quantize_model(model, None, Recipe(weights="mxint4", acts="mxint8", steps="smoothquant"), calib_tokens=calib)
+    acts = stats.activation_table(res.stats).set_index(["module", "stage"])
+    assert len(res.stats["weights"]) == 2 * 7
+    for b in range(2):
+        q = f"model.layers.{b}.self_attn.q_proj"
+        assert acts.loc[(q, "fp"), "top_channels"].split(",")[:3] == ["42", "5", "17"]
+        before, after = acts.loc[(q, "fp"), "outlier_ratio"], acts.loc[(q, "smoothquant"), "outlier_ratio"]
+        assert before > 20 and after < before / 4, (before, after)
+    # every MX weight's exponent histogram counts exactly its blocks
+    for w in res.stats["weights"]:
+        assert sum(w["exp_counts"]) == w["n_blocks"] == w["out_features"] * -(-w["in_features"] // 32)
