@@ -416,6 +416,9 @@ def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, devic
             errors = ctx.output_errors()
             for k, (cfg, apply) in enumerate(methods):
                 report(progress, (i + (k + 1) / n_stages) / n_blocks, f"block {i + 1}/{n_blocks}: {cfg.name}")
+                if recipe.allow_requantize:
+                    for q in linears.values():
+                        q.unmark_quantized()
                 t0 = time.perf_counter()
                 record = apply(block, ctx, cfg)
                 record.seconds = record.seconds or time.perf_counter() - t0

@@ -67,7 +67,8 @@ class QuantLinear(nn.Module):
         """Store the quantized weight ``q`` (out, in) and mark this layer done; steps after must not rescale it."""
         if q.shape != self.weight.shape:
             raise MxlabError(f"quantized weight has shape {tuple(q.shape)}, expected {tuple(self.weight.shape)}")
-        self.weight_fp = self.weight.data.clone()
+        if self.weight_fp is None:              # keep the earliest FP weight as the error reference
+            self.weight_fp = self.weight.data.clone()
         self.weight.data.copy_(q.to(self.weight.dtype))
         self.weight_quantized = True
         self._packed = packed
@@ -85,6 +86,11 @@ class QuantLinear(nn.Module):
             # pack the FP weight now and keep the packed form for export
             p = pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
             self.set_quantized_weight(p.dequantize().to(self.weight.device), packed=p)
+
+    def unmark_quantized(self) -> None:
+        """Treat the quantized weight as a starting point again (``Recipe.allow_requantize`` ablations)."""
+        self.weight_quantized = False
+        self._packed = None
 
     def release_fp(self) -> None:
         """Drop the pre-quantization copy of the weight (frees memory once the block is done)."""

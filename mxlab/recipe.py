@@ -244,6 +244,8 @@ class Recipe:
         overrides: per-module formats or skips; the first matching pattern decides.
         calib: calibration set and size.
         seed: seed for calibration sampling.
+        allow_requantize: for ablations only: let steps follow GPTQ/RTN (the study's reversed orders);
+            a later step starts from the quantized weights, which are quantized again at the end.
     """
 
     weights: str = "mxint4"
@@ -255,6 +257,7 @@ class Recipe:
     overrides: list[Override] = field(default_factory=list)
     calib: CalibConfig = field(default_factory=CalibConfig)
     seed: int = 0
+    allow_requantize: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, str):
@@ -286,6 +289,8 @@ class Recipe:
             raise MxlabError(f"block_size must be a positive integer (32 is the MX standard), got {self.block_size!r}")
         if self.rounding not in ROUNDINGS:
             raise MxlabError(f"unknown rounding {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
+        if not isinstance(self.allow_requantize, bool):
+            raise MxlabError(f"allow_requantize must be true or false, got {self.allow_requantize!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise MxlabError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.targets, str) or not self.target_set or self.target_set - set(TARGETS):
@@ -300,7 +305,10 @@ class Recipe:
             if step.name in names[:i]:
                 raise MxlabError(f"step {step.name!r} appears twice in {names}; each step may run once")
             done = [p for p in self.steps[:i] if p.kind == "quantizing"]
-            if done:
+            if done and self.allow_requantize:
+                warnings.append(f"{step.name} after {done[0].name}: re-quantizes already quantized weights "
+                                f"(allow_requantize); the study found this order degrades badly")
+            elif done:
                 raise MxlabError(
                     f"step {step.name!r} comes after {done[0].name!r} in {names}, but {done[0].name} has already "
                     f"quantized the weights, so {step.name} would rewrite quantized weights. Put {done[0].name} "
@@ -338,6 +346,7 @@ class Recipe:
             "overrides": [{k: v for k, v in dataclasses.asdict(o).items() if v not in (None, False)}
                           for o in self.overrides],
             "calib": dataclasses.asdict(self.calib), "seed": self.seed,
+            **({"allow_requantize": True} if self.allow_requantize else {}),
         }
 
     @classmethod

@@ -112,3 +112,16 @@ def test_unknown_architecture_rtn_works_scaling_skips(random_tokens):
     assert "no architecture map" in result.notes[0]
     assert result.records[0].step == "smoothquant" and result.records[0].notes
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
+
+
+def test_allow_requantize_runs_the_reversed_order(random_tokens):
+    with pytest.raises(MxlabError, match="already quantized"):
+        Recipe(steps=["rtn", "smoothquant"])
+    recipe = Recipe(weights="mxint4", acts="mxint8", steps=["rtn", "smoothquant"], allow_requantize=True)
+    assert any("degrades" in w for w in recipe.warnings)
+    assert Recipe.from_yaml(recipe.to_yaml()).allow_requantize
+    model = make_tiny_model("llama")
+    result = quantize_model(model, None, recipe, calib_tokens=random_tokens, device="cpu")
+    assert [r.step for r in result.records[:3]] == ["rtn", "smoothquant", "rtn"]     # rescaled, then re-quantized
+    for q in (m for m in model.modules() if isinstance(m, QuantLinear)):
+        assert q.weight_quantized and torch.equal(quantize(q.weight.data, "mxint4", 32), q.weight.data)

@@ -31,9 +31,13 @@ def fold_scales(block: nn.Module, group: ScalingGroup, s: torch.Tensor) -> None:
 
     if group.prev_kind == "linear":
         scale_(prev.weight, 1.0 / s[:, None])           # (out, in): rows
+        if getattr(prev, "weight_fp", None) is not None:
+            scale_(prev.weight_fp, 1.0 / s[:, None])
     else:
         scale_(prev.weight, 1.0 / s)                     # (channels,)
     if getattr(prev, "bias", None) is not None:
         scale_(prev.bias, 1.0 / s)
     for lin in linears:
         scale_(lin.weight, s[None, :])                   # (out, in): columns
+        if getattr(lin, "weight_fp", None) is not None:  # keep the error reference in the same basis
+            scale_(lin.weight_fp, s[None, :])
