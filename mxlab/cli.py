@@ -38,6 +38,7 @@ RUN_EPILOG = """\
 The recipe comes from exactly one of: --recipe FILE (YAML or JSON), --preset NAME, or the format
 and step flags (--weights --acts --block-size --rounding --steps). --calib* flags apply to all three.
 
+stdout gets the metrics as one JSON object (progress and logs go to stderr).
 DIR receives: results.json (metrics.ppl_fp, metrics.ppl_quant, kl, top1, bits_per_weight, the recipe,
 per-layer records, statistics), recipe.yaml, *.csv tables, report.html and model/ (the packed MX
 checkpoint; reload it with mxlab.load_quantized("DIR/model")).
@@ -237,10 +238,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .export import REPORT_FILE, read_results, write_report_html
 
     results = read_results(args.run_dir)
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise MxlabError("plotly is not installed; `pip install plotly` to build the report") from None
     target = Path(args.output) if args.output else Path(args.run_dir) / REPORT_FILE
     with atomic_file(target) as tmp:
-        if not write_report_html(results, tmp):
-            raise MxlabError("plotly is not installed; `pip install plotly` to build the report")
+        write_report_html(results, tmp)
     print(target)
     return EXIT_OK
 

@@ -26,6 +26,7 @@ def outcome(tmp_path_factory):
     return o
 
 
+@pytest.mark.slow  # shares one ~5-10 s run of the embedded model (fixture `outcome`)
 def test_metrics(outcome):
     from mxlab.evaluate import evaluate_model
 
@@ -45,11 +46,13 @@ def test_metrics(outcome):
     assert m["seconds_quantize"] > 0 and m["seconds_eval"] > 0
 
 
+@pytest.mark.slow  # shares one ~5-10 s run of the embedded model (fixture `outcome`)
 def test_progress_monotonic_to_one(outcome):
     fractions = [f for f, _ in outcome.calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] == 0.0
 
 
+@pytest.mark.slow  # shares one ~5-10 s run of the embedded model (fixture `outcome`)
 def test_export_files(outcome):
     from mxlab.export import load_quantized
 
@@ -70,6 +73,7 @@ def test_export_files(outcome):
         assert torch.equal(model(tokens).logits, outcome.model(tokens).logits)
 
 
+@pytest.mark.slow  # shares one ~5-10 s run of the embedded model (fixture `outcome`)
 def test_cli_report_rebuilds_html(outcome, tmp_path):
     from mxlab.cli import main
 
