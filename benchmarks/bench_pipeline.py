@@ -111,7 +111,12 @@ def main(argv=None) -> None:
           f"(min {min(rest):.1f}, max {max(rest):.1f})")
     print(f"extrapolated      {extrapolated:.0f} s = {extrapolated / 60:.1f} min for {args.full_layers} layers")
     print(f"peak GPU memory   {peak:.2f} GiB (torch.cuda.max_memory_allocated)")
-    print(f"records           {len(result.records)} step records")
+    by_step: dict[str, float] = {}
+    for rec in result.records:
+        by_step[rec.step] = by_step.get(rec.step, 0.0) + rec.seconds
+    steps_txt = ", ".join(f"{k} {v:.1f} s" for k, v in by_step.items())
+    print(f"inside steps      {steps_txt}; the rest ({total - sum(by_step.values()):.1f} s) is the pipeline: "
+          "catching inputs, error measurements, statistics, block outputs")
 
 
 if __name__ == "__main__":
