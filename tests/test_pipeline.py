@@ -125,3 +125,18 @@ def test_allow_requantize_runs_the_reversed_order(random_tokens):
     assert [r.step for r in result.records[:3]] == ["rtn", "smoothquant", "rtn"]     # rescaled, then re-quantized
     for q in (m for m in model.modules() if isinstance(m, QuantLinear)):
         assert q.weight_quantized and torch.equal(quantize(q.weight.data, "mxint4", 32), q.weight.data)
+
+
+@pytest.mark.slow
+def test_embedded_model_w8a8_rtn_within_one_percent():
+    from mxlab.data import calibration_batches, evaluation_tokens
+    from mxlab.evaluate import perplexity
+    from mxlab.models import load_model
+
+    model, tok = load_model()
+    tokens = evaluation_tokens(tok, "tinystories")[:16384]
+    ppl_fp = perplexity(model, tokens)
+    calib = calibration_batches(tok, "tinystories", 32, 256, 0)
+    quantize_model(model, tok, Recipe(weights="mxint8", acts="mxint8", steps=["rtn"]), calib_tokens=calib, device="cpu")
+    ppl_q = perplexity(model, tokens)
+    assert ppl_fp < ppl_q < 1.01 * ppl_fp          # measured: 3.7601 -> 3.7679 (+0.2%) on the full eval text
