@@ -154,8 +154,7 @@ def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, gr
     finally:
         model.train(was_training)
     rows.sort(key=lambda r: r[rank_by], reverse=True)
-    for i, r in enumerate(rows):
-        r["rank"] = i + 1
+    rows = [{"rank": i + 1, **r} for i, r in enumerate(rows)]
     _CACHE[key] = rows
     return [dict(r) for r in rows]
 

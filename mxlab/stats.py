@@ -196,7 +196,7 @@ def activation_table(stats: Any):
 
     rows = []
     for s in _split_stats(stats, "activations"):
-        absmax = torch.tensor(s["absmax"])
+        absmax = torch.tensor([math.nan if v is None else v for v in s["absmax"]])  # JSON wrote nan as null
         rows.append(dict(module=s["module"], block=s["block"], stage=s["stage"], n_tokens=s["n_tokens"],
                          in_features=s["in_features"], outlier_ratio=s["outlier_ratio"], kurtosis=s["kurtosis"],
                          absmax_max=float(absmax.max()), absmax_median=float(absmax.median()),

@@ -18,8 +18,12 @@ TOKENS = torch.randint(0, 512, (4 * 32,), generator=torch.Generator().manual_see
 
 @pytest.fixture
 def model():
+    """A tiny llama, an empty cache, and one torch thread (tiny matmuls on a shared 2-core box)."""
     sensitivity.clear_cache()
-    return make_tiny_model("llama")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield make_tiny_model("llama")
+    torch.set_num_threads(threads)
 
 
 def _run(model, recipe, **kw):
