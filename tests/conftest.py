@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# The models under test are tiny: one thread beats two spinning ones, and leaves the other core
+# to the app server that some tests start in a subprocess.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
