@@ -40,6 +40,27 @@ def fsync_tree(root: Path) -> None:
         _fsync_path(d)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide, not safe to toggle from app threads
+
+
+def _umask() -> int:
+    return _UMASK
+
+
+def normalize_modes(root: Path) -> None:
+    """Give files the usual umask modes: helpers that write via mkstemp leave them 0600."""
+    mask = _umask()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(Path(dirpath) / name, 0o666 & ~mask)
+
+
 def _check_target(target: Path, overwrite: bool) -> None:
     """Refuse to replace a file, or a non-empty directory unless ``overwrite``."""
     if not target.exists():
@@ -68,6 +89,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
     try:
         tmp.mkdir()
         yield tmp
+        normalize_modes(tmp)
         fsync_tree(tmp)
         _swap_into_place(tmp, target)
         _fsync_path(target.parent)
@@ -106,6 +128,7 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync_path(tmp)
         os.replace(tmp, target)
         _fsync_path(target.parent)

@@ -73,3 +73,16 @@ def test_atomic_file(tmp_path):
     with atomic_file(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and _entries(tmp_path) == ["r.html"]
+
+
+def test_files_get_umask_modes(tmp_path):
+    import os
+    import tempfile
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        fd, name = tempfile.mkstemp(dir=tmp)  # 0600, as report/stats helpers write
+        os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    (only,) = (tmp_path / "out").iterdir()
+    assert only.stat().st_mode & 0o777 == 0o666 & ~mask
