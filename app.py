@@ -31,12 +31,17 @@ footer {display: none !important;}
 
 
 # ----------------------------------------------------------------------------- handlers
+def _oneline(err: Exception) -> str:
+    """An exception's message on one line (YAML errors span several)."""
+    return " ".join(str(err).split())
+
+
 def _error(err: Exception) -> str:
     """A message for the UI; unexpected errors are logged with their traceback."""
     if isinstance(err, MxlabError):
-        return f"❌ {err}"
+        return f"**Error:** {_oneline(err)}"
     log.exception("unexpected error")
-    return f"❌ Unexpected error ({type(err).__name__}): {err}"
+    return f"**Error:** unexpected {type(err).__name__}: {_oneline(err)}"
 
 
 def load_model_info(source: str, recipe_yaml: str, state: lab.SessionState):
@@ -99,9 +104,9 @@ def run_recipe(source: str, recipe_yaml: str, eval_dataset: str, max_eval_window
         windows = int(max_eval_windows) if max_eval_windows else None
         entry = lab.execute_run(state, src, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
                                 report=lambda f, msg: progress(f, desc=msg))
-        message = "✅ " + lab.metrics_markdown(entry)
+        message = "**Done.** " + lab.metrics_markdown(entry)
     except Cancelled as err:
-        message = f"⏹️ {err}"
+        message = f"**Cancelled:** {err}"
     except Exception as err:  # noqa: BLE001
         message = _error(err)
     return (message, lab.runs_rows(state), *_run_pickers(state), state)
@@ -110,7 +115,7 @@ def run_recipe(source: str, recipe_yaml: str, eval_dataset: str, max_eval_window
 def cancel_run(state: lab.SessionState):
     """Ask this session's running job to stop at its next progress report."""
     if state.request_cancel():
-        return "⏹️ Cancelling at the next step..."
+        return "**Cancelling** at the next step..."
     return "Nothing is running."
 
 
@@ -188,7 +193,7 @@ def export_run(run_label: str, state: lab.SessionState):
     except Exception as err:  # noqa: BLE001
         return (_error(err), *[None] * 5)
     paths = [str(files[k]) if k in files else None for k in ("model", "results", "records", "report", "recipe")]
-    return (f"✅ Files of {run_label} ready.", *paths)
+    return (f"**Ready:** the files of run {run_label}.", *paths)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -288,6 +293,9 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                         yaml_file = gr.File(label="...or upload a .yaml", file_types=[".yaml", ".yml"], height=80)
 
             with gr.Tab("3 · Run", id="run"):
+                gr.Markdown("Runs the recipe of tab 2 on the model of tab 1: FP evaluation, calibration, the "
+                            "steps block by block, quantized evaluation (perplexity, KL and top-1 agreement "
+                            "against FP), then the export. Each run is added to this session's table.")
                 with gr.Row():
                     calib_ds = gr.Dropdown(list(DATASETS), value=values["calib_dataset"], label="Calibration set")
                     calib_n = gr.Number(values["calib_samples"], precision=0, label="Calibration samples",
@@ -296,18 +304,19 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                                           minimum=8, elem_id="calib-len")
                     seed = gr.Number(values["seed"], precision=0, label="Seed")
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
-                    eval_windows = gr.Number(None, precision=0, label="Max eval windows",
-                                             info="empty: the whole set", elem_id="eval-windows")
+                    eval_windows = gr.Number(lab.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
+                                             info="of 512 tokens; 0: the whole set", minimum=0,
+                                             elem_id="eval-windows")
                 with gr.Row():
-                    run_btn = gr.Button("▶ Run", variant="primary", elem_id="run-btn")
-                    cancel_btn = gr.Button("⏹ Cancel", variant="stop", elem_id="cancel-btn")
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run-btn", scale=3)
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
                 run_md = gr.Markdown(elem_id="status-run")
                 runs_df = gr.Dataframe(headers=lab.RUN_COLUMNS, label="Runs in this session", interactive=False,
                                        elem_id="runs-table")
 
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
-                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run")
+                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", allow_custom_value=True)
                     layer_pick = gr.Dropdown(["all layers"], value="all layers", label="Layer")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
                 inspect_md = gr.Markdown()
@@ -330,7 +339,7 @@ def build(default_preset: str | None = None) -> gr.Blocks:
 
             with gr.Tab("6 · Export", id="export"):
                 with gr.Row():
-                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3)
+                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, allow_custom_value=True)
                     export_btn = gr.Button("Prepare downloads", variant="primary", elem_id="export-btn", scale=1)
                 export_md = gr.Markdown()
                 with gr.Row():

@@ -25,6 +25,7 @@ DEFAULT_SOURCE = "embedded default (stories260K)"
 # what the app shows first: the study's best 4-bit recipe, calibration sized for the embedded model
 START_RECIPE = dict(weights="mxint4", acts="mxint8", block_size=32, steps=["awq", "gptq"],
                     calib=dict(dataset="tinystories", n_samples=32, seq_len=256))
+DEFAULT_EVAL_WINDOWS = 40   # 512-token windows: ~20k tokens, enough to rank recipes on the embedded model
 RUN_COLUMNS = ["run", "model", "weights", "acts", "block", "steps", "bits/elem", "ppl FP", "ppl quant",
                "KL", "top-1", "time (s)"]
 
@@ -280,8 +281,8 @@ def validation_message(recipe) -> str:
     bits = bits_per_element(recipe.weights, recipe.block_size) if recipe.weights != "none" else None
     head = "Recipe OK" + (f" (weights: {bits:g} bits/element incl. scales)" if bits else "")
     if not warnings:
-        return f"✅ {head}."
-    return f"⚠️ {head}, with warnings:\n" + "\n".join(f"- {w}" for w in warnings)
+        return f"**{head}.**"
+    return f"**{head}**, with warnings:\n" + "\n".join(f"- {w}" for w in warnings)
 
 
 def parse_yaml(text: str):
@@ -300,7 +301,11 @@ def parse_yaml(text: str):
 
 # ---------------------------------------------------------------------------- model info
 def model_summary(model, recipe) -> dict[str, Any]:
-    """Architecture, parameter count and the Linear layers ``recipe`` quantizes (with their formats)."""
+    """Architecture, parameter count and the layers ``recipe`` quantizes (with their formats).
+
+    Mirrors what the pipeline wraps: every Linear of the decoder blocks (target "decoder"), plus the
+    lm_head / embeddings (weight only) when targeted, minus overrides that skip or keep both FP.
+    """
     import torch.nn as nn
 
     from .architectures import architecture_map, decoder_blocks
@@ -308,24 +313,31 @@ def model_summary(model, recipe) -> dict[str, Any]:
     amap = architecture_map(model)
     list_path, blocks = decoder_blocks(model)
     arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-    n_params = sum(p.numel() for p in model.parameters())
+    candidates = []   # (full name, module, kind)
+    if "decoder" in recipe.target_set:
+        candidates += [(f"{list_path}.{i}.{name}", m, "linear") for i, block in enumerate(blocks)
+                       for name, m in block.named_modules() if type(m) is nn.Linear]
+    names = {id(m): n for n, m in model.named_modules()}
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if "lm_head" in recipe.target_set and isinstance(head, nn.Linear):
+        candidates.append((names[id(head)], head, "linear"))
+    if "embeddings" in recipe.target_set and emb is not None:
+        candidates.append((names[id(emb)], emb, "embedding"))
     groups: dict[str, dict] = {}   # module name with the block index replaced by '*' -> row
-    n_linear = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        n_linear += 1
+    for name, module, kind in candidates:
         spec = recipe.spec_for(name)
-        if spec is None:
+        if spec is None or (spec.weights == "none" and spec.acts == "none"):
             continue
+        acts = spec.acts if kind == "linear" else "none (weight only)"
         pattern = re.sub(rf"^{re.escape(list_path)}\.\d+\.", f"{list_path}.*.", name)
-        row = groups.setdefault(f"{pattern}|{spec.weights}|{spec.acts}",
-                                {"module": pattern, "count": 0, "weights": spec.weights, "acts": spec.acts,
-                                 "shape": f"{module.out_features}x{module.in_features}"})
+        shape = "x".join(str(d) for d in module.weight.shape)
+        row = groups.setdefault(f"{pattern}|{spec.weights}|{acts}",
+                                {"module": pattern, "count": 0, "shape": shape, "weights": spec.weights, "acts": acts})
         row["count"] += 1
     return {"architecture": arch, "family": amap.name if amap else "unknown (no scaling map)",
-            "parameters": n_params, "blocks": len(blocks), "block_path": list_path,
-            "n_linear": n_linear, "quantized": list(groups.values())}
+            "parameters": sum(p.numel() for p in model.parameters()), "blocks": len(blocks),
+            "block_path": list_path, "n_linear": sum(type(m) is nn.Linear for m in model.modules()),
+            "quantized": list(groups.values())}
 
 
 def summary_markdown(summary: dict, source: str) -> str:

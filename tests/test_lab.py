@@ -97,7 +97,7 @@ def test_recipe_check_ok_and_warnings():
     assert "Recipe OK" in message and "4.25 bits/element" in message      # mxint4 @ 32: 4 + 8/32
     assert lab.parse_yaml(yaml_text).to_dict() == lab.build_recipe(**_values()).to_dict()
     _, message = lab.recipe_check(**_values(order="smoothquant, awq, gptq"))
-    assert message.startswith("⚠️") and "no benefit" in message
+    assert "with warnings" in message and "no benefit" in message
 
 
 @pytest.mark.parametrize("text, match", [("", "empty"), ("weights: [", "not valid YAML"),
@@ -162,3 +162,23 @@ def test_small_formatters():
     assert lab.normalize_source("  ") is None and lab.normalize_source("default") is None
     assert lab.normalize_source(" org/model ") == "org/model"
     assert lab.run_id_of("#12 W-x") == 12 and lab.layer_index("layer 3") == 3 and lab.layer_index("all layers") is None
+
+
+def test_model_summary_follows_targets_and_overrides():
+    from conftest import make_tiny_model
+
+    from mxlab.recipe import Recipe
+
+    model = make_tiny_model("llama")                     # 2 blocks x 7 Linears + lm_head
+    summary = lab.model_summary(model, Recipe(steps=["rtn"]))
+    assert summary["architecture"] == "LlamaForCausalLM" and summary["blocks"] == 2
+    assert summary["n_linear"] == 15 and summary["parameters"] == sum(p.numel() for p in model.parameters())
+    rows = {r["module"]: r for r in summary["quantized"]}
+    assert len(rows) == 7 and all(r["count"] == 2 for r in rows.values())
+    assert rows["model.layers.*.mlp.down_proj"]["shape"] == "64x128"
+    recipe = Recipe(steps=["rtn"], targets="decoder+lm_head",
+                    overrides=[{"pattern": "*.down_proj", "skip": True}, {"pattern": "*.q_proj", "weights": "mxint8"}])
+    rows = {r["module"]: r for r in lab.model_summary(model, recipe)["quantized"]}
+    assert "model.layers.*.mlp.down_proj" not in rows and rows["lm_head"]["count"] == 1
+    assert rows["model.layers.*.self_attn.q_proj"]["weights"] == "mxint8"
+    assert "**x**" not in lab.summary_markdown(lab.model_summary(model, recipe), "tiny")
