@@ -26,7 +26,7 @@ from .errors import MxlabError
 log = logging.getLogger(__name__)
 
 ROUNDINGS = ("nearest", "even", "floor")
-_CHUNK_ELEMS = 1 << 16  # elements per CPU work chunk: a few fp32 temporaries fit in L2
+_CHUNK_ELEMS = 1 << 14  # elements per CPU chunk: below torch's parallel grain; temporaries stay in L2
 
 
 @dataclass(frozen=True)
@@ -192,28 +192,45 @@ def shared_exponent(amax: Tensor, f: ElementFormat) -> Tensor:
 
 def _mx_chunk(xc: Tensor, f: ElementFormat, rounding: str) -> tuple[Tensor, Tensor]:
     """Fake-quantize one chunk (n, block, inner) float32; returns (float32 result, e (n, 1, inner))."""
-    amax = xc.abs().amax(dim=1, keepdim=True)  # (n, 1, inner)
-    e = shared_exponent(amax, f)
+    lo, hi = xc.aminmax(dim=1, keepdim=True)  # (n, 1, inner), one pass, no |x| temporary
+    e = shared_exponent(torch.maximum(hi, lo.neg_()), f)
     nan_block = e == 128
     ec = e.masked_fill(nan_block, 0)
-    down = pow2(-ec)  # 2^-e, may be subnormal (e = 127)
-    v = torch.mul(xc, down).clamp_(-f.max_norm, f.max_norm)  # clamp first: same result as clamping after rounding
     mb = f.mbits - 2
+    zero = xc.new_zeros(())  # 0-d
     if f.ebits == 0:
-        t = v.mul_(2.0 ** mb)
-        up = pow2(ec - mb)  # (n, 1, inner)
+        # x / 2^e first, as the reference: a product that underflows must become +0.0 before * 2^mb
+        # 0 + 2^mb * v: exact, and maps -0.0 (input or underflow) to +0.0 as the reference's sign() does
+        t = torch.add(zero, torch.mul(xc, pow2(-ec)), alpha=2.0 ** mb)
+        t.clamp_(-f.max_norm * 2 ** mb, f.max_norm * 2 ** mb)  # saturating first = clamping after rounding
+        a = _round_inplace(t.abs(), rounding)
+        up = pow2(ec - mb)  # (n, 1, inner), may be subnormal
     else:
-        # per-element exponent p = max(floor(log2|v|), min_exp), from the bits; t = v * 2^(mb - p)
-        eb = (v.view(torch.int32) >> 23).bitwise_and_(0xFF).clamp_(min=127 + f.min_exp)
-        step = (eb - mb).bitwise_left_shift_(23).view(torch.float32)  # 2^(p - mb), always normal
-        t = v.div_(step)  # exact: power-of-two divisor
+        v = torch.mul(xc, pow2(-ec)).add_(0.0).clamp_(-f.max_norm, f.max_norm)  # x / 2^e; -0.0 -> +0.0
+        a = v.abs()
+        # per-element exponent p = max(floor(log2|v|), min_exp) from the bits; step = 2^(p - mb), normal
+        eb = (a.view(torch.int32) >> 23).clamp_(min=127 + f.min_exp)
+        step = eb.sub_(mb).bitwise_left_shift_(23).view(torch.float32)
+        a = _round_inplace(a.div_(step), rounding).mul_(step)  # exact: power-of-two divisor
+        t = v
         up = pow2(ec)
-    sign = t.add_(0.0)  # -0.0 -> +0.0, as the reference's sign() does
-    a = _round_inplace(t.abs(), rounding)
-    if f.ebits:
-        a.mul_(step)
-    out = a.copysign_(sign).mul_(up.masked_fill_(nan_block, float("nan")))
+    out = a.copysign_(t).mul_(up.masked_fill_(nan_block, float("nan")))
     return out, e
+
+
+_POOL: list = []
+
+
+def _pool():
+    """Threads for CPU chunks: torch ops on chunks below its 32768-element grain run inline, and the
+    GIL is released inside them, so chunks proceed in parallel without OpenMP (whose barriers crawl
+    on an oversubscribed machine)."""
+    n = torch.get_num_threads()
+    if not _POOL or _POOL[0]._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL[:] = [ThreadPoolExecutor(n, thread_name_prefix="mxlab-quant")]
+    return _POOL[0]
 
 
 def _mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str,
@@ -223,12 +240,23 @@ def _mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, roundi
     xb, pad = _blocked(x, block_size, axis)  # (N, block, inner)
     out = torch.empty(xb.shape, dtype=torch.float32 if want_exponents else dtype, device=x.device)
     exps = torch.empty((xb.shape[0], 1, xb.shape[2]), dtype=torch.int32, device=x.device) if want_exponents else None
-    rows = max(1, _CHUNK_ELEMS // (block_size * xb.shape[2])) if x.device.type == "cpu" else xb.shape[0]
-    for i in range(0, xb.shape[0], rows):
-        res, e = _mx_chunk(xb[i:i + rows].float(), f, rounding)
-        out[i:i + rows] = res
-        if exps is not None:
-            exps[i:i + rows] = e
+    n = xb.shape[0]
+    rows = max(1, _CHUNK_ELEMS // (block_size * xb.shape[2])) if x.device.type == "cpu" else n
+
+    def work(lo_hi: tuple[int, int]) -> None:
+        for i in range(lo_hi[0], lo_hi[1], rows):
+            res, e = _mx_chunk(xb[i:i + rows].float(), f, rounding)
+            out[i:i + rows] = res
+            if exps is not None:
+                exps[i:i + rows] = e
+
+    n_chunks = -(-n // rows)
+    workers = min(torch.get_num_threads(), n_chunks // 4)
+    if workers > 1:
+        per = -(-n_chunks // workers) * rows  # contiguous ranges of whole chunks, one per thread
+        list(_pool().map(work, [(i, min(n, i + per)) for i in range(0, n, per)]))
+    else:
+        work((0, n))
     return _unblocked(out, shape, axis, pad), exps
 
 
