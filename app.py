@@ -338,16 +338,19 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                     pareto = gr.Plot(label="Perplexity vs bits per weight")
 
             with gr.Tab("6 · Export", id="export"):
+                gr.Markdown("The packed checkpoint (`mxlab.load_quantized` reloads it), the metrics and per-layer "
+                            "records, a self-contained HTML report to send around, and the recipe to rerun it "
+                            "(`python -m mxlab run --recipe recipe.yaml`).")
                 with gr.Row():
                     export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, allow_custom_value=True)
                     export_btn = gr.Button("Prepare downloads", variant="primary", elem_id="export-btn", scale=1)
                 export_md = gr.Markdown()
                 with gr.Row():
-                    f_model = gr.File(label="Packed model (.zip)", elem_id="dl-model")
-                    f_results = gr.File(label="results.json", elem_id="dl-results")
-                    f_records = gr.File(label="records.csv", elem_id="dl-records")
-                    f_report = gr.File(label="report.html", elem_id="dl-report")
-                    f_recipe = gr.File(label="recipe.yaml", elem_id="dl-recipe")
+                    f_model = gr.File(label="Packed model (.zip)", elem_id="dl-model", min_width=360)
+                    f_results = gr.File(label="results.json", elem_id="dl-results", min_width=360)
+                    f_records = gr.File(label="records.csv", elem_id="dl-records", min_width=360)
+                    f_report = gr.File(label="report.html", elem_id="dl-report", min_width=360)
+                    f_recipe = gr.File(label="recipe.yaml", elem_id="dl-recipe", min_width=360)
 
         # ---- wiring
         RECIPE_WIDGETS[:] = [weights, acts, block_size, rounding, order, calib_ds, calib_n, calib_len, seed,
