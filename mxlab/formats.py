@@ -26,7 +26,7 @@ from .errors import MxlabError
 log = logging.getLogger(__name__)
 
 ROUNDINGS = ("nearest", "even", "floor")
-_CHUNK_ELEMS = 1 << 14  # elements per CPU chunk: below torch's parallel grain; temporaries stay in L2
+_CHUNK_ELEMS = 1 << 15  # CPU chunk bound: torch's parallel grain; a chunk's temporaries stay in L2
 
 
 @dataclass(frozen=True)
@@ -190,32 +190,32 @@ def shared_exponent(amax: Tensor, f: ElementFormat) -> Tensor:
     return e.masked_fill_(biased == 255, 128)
 
 
-def _mx_chunk(xc: Tensor, f: ElementFormat, rounding: str) -> tuple[Tensor, Tensor]:
-    """Fake-quantize one chunk (n, block, inner) float32; returns (float32 result, e (n, 1, inner))."""
-    lo, hi = xc.aminmax(dim=1, keepdim=True)  # (n, 1, inner), one pass, no |x| temporary
-    e = shared_exponent(torch.maximum(hi, lo.neg_()), f)
-    nan_block = e == 128
-    ec = e.masked_fill(nan_block, 0)
+def _block_amax(xb: Tensor) -> Tensor:
+    """max |x| per block of xb (N, block, inner) as float32 (N, 1, inner): an integer max of the
+    magnitude bits (one pass, no float |x| temporary; NaN and Inf bits win, as they should)."""
+    ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[xb.dtype]
+    mag = xb.view(ints) & torch.iinfo(ints).max
+    return mag.amax(dim=1, keepdim=True).view(xb.dtype).float()
+
+
+def _mx_elements(xc: Tensor, down: Tensor, up: Tensor, f: ElementFormat, rounding: str) -> Tensor:
+    """Quantize one chunk xc (n, block, inner) float32 given its blocks' 2^-e and 2^e (n, 1, inner)."""
     mb = f.mbits - 2
-    zero = xc.new_zeros(())  # 0-d
     if f.ebits == 0:
-        # x / 2^e first, as the reference: a product that underflows must become +0.0 before * 2^mb
-        # 0 + 2^mb * v: exact, and maps -0.0 (input or underflow) to +0.0 as the reference's sign() does
-        t = torch.add(zero, torch.mul(xc, pow2(-ec)), alpha=2.0 ** mb)
+        # x / 2^e, then + 0.0 (maps -0.0, from the input or an underflow, to +0.0 as the reference's
+        # sign() does), then * 2^mb (exact)
+        t = torch.mul(xc, down).add_(0.0).mul_(2.0 ** mb)
         t.clamp_(-f.max_norm * 2 ** mb, f.max_norm * 2 ** mb)  # saturating first = clamping after rounding
         a = _round_inplace(t.abs(), rounding)
-        up = pow2(ec - mb)  # (n, 1, inner), may be subnormal
     else:
-        v = torch.mul(xc, pow2(-ec)).add_(0.0).clamp_(-f.max_norm, f.max_norm)  # x / 2^e; -0.0 -> +0.0
-        a = v.abs()
-        # per-element exponent p = max(floor(log2|v|), min_exp) from the bits; step = 2^(p - mb), normal
-        eb = (a.view(torch.int32) >> 23).clamp_(min=127 + f.min_exp)
-        step = eb.sub_(mb).bitwise_left_shift_(23).view(torch.float32)
+        t = torch.mul(xc, down).add_(0.0).clamp_(-f.max_norm, f.max_norm)  # v = x / 2^e
+        a = t.abs()
+        # step = 2^(p - mb), p = max(floor(log2|v|), min_exp): 2^floor(log2|v|) is |v| with its mantissa
+        # bits cleared (0.0 for subnormals and zero, which the clamp lifts to 2^min_exp)
+        step = (a.view(torch.int32) & 0x7F800000).view(torch.float32)
+        step.clamp_(min=2.0 ** f.min_exp).mul_(2.0 ** -mb)
         a = _round_inplace(a.div_(step), rounding).mul_(step)  # exact: power-of-two divisor
-        t = v
-        up = pow2(ec)
-    out = a.copysign_(t).mul_(up.masked_fill_(nan_block, float("nan")))
-    return out, e
+    return a.copysign_(t).mul_(up)
 
 
 _POOL: list = []
@@ -235,20 +235,25 @@ def _pool():
 
 def _mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str,
                  want_exponents: bool = False) -> tuple[Tensor, Tensor | None]:
-    """MX fake quantization on any device in torch ops; optionally also the block exponents."""
+    """MX fake quantization in torch ops (any device); optionally also the block exponents e."""
     shape, dtype = x.shape, x.dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        x = x.float()  # e.g. float64: the math is float32
     xb, pad = _blocked(x, block_size, axis)  # (N, block, inner)
+    e = shared_exponent(_block_amax(xb), f)  # (N, 1, inner), all blocks at once
+    nan_block = e == 128
+    ec = e.masked_fill(nan_block, 0)
+    down = pow2(-ec)  # 2^-e, may be subnormal (e = 127)
+    up = pow2(ec - (f.mbits - 2 if f.ebits == 0 else 0)).masked_fill_(nan_block, float("nan"))
     out = torch.empty(xb.shape, dtype=torch.float32 if want_exponents else dtype, device=x.device)
-    exps = torch.empty((xb.shape[0], 1, xb.shape[2]), dtype=torch.int32, device=x.device) if want_exponents else None
     n = xb.shape[0]
-    rows = max(1, _CHUNK_ELEMS // (block_size * xb.shape[2])) if x.device.type == "cpu" else n
+    # CPU: chunks just under torch's 32768-element parallel grain run inline in the calling thread
+    rows = max(1, (_CHUNK_ELEMS - 1) // (block_size * xb.shape[2])) if x.device.type == "cpu" else n
 
     def work(lo_hi: tuple[int, int]) -> None:
         for i in range(lo_hi[0], lo_hi[1], rows):
-            res, e = _mx_chunk(xb[i:i + rows].float(), f, rounding)
-            out[i:i + rows] = res
-            if exps is not None:
-                exps[i:i + rows] = e
+            j = min(i + rows, lo_hi[1])
+            out[i:j] = _mx_elements(xb[i:j].float(), down[i:j], up[i:j], f, rounding)
 
     n_chunks = -(-n // rows)
     workers = min(torch.get_num_threads(), n_chunks // 4)
@@ -257,7 +262,8 @@ def _mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, roundi
         list(_pool().map(work, [(i, min(n, i + per)) for i in range(0, n, per)]))
     else:
         work((0, n))
-    return _unblocked(out, shape, axis, pad), exps
+    res = _unblocked(out, shape, axis, pad)
+    return (res, e) if want_exponents else (res.to(dtype), None)  # pack wants the float32 values
 
 
 # ----------------------------------------------------------------------------- element codes
