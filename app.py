@@ -235,7 +235,7 @@ def build(default_preset: str | None = None) -> gr.Blocks:
     RECIPE_WIDGETS.clear()
     PARAM_KEYS[:] = lab.param_keys()
 
-    with gr.Blocks(title="mxlab") as demo:
+    with gr.Blocks(title="mxlab", analytics_enabled=False) as demo:
         state = gr.State(lab.SessionState, delete_callback=lambda s: s.close())
         gr.Markdown(HELP)
         with gr.Tabs():

@@ -250,10 +250,13 @@ def _mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, roundi
     # CPU: chunks just under torch's 32768-element parallel grain run inline in the calling thread
     rows = max(1, (_CHUNK_ELEMS - 1) // (block_size * xb.shape[2])) if x.device.type == "cpu" else n
 
+    inference = torch.is_inference_mode_enabled()  # thread-local: pool threads must enter it too
+
     def work(lo_hi: tuple[int, int]) -> None:
-        for i in range(lo_hi[0], lo_hi[1], rows):
-            j = min(i + rows, lo_hi[1])
-            out[i:j] = _mx_elements(xb[i:j].float(), down[i:j], up[i:j], f, rounding)
+        with torch.inference_mode(inference):
+            for i in range(lo_hi[0], lo_hi[1], rows):
+                j = min(i + rows, lo_hi[1])
+                out[i:j] = _mx_elements(xb[i:j].float(), down[i:j], up[i:j], f, rounding)
 
     n_chunks = -(-n // rows)
     workers = min(torch.get_num_threads(), n_chunks // 4)
