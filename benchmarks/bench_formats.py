@@ -137,8 +137,8 @@ def check_gpu_equals_cpu() -> int:
 
 
 def _time_cuda(fn, reps: int) -> float:
-    """Mean seconds per call of ``reps`` back-to-back calls between CUDA events (after 3 warm-ups)."""
-    for _ in range(3):
+    """Mean seconds per call of ``reps`` back-to-back calls between CUDA events (after 10 warm-ups)."""
+    for _ in range(10):
         fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -161,6 +161,7 @@ def bench_cuda(size: int, reps: int) -> None:
     x = torch.randn(size, size, device="cuda").to(torch.bfloat16)
     nbytes = 2 * x.numel() * x.element_size()
     y = torch.empty_like(x)
+    _time_cuda(lambda: y.copy_(x), 5000)  # let clocks settle before anything is timed
     copy = _time_cuda(lambda: y.copy_(x), reps)
     print(f"size={size}x{size} bf16, block 32, nearest; bytes moved (read + write) {nbytes / 1e6:.0f} MB")
     print(f"  copy (d2d)            {copy * 1e3:8.3f} ms  {nbytes / copy / 1e9:7.1f} GB/s")
@@ -198,12 +199,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, default=8192)
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=300, help="timed calls (CPU: reps // 5 + 1)")
     ap.add_argument("--skip-check", action="store_true", help="GPU: skip the bit-for-bit GPU == CPU check")
     args = ap.parse_args()
     print(f"torch {torch.__version__} {time.strftime('%Y-%m-%d %H:%M')}")
     if args.device == "cpu":
-        bench_cpu(args.size, max(1, args.reps // 5))
+        bench_cpu(args.size, args.reps // 100 + 1)
         return
     t0 = time.time()
     bad = 0 if args.skip_check else check_gpu_equals_cpu()

@@ -315,7 +315,9 @@ def int_qparams(x: Tensor, f: ElementFormat, axis: int) -> tuple[Tensor, Tensor]
     xf = x.float()
     min_neg = xf.amin(dim=axis).clamp(max=0)
     max_pos = xf.amax(dim=axis).clamp(min=0)
-    scale = ((max_pos - min_neg) / float(qmax - qmin)).clamp(min=torch.finfo(torch.float32).eps)
+    # divisors are tensors: CUDA turns division by a Python scalar into a reciprocal multiply,
+    # which rounds differently from the CPU's true division
+    scale = ((max_pos - min_neg) / torch.full_like(max_pos, qmax - qmin)).clamp(min=torch.finfo(torch.float32).eps)
     zero_point = (qmin - torch.round(min_neg / scale).to(torch.int32)).clamp(qmin, qmax)
     return scale, zero_point
 
@@ -359,11 +361,11 @@ def _nvfp4_quantize(x: Tensor, block_size: int, axis: int, rounding: str
     """
     xf = x.float()
     amax = xf.abs().amax() if xf.numel() else torch.zeros((), device=x.device)
-    ts = amax / NVFP4_TENSOR_DIV
+    ts = amax / torch.full_like(amax, NVFP4_TENSOR_DIV)  # tensor divisors: see int_qparams
     ts = torch.where(torch.isfinite(ts) & (ts > 0), ts, torch.ones_like(ts))  # all-zero / non-finite: 1
     xb, pad = _blocked(xf, block_size, axis)  # (N, block, inner)
     bamax = xb.abs().amax(dim=1, keepdim=True)
-    s8 = (bamax / 6.0 / ts).clamp(max=448.0)
+    s8 = (bamax / torch.full_like(bamax, 6.0) / ts).clamp(max=448.0)
     s8 = s8.masked_fill_(~torch.isfinite(bamax), float("nan")).to(torch.float8_e4m3fn)  # Inf/NaN block -> NaN
     scale = s8.float() * ts  # (N, 1, inner)
     v = torch.where(scale > 0, xb / scale, torch.zeros_like(xb)).clamp_(-6.0, 6.0)

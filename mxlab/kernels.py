@@ -73,7 +73,9 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
     else:
         r = tl.floor(a)
     out = (r * ((eb - mb) << 23).to(tl.float32, bitcast=True)) * _pow2(e)[:, None]
-    out = tl.where(t < 0, -out, out)  # sign(t) * |.|: -0.0 only from negative t, as the reference
+    # sign(t) * |.| (-0.0 only from negative t, as the reference), set as a bit: Triton's -x is 0 - x,
+    # which would turn -0.0 into +0.0
+    out = (out.to(tl.int32, bitcast=True) | ((t < 0).to(tl.int32) << 31)).to(tl.float32, bitcast=True)
     out = tl.where(nan_block[:, None], float("nan"), out)
     out = out.to(y_ptr.dtype.element_ty)
     if MASKED:
