@@ -95,6 +95,14 @@ def test_inspect_and_compare(client, first_run):
     assert {r["step"] for r in _rows(table)} >= {"awq", "gptq"}
     message, *_ = client.predict([label], api_name="/compare")
     assert "two or more" in message                                    # one run is not a comparison
+    rtn = Recipe(weights="mxint4", acts="mxint8", steps=["rtn"], calib=dict(n_samples=4, seq_len=64)).to_yaml()
+    _, runs, *_ = client.predict("", rtn, "tinystories", EVAL_WINDOWS, api_name="/run")
+    labels = [r["run"] for r in _rows(runs)]
+    assert len(labels) == 2 and labels[1].endswith("rtn")
+    message, layers, pareto = client.predict(labels, api_name="/compare")
+    assert message == "" and layers is not None and pareto is not None
+    rtn_row, awq_row = _rows(runs)[1], _rows(runs)[0]
+    assert awq_row["ppl quant"] < rtn_row["ppl quant"]                # the study's ranking holds here too
 
 
 def test_bad_input_shows_message_and_app_keeps_working(client):
