@@ -213,13 +213,13 @@ def _recipe_kwargs(values: tuple) -> dict[str, Any]:
 
 
 def _widget_updates(values: dict[str, Any]) -> list:
-    """gr.update()s for RECIPE_WIDGETS showing ``values`` (from lab.recipe_values)."""
+    """New values for RECIPE_WIDGETS showing ``values`` (from lab.recipe_values)."""
     fixed = [values[k] for k in ("weights", "acts", "block_size", "rounding", "order", "calib_dataset",
                                  "calib_samples", "calib_seq_len", "seed")]
     defaults = {(m, f.name): lab.field_default(f) for m, cls in lab.step_classes().items()
                 for f in lab.step_param_fields(cls)}
     params = [values["params"].get(m, {}).get(f, defaults[(m, f)]) for m, f in PARAM_KEYS]
-    return [gr.update(value=v) for v in fixed + params]
+    return fixed + params
 
 
 def build(default_preset: str | None = None) -> gr.Blocks:

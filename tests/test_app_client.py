@@ -139,3 +139,11 @@ def test_sessions_do_not_see_each_other(url, first_run, tmp_path):
     other = gradio_client.Client(url, verbose=False, download_files=str(tmp_path))
     message, *files = other.predict(_rows(runs)[0]["run"], api_name="/export")
     assert message.startswith("**Error") and "no run" in message and not any(files)
+
+
+def test_preset_fills_the_recipe(client):
+    *widgets, yaml_text, check = client.predict("paper-awq-gptq-w4a8", api_name="/preset")
+    recipe = Recipe.from_yaml(yaml_text)
+    assert (recipe.weights, recipe.acts, recipe.block_size) == ("mxint4", "mxint8", 128)   # the study's setup
+    assert [s.name for s in recipe.steps] == ["awq", "gptq"] and "Recipe OK" in check
+    assert widgets[:5] == ["mxint4", "mxint8", 128, "nearest", "awq, gptq"]
