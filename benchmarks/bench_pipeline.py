@@ -8,7 +8,7 @@ initialised model with the Llama-3.1-8B shape and one decoder block on the GPU a
 The model is built on the meta device, then ``to_empty`` on the CPU in bf16 (one allocation) and
 filled with N(0, 0.02) weights (ones for norms) — random weights, so the numbers say nothing about
 accuracy, only about time and memory. Prints total time, time per block (from the pipeline's
-progress messages) and peak GPU memory (``torch.cuda.max_memory_allocated``).
+progress messages), seconds per pipeline phase and peak GPU memory (``torch.cuda.max_memory_allocated``).
 """
 from __future__ import annotations
 
@@ -23,13 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mxlab.pipeline import quantize_model  # noqa: E402
+from mxlab.pipeline import DIAGNOSTIC_TOKENS, quantize_model  # noqa: E402
 from mxlab.recipe import Recipe  # noqa: E402
 
 LLAMA31_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                   vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072, num_hidden_layers=32)
 TINY = dict(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=512, rope_theta=500000.0, max_position_embeddings=4096, num_hidden_layers=2)
+SMALL = dict(hidden_size=1024, intermediate_size=3584, num_attention_heads=8, num_key_value_heads=2,
+             vocab_size=8192, rope_theta=500000.0, max_position_embeddings=4096, num_hidden_layers=4)
 
 
 @torch.no_grad()
@@ -65,6 +67,9 @@ def main(argv=None) -> None:
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny Llama config (to test this script on a CPU)")
+    ap.add_argument("--small", action="store_true", help="hidden 1024 / intermediate 3584 (CPU profiling)")
+    ap.add_argument("--diagnostic-tokens", type=int, default=DIAGNOSTIC_TOKENS,
+                    help="calibration tokens for error records and statistics (0: all)")
     ap.add_argument("--full-layers", type=int, default=32, help="layer count to extrapolate to")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -72,7 +77,8 @@ def main(argv=None) -> None:
 
     device = torch.device(args.device)
     t0 = time.perf_counter()
-    model = build_model(TINY if args.tiny else LLAMA31_8B, args.layers, torch.bfloat16, device)
+    shape = TINY if args.tiny else SMALL if args.small else LLAMA31_8B
+    model = build_model(shape, args.layers, torch.bfloat16, device)
     t_build = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built %.2fB parameters in %.1f s", n_params / 1e9, t_build)
@@ -90,7 +96,8 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
-    result = quantize_model(model, None, recipe, progress=progress, device=device, calib_tokens=tokens)
+    result = quantize_model(model, None, recipe, progress=progress, device=device, calib_tokens=tokens,
+                            diagnostic_tokens=args.diagnostic_tokens or None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     total = time.perf_counter() - t_start
@@ -102,21 +109,20 @@ def main(argv=None) -> None:
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device            {dev_name}")
-    print(f"model             {'tiny' if args.tiny else 'Llama-3.1-8B shape'}, {args.layers} layers, "
+    print(f"model             {'tiny' if args.tiny else 'small' if args.small else 'Llama-3.1-8B shape'}, {args.layers} layers, "
           f"{n_params / 1e9:.2f}B params, bf16 (built in {t_build:.1f} s)")
     print(f"recipe            {args.steps}  W-{args.weights} A-{args.acts} block {args.block_size}")
-    print(f"calibration       {args.samples} x {args.seq_len} tokens")
+    print(f"calibration       {args.samples} x {args.seq_len} tokens "
+          f"(diagnostics on {args.diagnostic_tokens or 'all'} tokens)")
     print(f"total             {total:.1f} s  (quantize_model, {args.layers} layers)")
     print(f"per block         first {first:.1f} s (includes catching block inputs), then mean {steady:.1f} s "
           f"(min {min(rest):.1f}, max {max(rest):.1f})")
     print(f"extrapolated      {extrapolated:.0f} s = {extrapolated / 60:.1f} min for {args.full_layers} layers")
     print(f"peak GPU memory   {peak:.2f} GiB (torch.cuda.max_memory_allocated)")
-    by_step: dict[str, float] = {}
-    for rec in result.records:
-        by_step[rec.step] = by_step.get(rec.step, 0.0) + rec.seconds
-    steps_txt = ", ".join(f"{k} {v:.1f} s" for k, v in by_step.items())
-    print(f"inside steps      {steps_txt}; the rest ({total - sum(by_step.values()):.1f} s) is the pipeline: "
-          "catching inputs, error measurements, statistics, block outputs")
+    print("phases            seconds in total / per block (pipeline's own timings, CUDA synced per phase)")
+    for phase, sec in sorted(result.timings.items(), key=lambda kv: -kv[1]):
+        print(f"  {phase:<16}{sec:8.1f} s {sec / args.layers:7.2f} s")
+    print(f"  {'(unaccounted)':<16}{total - sum(result.timings.values()):8.1f} s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TOKENS_PER_BATCH = 4096     # calibration tokens per block forward
 STATS_MAX_TOKENS = 4096     # tokens per linear handed to stats.activation_stats
+DIAGNOSTIC_TOKENS = 16384   # calibration tokens (whole batches, seeded choice) for error records and statistics
 STORE_FRACTION = 0.25       # keep calibration activations on the GPU if they take < this much free memory
 
 
@@ -45,6 +47,7 @@ class QuantResult:
     stats: dict[str, list[dict]] = field(default_factory=lambda: {"activations": [], "weights": []})
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)    # phase -> seconds summed over blocks
 
 
 # ----------------------------------------------------------------------------- block context
@@ -52,15 +55,19 @@ class BlockContext:
     """Everything a method may use about the current block (see DESIGN.md).
 
     ``hidden``: the block's input hidden states, one tensor (B, L, H) per calibration batch;
-    ``call_args``: batch size -> (positional args after hidden, kwargs) the model passes the block.
+    ``call_args``: batch size -> (positional args after hidden, kwargs) the model passes the block;
+    ``diag_batches``: indices of the batches that error records and statistics are measured on
+    (default all). Methods always see every batch: only diagnostics use the subset.
     """
 
     def __init__(self, index: int, prefix: str, block: nn.Module, device: torch.device,
                  linears: dict[str, QuantLinear], groups: list[ScalingGroup],
-                 hidden: list[torch.Tensor], call_args: dict[int, tuple[tuple, dict]]):
+                 hidden: list[torch.Tensor], call_args: dict[int, tuple[tuple, dict]],
+                 diag_batches: Optional[list[int]] = None):
         self.index, self.prefix, self.block, self.device = index, prefix, block, device
         self.linears, self.groups = linears, groups
         self._hidden, self._call_args = hidden, call_args
+        self.diag_batches = list(range(len(hidden))) if diag_batches is None else list(diag_batches)
         self._cache: tuple[Optional[tuple], Optional[torch.Tensor]] = (None, None)
 
     # -- running the block
@@ -77,8 +84,9 @@ class BlockContext:
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def _forward_hooked(self, names: list[str], fn: Callable[[str, torch.Tensor, nn.Module, int], None],
-                        stop_after: Optional[str] = None) -> None:
-        """Run every batch through the block calling ``fn(name, x (n, in), module, batch)`` at each named module."""
+                        stop_after: Optional[str] = None, batches: Optional[list[int]] = None) -> None:
+        """Run the batches (default every one) through the block calling ``fn(name, x (n, in), module, batch)``
+        at each named module."""
         state = {"batch": 0}
 
         def make_hook(name: str):
@@ -92,10 +100,10 @@ class BlockContext:
         handles = [self.block.get_submodule(n).register_forward_pre_hook(make_hook(n), with_kwargs=True)
                    for n in names]
         try:
-            for b, h in enumerate(self._hidden):
+            for b in range(len(self._hidden)) if batches is None else batches:
                 state["batch"] = b
                 try:
-                    self.call_block(h)
+                    self.call_block(self._hidden[b])
                 except _Stop:
                     pass
         finally:
@@ -172,26 +180,52 @@ class BlockContext:
         """name -> (mse, sqnr_db) of each linear's quantized output against its FP output, same inputs.
 
         A weight no step has quantized yet is scored as RTN would quantize it, so the numbers show
-        what the final model would get; activations are quantized as the layer does.
+        what the final model would get; activations are quantized as the layer does. Measured on the
+        diagnostic batches (``diag_batches``).
         """
+        return self.diagnostics(names)[0]
+
+    def diagnostics(self, names: Optional[list[str]] = None, stats_tokens: int = 0
+                    ) -> tuple[dict[str, tuple[float, float]], dict[str, torch.Tensor]]:
+        """One pass over the diagnostic batches: ``output_errors`` and, when ``stats_tokens`` > 0, each
+        linear's inputs evenly subsampled to at most that many rows ((n, in) float32 on ``device``)."""
         names = list(self.linears) if names is None else names
-        acc = {n: [0.0, 0.0, 0] for n in names}           # (sum err^2, sum ref^2, count)
-        wq: dict[str, torch.Tensor] = {}
+        acc: dict[str, list] = {}           # name -> [sum err^2, sum ref^2 (float64, on device), count]
+        weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}     # name -> (W_q, W_ref) float32
+        sizes = [self._hidden[b].shape[:-1].numel() for b in self.diag_batches]
+        starts = dict(zip(self.diag_batches, [sum(sizes[:i]) for i in range(len(sizes))]))
+        total = sum(sizes)
+        keep = None
+        if 0 < stats_tokens < total:
+            keep = torch.linspace(0, total - 1, stats_tokens).round().long()
+        parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
         def fn(name, x, m, b):
-            if name not in wq:
-                wq[name] = (m.weight if m.weight_quantized else m.quantize_weight_rtn()).float()
-            w_ref = (m.weight_fp if m.weight_quantized else m.weight).float()
+            if stats_tokens > 0:
+                xs = x
+                if keep is not None:
+                    idx = keep[(keep >= starts[b]) & (keep < starts[b] + x.shape[0])] - starts[b]
+                    xs = x[idx.to(x.device)]
+                parts[name].append(xs.float())
+            if name not in weights:
+                wq = m.weight if m.weight_quantized else m.quantize_weight_rtn()
+                w_ref = m.weight_fp if m.weight_quantized else m.weight
+                weights[name] = (wq.float(), w_ref.float())
+            wq, w_ref = weights[name]
             bias = None if m.bias is None else m.bias.float()
+            # float32 outputs (n, out): the errors can be far below bf16's resolution of the outputs
             y_ref = F.linear(x.float(), w_ref, bias)
-            y_q = F.linear(m.quantize_input(x).float(), wq[name], bias)
-            a = acc[name]
-            a[0] += float(((y_q - y_ref) ** 2).sum(dtype=torch.float64))
-            a[1] += float((y_ref ** 2).sum(dtype=torch.float64))
+            err = F.linear(m.quantize_input(x).float(), wq, bias).sub_(y_ref)
+            a = acc.setdefault(name, [0, 0, 0])       # sums stay on the device: no sync per batch
+            a[0] = a[0] + err.square().sum(dtype=torch.float64)
+            a[1] = a[1] + y_ref.square().sum(dtype=torch.float64)
             a[2] += y_ref.numel()
 
-        self._forward_hooked(names, fn)
-        return {n: _mse_sqnr(*acc[n]) for n in names}
+        self._forward_hooked(names, fn, batches=self.diag_batches)
+        xs = {n: torch.cat(p) for n, p in parts.items() if p} if stats_tokens > 0 else {}
+        errors = {n: _mse_sqnr(float(acc[n][0]), float(acc[n][1]), acc[n][2]) if n in acc else (math.nan, math.nan)
+                  for n in names}
+        return errors, xs
 
     def output_error(self, name: str) -> tuple[float, float]:
         """(mse, sqnr_db) of linear ``name`` (see ``output_errors``)."""
@@ -364,10 +398,19 @@ def _calibration(tokenizer, recipe: Recipe, calib_tokens: Optional[torch.Tensor]
 
 
 def quantize_model(model: nn.Module, tokenizer, recipe: Recipe, progress: Optional[ProgressFn] = None,
-                   device=None, calib_tokens: Optional[torch.Tensor] = None) -> QuantResult:
-    """Quantize ``model`` in place following ``recipe``, one decoder block at a time on ``device``."""
+                   device=None, calib_tokens: Optional[torch.Tensor] = None,
+                   diagnostic_tokens: Optional[int] = DIAGNOSTIC_TOKENS) -> QuantResult:
+    """Quantize ``model`` in place following ``recipe``, one decoder block at a time on ``device``.
+
+    ``diagnostic_tokens``: about how many calibration tokens the per-module error records and the
+    activation statistics are measured on (whole calibration batches, chosen with ``recipe.seed``;
+    ``None`` for all). The quantization itself always uses every calibration token.
+    """
     t_start = time.perf_counter()
     recipe.validate()
+    if diagnostic_tokens is not None and (isinstance(diagnostic_tokens, bool) or not isinstance(diagnostic_tokens, int)
+                                          or diagnostic_tokens <= 0):
+        raise MxlabError(f"diagnostic_tokens must be a positive integer or None (all tokens), got {diagnostic_tokens!r}")
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise MxlabError("this model is already quantized; load the floating-point model again to re-quantize")
     device = _resolve_device(device)
@@ -387,7 +430,8 @@ def quantize_model(model: nn.Module, tokenizer, recipe: Recipe, progress: Option
     with torch.no_grad():
         if "decoder" in recipe.target_set:
             tokens = _calibration(tokenizer, recipe, calib_tokens)
-            _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, device, stats, result, progress)
+            _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, device, stats, result, progress,
+                             diagnostic_tokens)
         _quantize_extras(model, recipe, device, result)
     model.train(was_training)
     result.seconds = time.perf_counter() - t_start
@@ -395,65 +439,112 @@ def quantize_model(model: nn.Module, tokenizer, recipe: Recipe, progress: Option
     return result
 
 
-def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, device, stats, result, progress):
+def _diagnostic_batches(hidden: list[torch.Tensor], n_tokens: Optional[int], seed: int) -> list[int]:
+    """Indices (sorted) of a seeded random choice of calibration batches holding >= ``n_tokens`` tokens."""
+    sizes = [h.shape[:-1].numel() for h in hidden]
+    if n_tokens is None or n_tokens >= sum(sizes):
+        return list(range(len(hidden)))
+    chosen, got = [], 0
+    for b in torch.randperm(len(hidden), generator=torch.Generator().manual_seed(seed)).tolist():
+        if got >= n_tokens:
+            break
+        chosen.append(b)
+        got += sizes[b]
+    return sorted(chosen)
+
+
+class _Timer:
+    """Adds wall time per phase into ``timings``; syncs CUDA first so GPU work lands in its own phase."""
+
+    def __init__(self, timings: dict[str, float], device: torch.device):
+        self.timings, self.device = timings, device
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+
+
+def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, device, stats, result, progress,
+                     diagnostic_tokens=DIAGNOSTIC_TOKENS):
     n_blocks = len(blocks)
     batch_size = max(1, TOKENS_PER_BATCH // tokens.shape[1])
     hidden_size = getattr(model.config, "hidden_size", None) or 0
     dtype = next(blocks[0].parameters()).dtype
     store = _store_device(device, tokens.numel() * hidden_size * dtype.itemsize)
+    timer = _Timer(result.timings, device)
     report(progress, 0.0, "capturing block inputs")
-    hidden, calls = _catch(model, blocks, path, tokens, device, batch_size, store)
+    with timer("catch"):
+        hidden, calls = _catch(model, blocks, path, tokens, device, batch_size, store)
+    diag = _diagnostic_batches(hidden, diagnostic_tokens, recipe.seed)
     n_stages = len(methods) + 2
+    stats_tokens = STATS_MAX_TOKENS if stats is not None else 0
     for i, block in enumerate(blocks):
         prefix = f"{path}.{i}"
         home = _device_of(block)
-        block.to(device)
+        with timer("move"):
+            block.to(device)
         try:
             linears = _wrap_linears(block, prefix, recipe)
-            ctx = BlockContext(i, prefix, block, device, linears, groups, hidden, calls[i])
-            if stats is not None:
-                _activation_stats(stats, ctx, "fp", result)
-            errors = ctx.output_errors()
+            ctx = BlockContext(i, prefix, block, device, linears, groups, hidden, calls[i], diag)
+            with timer("diagnostics"):
+                errors, xs = ctx.diagnostics(stats_tokens=stats_tokens)
+                _activation_stats(stats, ctx, "fp", xs, result)
             for k, (cfg, apply) in enumerate(methods):
                 report(progress, (i + (k + 1) / n_stages) / n_blocks, f"block {i + 1}/{n_blocks}: {cfg.name}")
                 if recipe.allow_requantize:
                     for q in linears.values():
                         q.unmark_quantized()
                 t0 = time.perf_counter()
-                record = apply(block, ctx, cfg)
+                with timer(f"step {cfg.name}"):
+                    record = apply(block, ctx, cfg)
                 record.seconds = record.seconds or time.perf_counter() - t0
                 ctx.invalidate()
-                after = ctx.output_errors()
-                _fill_errors(record, prefix, errors, after)
+                with timer("diagnostics"):
+                    after, xs = ctx.diagnostics(stats_tokens=stats_tokens if cfg.kind == "scaling" else 0)
+                    _fill_errors(record, prefix, errors, after)
+                    _activation_stats(stats, ctx, cfg.name, xs, result)
                 result.records.append(record)
                 errors = after
-                if stats is not None and cfg.kind == "scaling":
-                    _activation_stats(stats, ctx, cfg.name, result)
             remaining = [n for n, q in linears.items() if not q.weight_quantized]
             if remaining:
                 t0 = time.perf_counter()
-                for n in remaining:
-                    linears[n].quantize_weight()
+                with timer("final rtn"):
+                    for n in remaining:
+                        linears[n].quantize_weight()
                 record = StepRecord("rtn", i, [ModuleRecord(f"{prefix}.{n}", "rtn", details={"final": True})
                                                for n in remaining], time.perf_counter() - t0)
-                after = ctx.output_errors(remaining)
+                with timer("diagnostics"):
+                    after = ctx.output_errors(remaining)
                 _fill_errors(record, prefix, {n: errors[n] for n in remaining}, after)
                 result.records.append(record)
-            for n, q in linears.items():
-                if stats is not None and q.weight_fp is not None:
-                    result.stats["weights"].append(stats.weight_stats(f"{prefix}.{n}", i, q.weight_fp, q.weight.data, q.spec))
-                q.release_fp()
+            with timer("weight stats"):
+                for n, q in linears.items():
+                    if stats is not None and q.weight_fp is not None:
+                        result.stats["weights"].append(stats.weight_stats(f"{prefix}.{n}", i, q.weight_fp,
+                                                                          q.weight.data, q.spec))
+                    q.release_fp()
             report(progress, (i + (n_stages - 0.5) / n_stages) / n_blocks, f"block {i + 1}/{n_blocks}: outputs")
-            # the quantized block's outputs are the next block's inputs
-            hidden = [ctx.call_block(h).to(store) for h in hidden]
+            # the quantized block's outputs are the next block's inputs (same batches as the steps saw)
+            with timer("outputs"), torch.inference_mode():
+                hidden = [ctx.call_block(h).to(store) for h in hidden]
         finally:
             if home is not None:
-                block.to(home)
+                with timer("move"):
+                    block.to(home)
         report(progress, (i + 1) / n_blocks, f"block {i + 1}/{n_blocks} done")
 
 
-def _activation_stats(stats, ctx: BlockContext, stage: str, result: QuantResult) -> None:
-    xs = ctx.collect(list(ctx.linears), STATS_MAX_TOKENS)
+def _activation_stats(stats, ctx: BlockContext, stage: str, xs: dict[str, torch.Tensor],
+                      result: QuantResult) -> None:
+    """Append one activation-statistics row per linear from its sampled inputs ``xs[name]`` (n, in)."""
+    if stats is None:
+        return
     for n, x in xs.items():
         result.stats["activations"].append(stats.activation_stats(f"{ctx.prefix}.{n}", ctx.index, stage, x))
 
