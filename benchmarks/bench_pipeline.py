@@ -104,7 +104,9 @@ def main(argv=None) -> None:
     per_block = [b - a for a, b in zip([t_start] + done[:-1], done)]
     first, rest = per_block[0], per_block[1:] or per_block
     steady = sum(rest) / len(rest)
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+    # the pipeline resets the peak counter per phase: the run's peak is the largest phase peak
+    peak = (max([torch.cuda.max_memory_allocated(device), *result.peak_memory.values()]) / 2 ** 30
+            if device.type == "cuda" else float("nan"))
     extrapolated = first + steady * (args.full_layers - 1)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -119,9 +121,9 @@ def main(argv=None) -> None:
           f"(min {min(rest):.1f}, max {max(rest):.1f})")
     print(f"extrapolated      {extrapolated:.0f} s = {extrapolated / 60:.1f} min for {args.full_layers} layers")
     print(f"peak GPU memory   {peak:.2f} GiB (torch.cuda.max_memory_allocated)")
-    print("phases            seconds in total / per block (pipeline's own timings, CUDA synced per phase)")
+    print("phases            seconds in total / per block / peak GPU GiB (CUDA synced per phase)")
     for phase, sec in sorted(result.timings.items(), key=lambda kv: -kv[1]):
-        print(f"  {phase:<16}{sec:8.1f} s {sec / args.layers:7.2f} s")
+        print(f"  {phase:<16}{sec:8.1f} s {sec / args.layers:7.2f} s {result.peak_memory.get(phase, 0) / 2 ** 30:7.2f}")
     print(f"  {'(unaccounted)':<16}{total - sum(result.timings.values()):8.1f} s")
 
 

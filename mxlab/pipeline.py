@@ -48,6 +48,7 @@ class QuantResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)    # phase -> seconds summed over blocks
+    peak_memory: dict[str, int] = field(default_factory=dict)  # phase -> peak CUDA bytes allocated (CUDA only)
 
 
 # ----------------------------------------------------------------------------- block context
@@ -191,7 +192,7 @@ class BlockContext:
         linear's inputs evenly subsampled to at most that many rows ((n, in) float32 on ``device``)."""
         names = list(self.linears) if names is None else names
         acc: dict[str, list] = {}           # name -> [sum err^2, sum ref^2 (float64, on device), count]
-        weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}     # name -> (W_q, W_ref) float32
+        wqs: dict[str, torch.Tensor] = {}          # name -> W_q (out, in) in the model dtype
         sizes = [self._hidden[b].shape[:-1].numel() for b in self.diag_batches]
         starts = dict(zip(self.diag_batches, [sum(sizes[:i]) for i in range(len(sizes))]))
         total = sum(sizes)
@@ -206,23 +207,23 @@ class BlockContext:
                 if keep is not None:
                     idx = keep[(keep >= starts[b]) & (keep < starts[b] + x.shape[0])] - starts[b]
                     xs = x[idx.to(x.device)]
-                parts[name].append(xs.float())
-            if name not in weights:
-                wq = m.weight if m.weight_quantized else m.quantize_weight_rtn()
-                w_ref = m.weight_fp if m.weight_quantized else m.weight
-                weights[name] = (wq.float(), w_ref.float())
-            wq, w_ref = weights[name]
+                parts[name].append(xs.clone())
+            if name not in wqs:
+                wqs[name] = m.weight if m.weight_quantized else m.quantize_weight_rtn()
+            w_ref = m.weight_fp if m.weight_quantized else m.weight
             bias = None if m.bias is None else m.bias.float()
-            # float32 outputs (n, out): the errors can be far below bf16's resolution of the outputs
-            y_ref = F.linear(x.float(), w_ref, bias)
-            err = F.linear(m.quantize_input(x).float(), wq, bias).sub_(y_ref)
+            # float32 outputs (n, out): the errors can be far below bf16's resolution of the outputs;
+            # float32 weight copies are made per batch (few batches) so that only one lives at a time
+            y_ref = F.linear(x.float(), w_ref.float(), bias)
+            err = F.linear(m.quantize_input(x).float(), wqs[name].float(), bias).sub_(y_ref)
             a = acc.setdefault(name, [0, 0, 0])       # sums stay on the device: no sync per batch
             a[0] = a[0] + err.square().sum(dtype=torch.float64)
             a[1] = a[1] + y_ref.square().sum(dtype=torch.float64)
             a[2] += y_ref.numel()
 
         self._forward_hooked(names, fn, batches=self.diag_batches)
-        xs = {n: torch.cat(p) for n, p in parts.items() if p} if stats_tokens > 0 else {}
+        wqs.clear()
+        xs = {n: torch.cat(p).float() for n, p in parts.items() if p} if stats_tokens > 0 else {}
         errors = {n: _mse_sqnr(float(acc[n][0]), float(acc[n][1]), acc[n][2]) if n in acc else (math.nan, math.nan)
                   for n in names}
         return errors, xs
@@ -456,17 +457,22 @@ def _diagnostic_batches(hidden: list[torch.Tensor], n_tokens: Optional[int], see
 class _Timer:
     """Adds wall time per phase into ``timings``; syncs CUDA first so GPU work lands in its own phase."""
 
-    def __init__(self, timings: dict[str, float], device: torch.device):
-        self.timings, self.device = timings, device
+    def __init__(self, timings: dict[str, float], peaks: dict[str, float], device: torch.device):
+        self.timings, self.peaks, self.device = timings, peaks, device
 
     @contextmanager
     def __call__(self, phase: str):
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            if self.device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(self.device)
+                peak = torch.cuda.max_memory_allocated(self.device)
+                self.peaks[phase] = max(self.peaks.get(phase, 0), peak)
             self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
 
@@ -477,7 +483,7 @@ def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, devic
     hidden_size = getattr(model.config, "hidden_size", None) or 0
     dtype = next(blocks[0].parameters()).dtype
     store = _store_device(device, tokens.numel() * hidden_size * dtype.itemsize)
-    timer = _Timer(result.timings, device)
+    timer = _Timer(result.timings, result.peak_memory, device)
     report(progress, 0.0, "capturing block inputs")
     with timer("catch"):
         hidden, calls = _catch(model, blocks, path, tokens, device, batch_size, store)
