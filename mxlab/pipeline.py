@@ -501,6 +501,7 @@ def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, devic
             with timer("diagnostics"):
                 errors, xs = ctx.diagnostics(stats_tokens=stats_tokens)
                 _activation_stats(stats, ctx, "fp", xs, result)
+                del xs                  # (n, in) float32 per linear: not kept alive through the steps
             for k, (cfg, apply) in enumerate(methods):
                 report(progress, (i + (k + 1) / n_stages) / n_blocks, f"block {i + 1}/{n_blocks}: {cfg.name}")
                 if recipe.allow_requantize:
@@ -515,6 +516,7 @@ def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, devic
                     after, xs = ctx.diagnostics(stats_tokens=stats_tokens if cfg.kind == "scaling" else 0)
                     _fill_errors(record, prefix, errors, after)
                     _activation_stats(stats, ctx, cfg.name, xs, result)
+                    del xs
                 result.records.append(record)
                 errors = after
             remaining = [n for n, q in linears.items() if not q.weight_quantized]
