@@ -51,12 +51,13 @@ def main() -> None:
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--block-sizes", default="128,32")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated column labels")
-    ap.add_argument("--out", type=Path, default=None, help="write all numbers to this JSON file")
+    ap.add_argument("--out", type=Path, default=None, help="write all numbers to this JSON file (after every cell)")
+    ap.add_argument("--device", default=None, help="cpu (default) or cuda: where blocks are quantized and evaluated")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
 
-    model, tok = load_model()
+    model, tok = load_model(device=args.device)
     calib = calibration_batches(tok, args.calib, args.calib_samples, args.calib_seq_len, seed=0)
     fp = evaluate_model(model, tok, args.eval)
     print(f"FP perplexity on {args.eval}: {fp['ppl']:.4f} ({fp['n_tokens']} tokens)", file=sys.stderr)
@@ -69,19 +70,25 @@ def main() -> None:
                 recipe = Recipe(weights=weights, acts=acts, block_size=block, steps=steps,
                                 allow_requantize=steps[0] == "gptq" and len(steps) > 1)
                 t0 = time.perf_counter()
-                result = quantize_model(copy.deepcopy(model), tok, recipe, calib_tokens=calib)
+                result = quantize_model(copy.deepcopy(model), tok, recipe, calib_tokens=calib, device=args.device)
                 q = evaluate_model(result.model, tok, args.eval, reference=model)
                 cell = dict(block_size=block, config=label, method=method, ppl=q["ppl"], kl=q.get("kl"),
                             top1=q.get("top1"), seconds=time.perf_counter() - t0)
                 cells.append(cell)
+                if args.out:
+                    save(args, fp["ppl"], cells)
                 print(f"block {block:4d} {label:18s} {method:9s} ppl {q['ppl']:.4f} kl {q.get('kl', 0):.4f} "
                       f"({cell['seconds']:.1f}s)", file=sys.stderr, flush=True)
     print(markdown(fp["ppl"], cells, methods))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(dict(eval=args.eval, ppl_fp=fp["ppl"], calib=args.calib,
-                                            calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
-                                            torch=torch.__version__, cells=cells), indent=1))
+
+
+def save(args: argparse.Namespace, ppl_fp: float, cells: list[dict]) -> None:
+    """Every number so far, so that an interrupted run keeps what it measured."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if args.device and args.device.startswith("cuda") else "cpu"
+    args.out.write_text(json.dumps(dict(eval=args.eval, ppl_fp=ppl_fp, calib=args.calib, device=device,
+                                        calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+                                        torch=torch.__version__, cells=cells), indent=1))
 
 
 def markdown(ppl_fp: float, cells: list[dict], methods: list[str]) -> str:
