@@ -1,6 +1,7 @@
 """Real storage of quantized tensors: dense bit-packed element codes plus their scales.
 
-Layouts (all codes in the row-major order of the tensor, ``axis`` zero-padded to whole blocks):
+Layouts (element codes in the row-major order of the tensor's own shape: the zero padding that
+makes ``axis`` a whole number of blocks is not stored, it is implied by the shape):
 - MX: sign-magnitude element codes (the reference's convention, so -0.0 survives) and one E8M0
   byte per block (``scales``, shape = padded shape with ``axis`` replaced by the block count;
   2^(byte - 127), 255 = NaN).
@@ -89,16 +90,14 @@ class PackedTensor:
             out = (codes.float() - zp.reshape(keep)) * scale.reshape(keep)
             return out.to(self.dtype)
         scales = self.tensors["scales"]  # (outer, nblocks, inner)
-        nblocks, inner = scales.shape[1], scales.shape[2]
-        n = scales.numel() * self.block_size
-        codes = unpack_bits(self.tensors["codes"], f.bits, n).reshape(-1, self.block_size, inner)
-        values = element_values(f).to(codes.device)[codes]  # (N, block, inner) float32
+        inner = scales.shape[2]
+        codes = unpack_bits(self.tensors["codes"], f.bits, math.prod(shape)).reshape(shape)
+        values, pad = _blocked(element_values(f).to(codes.device)[codes], self.block_size, self.axis)
         if f.kind == "mx":
             e = scales.reshape(-1, 1, inner).to(torch.int32) - 127
             up = pow2(e.clamp(max=127)).masked_fill_(e == 128, float("nan"))
         else:
             up = scales.view(torch.float8_e4m3fn).float().reshape(-1, 1, inner) * self.tensors["tensor_scale"]
-        pad = nblocks * self.block_size - (shape[self.axis] if shape else 1)
         return _unblocked(values * up, shape, self.axis, pad).to(self.dtype)
 
     def state_dict(self, prefix: str = "") -> dict[str, Tensor]:
@@ -144,17 +143,17 @@ def pack(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding: st
                        "zero_point": zp.reshape(keep).contiguous()}
         elif f.kind == "mx":
             out, e = _mx_quantize(x, f, block_size, ax, rounding, want_exponents=True)
-            ob, _ = _blocked(out, block_size, ax)  # (N, block, inner) float32
+            ob, pad = _blocked(out, block_size, ax)  # (N, block, inner) float32
             ec = e.masked_fill(e == 128, 0)
             q = torch.where(e == 128, 0.0, ob * pow2(-ec))  # exact: back to the element grid; NaN block -> 0
             scales = (e + 127).to(torch.uint8)  # 128 + 127 = 255: NaN
             inner = ob.shape[2]
-            tensors = {"codes": pack_bits(encode_elements(q, f), f.bits),
+            tensors = {"codes": pack_bits(encode_elements(_unblocked(q, x.shape, ax, pad), f), f.bits),
                        "scales": scales.reshape(_outer(shape, ax), -1, inner)}
         else:
             _, q, s8, ts = _nvfp4_quantize(x, block_size, ax, rounding)
-            inner = q.shape[2]
-            tensors = {"codes": pack_bits(encode_elements(q, E2M1), 4),
+            inner, pad = q.shape[2], (-(x.shape[ax] if x.dim() else 1)) % block_size
+            tensors = {"codes": pack_bits(encode_elements(_unblocked(q, x.shape, ax, pad), E2M1), 4),
                        "scales": s8.view(torch.uint8).reshape(_outer(shape, ax), -1, inner),
                        "tensor_scale": ts.reshape(()).float()}
     return PackedTensor(f.name, shape, x.dtype, block_size, ax if shape else 0, tensors)

@@ -176,6 +176,16 @@ def test_nbytes_is_real_storage(fmt, bits):
     assert bits_per_element("mxfp4", 16) == 4.5
 
 
+@pytest.mark.parametrize("fmt,bits", [("mxint4", 4), ("mxint8", 8), ("mxfp6_e3m2", 6), ("nvfp4", 4)])
+def test_padding_of_a_short_block_is_not_stored(fmt, bits):
+    # a row of 64 in blocks of 128 (the study's block on a narrow layer): 64 codes + one scale per row
+    x = torch.randn(10, 64)
+    p = pack(x, fmt, 128)
+    assert p.tensors["codes"].numel() == 10 * 64 * bits // 8
+    assert p.tensors["scales"].numel() == 10
+    assert same_bits(p.dequantize(), quantize(x, fmt, 128))
+
+
 def test_int_pack_storage():
     x = torch.randn(64, 256)
     for fmt, bits in [("int8", 8), ("int4", 4), ("int3", 3)]:
