@@ -126,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="SRC", help="hub id or local directory (default: the embedded stories260K)")
-    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    p.add_argument("--device", metavar="D", default="auto",
+                   help="cpu, cuda, cuda:1 ... or auto (default: cuda if available, else cpu)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load .bin/.pt pickle checkpoints (they can run arbitrary code: trusted sources only)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run model code shipped in the model's repository (trusted sources only)")
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -192,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         outcome = run_experiment(args.model, recipe, eval_dataset=args.eval, out_dir=args.out,
                                  max_eval_windows=args.max_eval_windows, progress=bar, with_kl=not args.no_kl,
-                                 device=args.device, eval_seq_len=args.eval_seq_len, overwrite=args.overwrite)
+                                 device=args.device, eval_seq_len=args.eval_seq_len, overwrite=args.overwrite,
+                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     finally:
         if bar is not None:
             bar.close()
@@ -216,7 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         from .models import load_model
 
-        model, tokenizer = load_model(args.model, device=args.device)
+        model, tokenizer = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle,
+                                      trust_remote_code=args.trust_remote_code)
     bar = _progress(args, "mxlab eval")
     try:
         out = evaluate_model(model, tokenizer, args.eval, seq_len=args.eval_seq_len,

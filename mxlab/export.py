@@ -403,7 +403,9 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
     model.mxlab_quantization_config = qc
     model.eval()
     if device is not None:
-        model.to(device)
+        from .models import resolve_device
+
+        model.to(resolve_device(device))  # "auto": CUDA when present
     return model, _load_tokenizer(directory)
 
 

@@ -382,9 +382,10 @@ def _stats_module():
 
 
 def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """None or "auto": blocks go to CUDA when present (the model itself may stay on the CPU)."""
+    from .models import resolve_device
+
+    return resolve_device("auto" if device is None else device)
 
 
 def _calibration(tokenizer, recipe: Recipe, calib_tokens: Optional[torch.Tensor]) -> torch.Tensor:

@@ -44,7 +44,8 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    out_dir: str | os.PathLike | None = None, max_eval_windows: int | None = None,
                    progress: ProgressFn | None = None, with_kl: bool = True, device: str | None = None,
                    eval_seq_len: int | None = None, calib_tokens: Any = None,
-                   overwrite: bool = False) -> RunOutcome:
+                   overwrite: bool = False, allow_pickle: bool = False,
+                   trust_remote_code: bool = False) -> RunOutcome:
     """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
     from .evaluate import evaluate_model
     from .export import packed_bits_per_weight
@@ -52,7 +53,8 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     from .pipeline import quantize_model
 
     report(progress, 0.0, "loading model")
-    model, tokenizer = load_model(None if source is None else str(source), device=device)
+    model, tokenizer = load_model(None if source is None else str(source), device=device,
+                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     report(progress, _STAGES["load"][1], "evaluating the FP model")
 
     t0 = time.perf_counter()
