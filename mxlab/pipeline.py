@@ -358,6 +358,16 @@ def _wrap_linears(block: nn.Module, prefix: str, recipe: Recipe) -> dict[str, Qu
     return out
 
 
+def _check_finite(linears: dict[str, QuantLinear], prefix: str) -> None:
+    """NaN/Inf weights would poison every MX block they sit in: stop with a clear message instead."""
+    for name, q in linears.items():
+        if not bool(torch.isfinite(q.weight).all()):
+            bad = int((~torch.isfinite(q.weight)).sum())
+            raise MxlabError(f"{prefix}.{name}.weight has {bad} NaN/Inf values: the checkpoint is damaged or was "
+                             "saved after a diverged run; load a healthy checkpoint (nothing was quantized "
+                             "past this block)")
+
+
 def _fill_errors(record: StepRecord, prefix: str, before: dict, after: dict) -> None:
     """Put the pipeline's before/after errors into the record, adding rows for untouched modules."""
     by_name = {m.module: m for m in record.modules}
@@ -498,6 +508,7 @@ def _quantize_blocks(model, blocks, path, groups, recipe, methods, tokens, devic
             block.to(device)
         try:
             linears = _wrap_linears(block, prefix, recipe)
+            _check_finite(linears, prefix)
             ctx = BlockContext(i, prefix, block, device, linears, groups, hidden, calls[i], diag)
             with timer("diagnostics"):
                 errors, xs = ctx.diagnostics(stats_tokens=stats_tokens)

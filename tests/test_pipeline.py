@@ -140,3 +140,11 @@ def test_embedded_model_w8a8_rtn_within_one_percent():
     quantize_model(model, tok, Recipe(weights="mxint8", acts="mxint8", steps=["rtn"]), calib_tokens=calib, device="cpu")
     ppl_q = perplexity(model, tokens)
     assert ppl_fp < ppl_q < 1.01 * ppl_fp          # measured: 3.7601 -> 3.7679 (+0.2%) on the full eval text
+
+
+def test_nan_weights_stop_with_a_clear_error(random_tokens):
+    model = make_tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(MxlabError, match=r"model\.layers\.1\.mlp\.up_proj\.weight has 1 NaN"):
+        quantize_model(model, None, Recipe(weights="mxint4", acts="none", steps=["rtn"]), calib_tokens=random_tokens)
