@@ -262,11 +262,18 @@ class Recipe:
     def __post_init__(self) -> None:
         if isinstance(self.steps, str):
             self.steps = [s for s in self.steps.replace(" ", "").split(",") if s]
+        if not isinstance(self.steps or [], (list, tuple)):
+            raise MxlabError(f"steps must be a list of steps (e.g. [awq, gptq]) or 'awq,gptq', got {self.steps!r}")
         self.steps = [step_config(s) for s in (self.steps or [])]
+        if not isinstance(self.overrides or [], (list, tuple)):
+            raise MxlabError(f"overrides must be a list of mappings (e.g. [{{pattern: '*.down_proj', "
+                             f"weights: mxint8}}]), got {self.overrides!r}")
         self.overrides = [o if isinstance(o, Override) else Override(**_checked_keys(o, Override, "override"))
                           for o in (self.overrides or [])]
         if isinstance(self.calib, dict):
             self.calib = CalibConfig(**_checked_keys(self.calib, CalibConfig, "calib"))
+        elif not isinstance(self.calib, CalibConfig):
+            raise MxlabError(f"calib must be a mapping (dataset, n_samples, seq_len), got {self.calib!r}")
         self._warnings = self.validate()
         for w in self._warnings:
             log.warning("recipe: %s", w)
@@ -394,7 +401,10 @@ class Recipe:
         p = Path(path)
         if not p.is_file():
             raise MxlabError(f"recipe file {p} does not exist")
-        text = p.read_text()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MxlabError(f"recipe file {p} cannot be read as UTF-8 text ({e}); give a .yaml or .json recipe") from None
         return cls.from_json(text) if p.suffix.lower() == ".json" else cls.from_yaml(text)
 
 

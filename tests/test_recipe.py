@@ -116,3 +116,20 @@ def test_paper_presets():
     assert PRESETS["paper-rtn-w4a8"].block_size == 128
     with pytest.raises(MxlabError, match="paper-rtn-w4a8"):
         get_preset("paper-foo")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("steps: 5", "steps must be a list"),
+    ("calib: 5", "calib must be a mapping"),
+    ("overrides: {pattern: x, skip: true}", "overrides must be a list"),
+])
+def test_wrong_container_types_are_user_errors(text, needle):
+    with pytest.raises(MxlabError, match=needle):
+        Recipe.from_yaml(text)
+
+
+def test_load_binary_file_is_a_user_error(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(b"\xff\xfe\x00weights")
+    with pytest.raises(MxlabError, match="UTF-8"):
+        Recipe.load(p)
