@@ -52,9 +52,19 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     from .models import load_model
     from .pipeline import quantize_model
 
+    if out_dir is not None:                 # fail before any work, not after the whole run
+        from .atomic import _check_target
+
+        _check_target(Path(out_dir), overwrite)
     report(progress, 0.0, "loading model")
     model, tokenizer = load_model(None if source is None else str(source), device=device,
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if calib_tokens is None and "decoder" in recipe.target_set:
+        from .data import calibration_batches
+
+        # a bad calibration source should stop the run now, not after the FP evaluation
+        calib_tokens = calibration_batches(tokenizer, recipe.calib.dataset, recipe.calib.n_samples,
+                                           recipe.calib.seq_len, recipe.seed)
     report(progress, _STAGES["load"][1], "evaluating the FP model")
 
     t0 = time.perf_counter()

@@ -102,3 +102,19 @@ def test_cancel_during_quantization(tmp_path):
         run_experiment(None, Recipe.from_dict(RECIPE), eval_dataset="tinystories", out_dir=tmp_path / "run",
                        max_eval_windows=1, progress=cancel)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_fail_before_the_fp_evaluation(tmp_path, monkeypatch):
+    import mxlab.evaluate as evaluate
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the FP model was evaluated before the inputs were checked")
+    monkeypatch.setattr(evaluate, "evaluate_model", must_not_run)
+    bad_calib = Recipe.from_dict(dict(RECIPE, calib={"dataset": "no-such-text", "n_samples": 2, "seq_len": 16}))
+    with pytest.raises(MxlabError, match="unknown text source"):
+        run_experiment(None, bad_calib, eval_dataset="tinystories", max_eval_windows=1)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("earlier run")
+    with pytest.raises(MxlabError, match="already exists"):
+        run_experiment(None, Recipe.from_dict(RECIPE), eval_dataset="tinystories", out_dir=tmp_path / "taken",
+                       max_eval_windows=1)
