@@ -210,7 +210,7 @@ class BlockContext:
                 parts[name].append(xs.clone())
             if name not in wqs:
                 wqs[name] = m.weight if m.weight_quantized else m.quantize_weight_rtn()
-            w_ref = m.weight_fp if m.weight_quantized else m.weight
+            w_ref = m.weight if m.weight_fp is None else m.weight_fp   # the FP weight, before clipping too
             bias = None if m.bias is None else m.bias.float()
             # float32 outputs (n, out): the errors can be far below bf16's resolution of the outputs;
             # float32 weight copies are made per batch (few batches) so that only one lives at a time

@@ -20,8 +20,10 @@ class QuantLinear(nn.Module):
 
     ``weight`` is floating point until a step (or the final RTN) calls ``set_quantized_weight``;
     from then on it holds the fake-quantized values (on the format's grid, in the model dtype)
-    and ``weight_quantized`` is True. ``weight_fp`` keeps the weight as it was just before
-    quantization (for error measurements) until ``release_fp`` is called.
+    and ``weight_quantized`` is True. ``weight_fp`` keeps the FP reference weight for error
+    measurements until ``release_fp``: the weight just before quantization, or before a step
+    changed the function (AWQ's clipping calls ``keep_fp_reference``); scaling keeps it in the
+    current basis.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, spec: QuantSpec,
@@ -63,12 +65,17 @@ class QuantLinear(nn.Module):
         return quantize(w, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 
     @torch.no_grad()
+    def keep_fp_reference(self) -> None:
+        """Keep the current weight as the FP error reference before a step changes the function (clipping)."""
+        if self.weight_fp is None:
+            self.weight_fp = self.weight.data.clone()
+
+    @torch.no_grad()
     def set_quantized_weight(self, q: torch.Tensor, packed=None) -> None:
         """Store the quantized weight ``q`` (out, in) and mark this layer done; steps after must not rescale it."""
         if q.shape != self.weight.shape:
             raise MxlabError(f"quantized weight has shape {tuple(q.shape)}, expected {tuple(self.weight.shape)}")
-        if self.weight_fp is None:              # keep the earliest FP weight as the error reference
-            self.weight_fp = self.weight.data.clone()
+        self.keep_fp_reference()                # the earliest FP weight stays the error reference
         self.weight.data.copy_(q.to(self.weight.dtype))
         self.weight_quantized = True
         self._packed = packed

@@ -148,3 +148,36 @@ def test_nan_weights_stop_with_a_clear_error(random_tokens):
         model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
     with pytest.raises(MxlabError, match=r"model\.layers\.1\.mlp\.up_proj\.weight has 1 NaN"):
         quantize_model(model, None, Recipe(weights="mxint4", acts="none", steps=["rtn"]), calib_tokens=random_tokens)
+
+
+def test_awq_records_count_the_clipping_error(random_tokens, monkeypatch):
+    """Error records compare with the FP function: AWQ's clipping is part of the error, not of the reference."""
+    import torch.nn.functional as F
+
+    import mxlab.methods.awq as awq
+
+    pre_clip = {}                      # weight storage -> the (scaled, exact) FP weight before clipping
+    real_clip = awq.apply_clip
+
+    def spy(W, max_val, group):
+        pre_clip[W.data_ptr()] = W.clone()
+        return real_clip(W, max_val, group)
+    monkeypatch.setattr(awq, "apply_clip", spy)
+    model = make_tiny_model("llama")
+    result = quantize_model(model, None, Recipe(weights="mxint3", acts="mxint8", steps=["awq"]),
+                            calib_tokens=random_tokens, device="cpu")
+    block = model.model.layers[0]
+    xs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: xs.setdefault(n, []).append(a[0].flatten(0, -2)))
+             for n, m in block.named_modules() if isinstance(m, QuantLinear)]
+    _logits(model, random_tokens)
+    for h in hooks:
+        h.remove()
+    final = next(r for r in result.records if r.block == 0 and r.step == "rtn")
+    for rec in final.modules:
+        name = rec.module[len("model.layers.0."):]
+        m, x = block.get_submodule(name), torch.cat(xs[name])
+        with torch.no_grad():
+            true = float((F.linear(m.quantize_input(x), m.weight) - F.linear(x, pre_clip[m.weight.data_ptr()]))
+                         .pow(2).mean())
+        assert rec.mse_after == pytest.approx(true, rel=1e-4), name

@@ -227,6 +227,7 @@ def _clip_linear(ctx, name: str, config) -> dict:
     max_val = search_clip(W, C, ctx.quantizer(name), g, config.max_shrink, config.clip_grid)
     org_max = _pad_groups(W.to(torch.float32), g).abs().amax(-1)  # (out, n_groups)
     ratio = torch.where(org_max > 0, max_val / org_max, torch.ones_like(org_max))
+    lin.keep_fp_reference()             # clipping changes the function: errors stay measured against W
     W.copy_(apply_clip(W, max_val, g))
     return {"clip_group": g, "clip_ratio_mean": float(ratio.mean()), "clip_ratio_min": float(ratio.min()),
             "clipped_frac": float((ratio < 1).float().mean())}
