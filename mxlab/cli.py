@@ -189,10 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_experiment
 
     recipe = recipe_from_args(args)
-    if args.out is None:
+    if args.out is None:   # an existing --out is refused by run_experiment before any work
         log.warning("no --out given: nothing will be written (pass --out DIR to keep the results)")
-    elif Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.overwrite:
-        raise MxlabError(f"{args.out} already exists and is not empty; pass --overwrite or choose another --out")
     bar = _progress(args, "mxlab run")
     try:
         outcome = run_experiment(args.model, recipe, eval_dataset=args.eval, out_dir=args.out,

@@ -173,3 +173,16 @@ def test_run_end_to_end_subprocess(tmp_path, capsys):
 
     assert main(["-q", "eval", "--model", str(out / "model"), "--max-eval-windows", "2", "--json"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["ppl"] == pytest.approx(m["ppl_quant"], rel=1e-9)
+
+
+def test_taken_out_path_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
+    import mxlab.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model for a run it must refuse"))
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.json").write_text("{}")
+    for out, message in ((tmp_path / "a-file", "is a file"), (tmp_path / "full", "already exists")):
+        assert main(["run", "--steps", "rtn", "--out", str(out)]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
