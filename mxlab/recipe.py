@@ -103,6 +103,9 @@ class AWQConfig(StepConfig):
             raise MxlabError(f"awq: max_shrink must be in (0, 1), got {self.max_shrink!r}")
 
 
+GPTQ_MX_UPDATES = ("microblock", "column")
+
+
 @dataclass
 class GPTQConfig(StepConfig):
     """GPTQ for MX (the study's Algorithm 1): column blocks with error feedback through H^-1.
@@ -111,6 +114,9 @@ class GPTQConfig(StepConfig):
         percdamp: damping added to H's diagonal, as a fraction of its mean diagonal.
         blocksize: columns per outer block (b1); a multiple of the recipe's MX block size.
         act_order: process columns in order of decreasing H diagonal.
+        mx_update: "microblock" (the study's Algorithm 1: each MX block quantized at once) or
+            "column" (group-wise GPTQ: block scales fixed at the block's start, then one column at
+            a time with error feedback); per-channel INT formats are column-wise either way.
     """
 
     name: ClassVar[str] = "gptq"
@@ -118,6 +124,7 @@ class GPTQConfig(StepConfig):
     percdamp: float = 0.01
     blocksize: int = 128
     act_order: bool = False
+    mx_update: str = "microblock"
 
     def __post_init__(self) -> None:
         if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
@@ -126,6 +133,9 @@ class GPTQConfig(StepConfig):
             raise MxlabError(f"gptq: blocksize must be a positive integer, got {self.blocksize!r}")
         if not isinstance(self.act_order, bool):
             raise MxlabError(f"gptq: act_order must be true or false, got {self.act_order!r}")
+        if self.mx_update not in GPTQ_MX_UPDATES:
+            raise MxlabError(f"gptq: mx_update must be one of {', '.join(GPTQ_MX_UPDATES)} (\"microblock\": the "
+                             f"study's Algorithm 1; \"column\": group-wise GPTQ), got {self.mx_update!r}")
 
 
 @dataclass

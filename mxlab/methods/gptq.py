@@ -14,6 +14,11 @@ With ``U`` the upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``), quantizing 
 columns at once and correcting the remaining ones optimally (OBS) is
 ``W[:, rest] -= (W[:, S] - Q[:, S]) @ inv(U[S, S]) @ U[S, rest]``.
 
+``mx_update="column"`` (the recipe's GPTQConfig) runs the standard group-wise GPTQ instead: at the
+start of each MX block the block's shared exponents are fixed from the already-updated weights
+(:func:`mx_block_quantizer`), then its columns are quantized one at a time with those scales, each
+column's error fed to all later columns (``block_quantizer`` of :func:`gptq_quantize`).
+
 :func:`apply` is the thin adapter that the pipeline calls for one decoder block.
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ from . import register
 log = logging.getLogger(__name__)
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
+BlockQuantizer = Callable[[torch.Tensor], Quantizer]  # block's weights -> quantizer with its scales fixed
 
 _HESSIAN_CHUNK = 8192  # tokens per X^T X pass: bounds the float32 copy of a bf16 input chunk
 _DAMP_RETRIES = 4      # each retry multiplies the dampening by 10 when H is not positive definite
@@ -108,7 +114,8 @@ def act_order_permutation(diag: torch.Tensor, block_size: int) -> torch.Tensor:
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, block_size: int = 1,
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
-                  microblock: int | None = None, info: dict | None = None) -> torch.Tensor:
+                  microblock: int | None = None, block_quantizer: BlockQuantizer | None = None,
+                  info: dict | None = None) -> torch.Tensor:
     """Quantize W (out, in) with GPTQ against H (in, in); returns Q (out, in), on the quantizer's grid.
 
     ``quantizer`` maps a slab of columns (out, m) to its fake-quantized values; it is called on
@@ -118,11 +125,17 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     quantizer with the scale/zero point of the original W. ``blocksize`` is b1 (rounded up to a
     multiple of the micro-block). Computes in float32 (float64 if W is float64) on W's device.
     ``info``, if given, receives ``damp`` and ``dead_columns``.
+
+    ``block_quantizer`` (group-wise GPTQ; ``quantizer`` is then unused): called at the start of
+    each format block with its updated weights (out, <= block_size), it returns the quantizer of
+    that block's columns with the block's scales fixed; columns then go one at a time (b2 = 1).
     """
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise MxlabError(f"gptq_quantize: W must be (out, in) and H (in, in); got {tuple(W.shape)} "
                          f"and {tuple(H.shape)}")
     b2 = microblock or block_size
+    if block_quantizer is not None and microblock not in (None, 1):
+        raise MxlabError("gptq_quantize: block_quantizer quantizes one column at a time; drop microblock")
     if block_size < 1 or b2 % block_size:
         raise MxlabError(f"gptq_quantize: the micro-block ({b2}) must be a positive multiple of the "
                          f"format block size ({block_size})")
@@ -142,8 +155,13 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
 
     U, damp = inverse_cholesky(H, percdamp)  # (in, in) upper triangular
     del H
+    # b1 a multiple of the format block: a block's columns have had every earlier update, the lazy
+    # ones included, when its scales are fixed from them
     b1 = max(b2, math.ceil(blocksize / b2) * b2)
+    if block_quantizer is not None:
+        b2 = 1
     Q = torch.empty_like(W)
+    quant = quantizer
     for i1 in range(0, n_cols, b1):
         i2 = min(i1 + b1, n_cols)
         W1 = W[:, i1:i2]          # a view: updates below write into W
@@ -151,7 +169,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
         for j in range(0, i2 - i1, b2):
             k = min(j + b2, i2 - i1)
-            Qj = quantizer(W1[:, j:k]).to(dtype)  # (out, k - j), scales from the updated weights
+            if block_quantizer is not None and j % block_size == 0:  # i1 is a multiple of block_size too
+                quant = block_quantizer(W1[:, j:j + block_size])  # scales of this block, fixed from here on
+            Qj = quant(W1[:, j:k]).to(dtype)  # (out, k - j), scales from the updated weights
             D = W1[:, j:k] - Qj
             if k - j == 1:
                 E = D / U1[j, j]
@@ -193,6 +213,57 @@ def weight_quantizer(W: torch.Tensor, spec) -> tuple[Quantizer, int, Callable]:
                      "scale would change as GPTQ updates the weights); use the rtn step for it")
 
 
+# Group-wise GPTQ ("column") and the grid. A block's exponent e is fixed from its updated weights;
+# each column is then rounded (saturating) onto {s 2^e : s an element value}, so the finished block
+# has amax A' <= max_norm 2^e < 2^(emax + 1 + e), and quantize(Q) re-derives e' = floor(log2 A') - emax
+# <= e (or the clamp -127 <= e; an all-zero block stays zero). Every point v of the 2^e grid is a
+# point of the 2^e' grid, so re-quantization rounds nothing (any rounding mode: the scaled value is
+# already an exact grid value), quantize(Q) == Q, and pack stores e' with exact codes:
+# - int elements k 2^-mb, |k| <= 2^(mb+1) - 1: v = (k 2^(e-e')) 2^(e'-mb), an integer multiple, and
+#   |v| <= A' < 2^(e'+1) keeps |k 2^(e-e')| < 2^(mb+1): no saturation.
+# - fp elements: the numbers with <= mb+1 significant bits that are multiples of 2^(min_exp-mb)
+#   (subnormals included) and at most max_norm. Scaling by 2^(e-e') >= 1 keeps the first two, and
+#   |v| 2^-e' < 2^(emax+1) stays <= max_norm iff max_norm = (2 - 2^-mb) 2^emax, the binade full:
+#   true for e2m1 (6), e2m3 (7.5), e3m2 (28), e5m2 (57344); false for e4m3, whose top code is NaN
+#   (448, not 480): a block left with 240 2^e alone re-quantizes at e - 1 as 480 -> 448. Refused.
+def column_update_supported(f) -> bool:
+    """True if group-wise GPTQ's fixed-scale result stays on ``f``'s MX grid (see the comment above)."""
+    return f.kind == "mx" and (f.ebits == 0 or f.max_norm == (2 - 2.0 ** -(f.mbits - 2)) * 2.0 ** f.emax)
+
+
+def mx_block_quantizer(spec) -> BlockQuantizer | None:
+    """Fixed-scale block quantizer of ``spec.weights`` for mx_update="column"; None for per-channel INT.
+
+    The returned function takes one MX block's weights (out, m <= block_size), fixes their shared
+    exponents per row with formats' own rule, and returns a quantizer of any of its columns
+    (out, k) onto that grid: what ``quantize`` does to the block, with the scales held.
+    """
+    from ..formats import FORMATS, _block_amax, _mx_elements, canonical_format, pow2, shared_exponent
+
+    f = FORMATS[canonical_format(spec.weights)]
+    if f.kind == "int":
+        return None  # its scale / zero point are per row and fixed already: classic GPTQ either way
+    if not column_update_supported(f):
+        raise MxlabError(f"GPTQ mx_update='column' cannot keep {f.name} weights on the format's grid (a block "
+                         "whose max shrinks re-quantizes with a finer scale, where its values can exceed the "
+                         "largest element); use mx_update='microblock' for it")
+    rounding, elem_shift = spec.rounding, (f.mbits - 2 if f.ebits == 0 else 0)
+
+    def fix(Wb: torch.Tensor) -> Quantizer:
+        xb = Wb if Wb.dtype in (torch.float32, torch.bfloat16, torch.float16) else Wb.float()
+        e = shared_exponent(_block_amax(xb.unsqueeze(-1)), f)   # (out, 1, 1); 128: a NaN block
+        nan_block = e == 128                                      # as formats._mx_quantize
+        ec = e.masked_fill(nan_block, 0)
+        down = pow2(-ec)
+        up = pow2(ec - elem_shift).masked_fill_(nan_block, float("nan"))
+
+        def quant(cols: torch.Tensor) -> torch.Tensor:            # (out, k) -> (out, k)
+            q = _mx_elements(cols.float().unsqueeze(-1), down, up, f, rounding)  # (out, k, 1)
+            return q.squeeze(-1).to(cols.dtype)
+        return quant
+    return fix
+
+
 def _share_keys(ctx) -> dict[str, str]:
     """Linear name -> key of its input: linears of one scaling group read the same input (one Hessian)."""
     keys = {n: n for n in ctx.linears}
@@ -227,11 +298,14 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
         H = cached[1]
         W = lin.weight.data
         quantizer, block_size, pack_fn = weight_quantizer(W, lin.spec)
+        block_quantizer = mx_block_quantizer(lin.spec) if config.mx_update == "column" else None
         info: dict = {}
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
-                          percdamp=config.percdamp, act_order=config.act_order, info=info)
+                          percdamp=config.percdamp, act_order=config.act_order,
+                          block_quantizer=block_quantizer, info=info)
         details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
-                   "blocksize": config.blocksize, "microblock": block_size,
+                   "blocksize": config.blocksize, "mx_update": config.mx_update,
+                   "microblock": 1 if block_quantizer else block_size,
                    "proxy_mse_rtn": proxy_mse(W, quantizer(W), H), "proxy_mse_gptq": proxy_mse(W, Q, H)}
         lin.set_quantized_weight(Q, packed=pack_fn(Q))
         record.modules.append(ModuleRecord(f"{ctx.prefix}.{name}", "gptq",
