@@ -400,6 +400,9 @@ def _param_widget(method: str, f, params: dict) -> gr.components.Component:
     label = f.name.replace("_", " ")
     if isinstance(default, bool):
         return gr.Checkbox(value=value, label=label, elem_id=f"param-{method}-{f.name}")
+    if isinstance(default, str):  # a choice, e.g. gptq's mx_update: the field lists its options
+        return gr.Dropdown(choices=list(f.metadata.get("choices", [default])), value=value, label=label,
+                           elem_id=f"param-{method}-{f.name}")
     if isinstance(default, int):
         return gr.Number(value=value, precision=0, label=label, elem_id=f"param-{method}-{f.name}")
     return gr.Number(value=value, label=label, step=0.05, elem_id=f"param-{method}-{f.name}")

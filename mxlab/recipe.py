@@ -124,7 +124,7 @@ class GPTQConfig(StepConfig):
     percdamp: float = 0.01
     blocksize: int = 128
     act_order: bool = False
-    mx_update: str = "microblock"
+    mx_update: str = field(default="microblock", metadata={"choices": GPTQ_MX_UPDATES})
 
     def __post_init__(self) -> None:
         if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:

@@ -50,7 +50,8 @@ def test_order_choices_round_trip():
 # ---------------------------------------------------------------------------- recipes
 def _values(**over):
     values = dict(weights="mxint4", acts="mxint8", block_size=32, rounding="nearest", order="awq, gptq",
-                  params={"awq": {"n_grid": 10.0, "clip": False}, "gptq": {"percdamp": 0.02, "blocksize": 64.0}},
+                  params={"awq": {"n_grid": 10.0, "clip": False}, "gptq": {"percdamp": 0.02, "blocksize": 64.0,
+                                                                             "mx_update": "column"}},
                   calib_dataset="tinystories", calib_samples=16.0, calib_seq_len=64.0, seed=3.0)
     values.update(over)
     return values
@@ -62,7 +63,7 @@ def test_build_recipe_from_widget_values():
     awq, gptq = recipe.steps
     assert (awq.n_grid, awq.clip, awq.clip_grid) == (10, False, 20)      # widget floats -> ints; defaults kept
     assert isinstance(awq.n_grid, int) and isinstance(gptq.blocksize, int)
-    assert (gptq.percdamp, gptq.blocksize) == (0.02, 64)
+    assert (gptq.percdamp, gptq.blocksize, gptq.mx_update) == (0.02, 64, "column")  # a dropdown's string
     assert (recipe.calib.n_samples, recipe.calib.seq_len, recipe.seed) == (16, 64, 3)
     # the inverse shows the same recipe in the widgets
     assert lab.build_recipe(**lab.recipe_values(recipe)).to_dict() == recipe.to_dict()
