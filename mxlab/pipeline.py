@@ -358,6 +358,17 @@ def _wrap_linears(block: nn.Module, prefix: str, recipe: Recipe) -> dict[str, Qu
     return out
 
 
+def _same_mx_spec(recipe: Recipe, names: dict, emb: nn.Module, head: nn.Module) -> bool:
+    """Both tied tensors targeted with one MX weight spec: quantizing the shared tensor twice is harmless."""
+    from .formats import is_mx
+
+    if not {"embeddings", "lm_head"} <= recipe.target_set:
+        return False
+    se, sh = recipe.spec_for(names[id(emb)]), recipe.spec_for(names[id(head)])
+    return se is not None and sh is not None and se.weights == sh.weights and se.block_size == sh.block_size \
+        and se.rounding == sh.rounding and se.weights != "none" and is_mx(se.weights)
+
+
 def _check_finite(linears: dict[str, QuantLinear], prefix: str) -> None:
     """NaN/Inf weights would poison every MX block they sit in: stop with a clear message instead."""
     for name, q in linears.items():
@@ -575,9 +586,11 @@ def _quantize_extras(model: nn.Module, recipe: Recipe, device: torch.device, res
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and emb is not None and head.weight is emb.weight
     targets = recipe.target_set
-    if tied and ("embeddings" in targets) != ("lm_head" in targets):
-        head.weight = nn.Parameter(head.weight.data.clone(), requires_grad=False)   # untie: one is quantized
-        result.notes.append("lm_head and embeddings were tied; untied so that only one is quantized")
+    if tied and ("embeddings" in targets or "lm_head" in targets) and not _same_mx_spec(recipe, names, emb, head):
+        # untie: only one is quantized, or they get different formats, or the format is not idempotent
+        # (per-channel int / nvfp4 scales move when re-quantized), so one tensor cannot serve both
+        head.weight = nn.Parameter(head.weight.data.clone(), requires_grad=False)
+        result.notes.append("lm_head and embeddings were tied; untied so that each gets its own quantization")
     if "embeddings" in targets and emb is not None:
         spec = recipe.spec_for(names[id(emb)])
         if spec is not None and spec.weights != "none":

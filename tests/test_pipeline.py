@@ -181,3 +181,22 @@ def test_awq_records_count_the_clipping_error(random_tokens, monkeypatch):
             true = float((F.linear(m.quantize_input(x), m.weight) - F.linear(x, pre_clip[m.weight.data_ptr()]))
                          .pow(2).mean())
         assert rec.mse_after == pytest.approx(true, rel=1e-4), name
+
+
+@pytest.mark.parametrize("weights,head_override,stays_tied", [
+    ("mxint4", None, True),        # one MX spec for both: quantizing the shared tensor twice is harmless
+    ("int4", None, False),         # per-row int scales move when re-quantized: each gets its own copy
+    ("mxint4", "mxint8", False),   # different formats cannot share one tensor
+])
+def test_tied_embeddings_get_exactly_their_own_format(embedded, weights, head_override, stays_tied):
+    import copy
+
+    model, tok = copy.deepcopy(embedded[0]), embedded[1]
+    w0 = model.get_input_embeddings().weight.detach().clone()
+    overrides = [{"pattern": "lm_head", "weights": head_override}] if head_override else []
+    recipe = Recipe(weights=weights, acts="none", targets="decoder+lm_head+embeddings", overrides=overrides)
+    result = quantize_model(model, tok, recipe, calib_tokens=torch.randint(0, 512, (2, 32)))
+    emb, head = result.model.get_input_embeddings().weight, result.model.lm_head.weight
+    assert (emb.data_ptr() == head.data_ptr()) == stays_tied   # one storage while tied
+    assert torch.equal(emb, quantize(w0, weights, 32))
+    assert torch.equal(head, quantize(w0, head_override or weights, 32))
