@@ -62,6 +62,8 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=128, help="calibration sequences")
     ap.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration sequence")
     ap.add_argument("--steps", default="awq,gptq")
+    ap.add_argument("--gptq-mx-update", default="microblock", choices=["microblock", "column"],
+                    help="GPTQ's MX rule: the study's micro-blocks (default) or group-wise column by column")
     ap.add_argument("--weights", default="mxint4")
     ap.add_argument("--acts", default="mxint8")
     ap.add_argument("--block-size", type=int, default=32)
@@ -85,7 +87,9 @@ def main(argv=None) -> None:
 
     vocab = model.config.vocab_size
     tokens = torch.randint(0, vocab, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
-    recipe = Recipe(weights=args.weights, acts=args.acts, block_size=args.block_size, steps=args.steps)
+    steps = [{"name": "gptq", "mx_update": args.gptq_mx_update} if s == "gptq" else s
+             for s in args.steps.split(",") if s]
+    recipe = Recipe(weights=args.weights, acts=args.acts, block_size=args.block_size, steps=steps)
     done: list[float] = []
 
     def progress(fraction: float, message: str) -> None:
@@ -113,7 +117,7 @@ def main(argv=None) -> None:
     print(f"device            {dev_name}")
     print(f"model             {'tiny' if args.tiny else 'small' if args.small else 'Llama-3.1-8B shape'}, {args.layers} layers, "
           f"{n_params / 1e9:.2f}B params, bf16 (built in {t_build:.1f} s)")
-    print(f"recipe            {args.steps}  W-{args.weights} A-{args.acts} block {args.block_size}")
+    print(f"recipe            {args.steps} (gptq mx_update {args.gptq_mx_update})  W-{args.weights} A-{args.acts} block {args.block_size}")
     print(f"calibration       {args.samples} x {args.seq_len} tokens "
           f"(diagnostics on {args.diagnostic_tokens or 'all'} tokens)")
     print(f"total             {total:.1f} s  (quantize_model, {args.layers} layers)")
