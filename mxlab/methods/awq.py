@@ -29,6 +29,7 @@ import torch.nn as nn
 from ..errors import MxlabError
 from ..records import ModuleRecord, StepRecord
 from . import register
+from .scaling import skipped_without_groups
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +239,7 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
     """AWQ on one block: per scaling group search + fold the scales, then clip each linear's weights."""
     t_step = time.perf_counter()
     record = StepRecord("awq", ctx.index)
-    if not ctx.groups:
-        note = "no scaling groups for this architecture (no architecture map): awq skipped"
-        if ctx.index == 0:
-            log.warning(note)
-        record.notes.append(note)
+    if skipped_without_groups(ctx, record):
         return record
     details: dict[str, dict] = {}
     seconds: dict[str, float] = {}

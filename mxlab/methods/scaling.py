@@ -1,11 +1,27 @@
 """Fold per-channel scales into a block: the FP function stays the same (SmoothQuant, AWQ)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 
 from ..architectures import ScalingGroup
 from ..errors import MxlabError
+from ..records import StepRecord
+
+log = logging.getLogger(__name__)
+
+
+def skipped_without_groups(ctx, record: StepRecord) -> bool:
+    """True (with a note, logged once per model) when the architecture has no scaling groups to fold into."""
+    if ctx.groups:
+        return False
+    note = f"no scaling groups for this architecture (no architecture map): {record.step} skipped"
+    if ctx.index == 0:
+        log.warning(note)
+    record.notes.append(note)
+    return True
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..records import ModuleRecord, StepRecord
 from . import register
-from .scaling import fold_scales
+from .scaling import fold_scales, skipped_without_groups
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,7 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
     """Smooth every scaling group of the block with ``config.alpha``."""
     t_step = time.perf_counter()
     record = StepRecord("smoothquant", ctx.index)
-    if not ctx.groups:
-        note = "no scaling groups for this architecture: smoothquant skipped"
-        if ctx.index == 0:
-            log.warning(note)
-        record.notes.append(note)
+    if skipped_without_groups(ctx, record):
         return record
     for group in ctx.groups:
         t0 = time.perf_counter()
