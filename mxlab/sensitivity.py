@@ -117,6 +117,13 @@ def _kl(logp_fp: torch.Tensor, logp_q: torch.Tensor) -> float:
     return float((logp_fp.exp() * (logp_fp - logp_q)).sum(-1).mean())
 
 
+def _weights_fingerprint(model: nn.Module) -> tuple:
+    """dtype and a cheap checksum of the weights: a changed model with the same name is not a cache hit."""
+    params = list(model.parameters())
+    checksum = sum(float(p.detach().float().abs().sum()) for p in params[:: max(1, len(params) // 8)])
+    return (str(params[0].dtype) if params else "", len(params), checksum)
+
+
 def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, granularity: str = "module",
                       rank_by: str = "kl", seq_len: int = 128, max_windows: int = 4, batch_size: int = 4,
                       model_id: str | None = None, progress: ProgressFn | None = None) -> list[dict]:
@@ -129,7 +136,7 @@ def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, gr
     model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", "") or f"object-{id(model)}"
     recipe_key = recipe.to_json() if hasattr(recipe, "to_json") else repr(recipe)
     digest = hashlib.sha1(windows.cpu().numpy().tobytes()).hexdigest()
-    key = (model_id, recipe_key, granularity, rank_by, digest)
+    key = (model_id, _weights_fingerprint(model), recipe_key, granularity, rank_by, digest)
     if key in _CACHE:
         log.info("sensitivity: cached result for %s", model_id)
         return [dict(r) for r in _CACHE[key]]

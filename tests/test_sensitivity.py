@@ -86,3 +86,16 @@ def test_nothing_to_quantize_is_an_error(model):
         _run(model, Recipe(weights="none", acts="none"))
     with pytest.raises(MxlabError, match="granularity"):
         _run(model, Recipe(), granularity="layer")
+
+
+def test_cache_misses_when_the_weights_change():
+    """Same model name, changed weights (e.g. quantized in place): the ranking is computed again."""
+    import mxlab.sensitivity as sens
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama")
+    before = sens._weights_fingerprint(model)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(2)
+    assert sens._weights_fingerprint(model) != before
+    assert sens._weights_fingerprint(model.to(torch.bfloat16))[0] == "torch.bfloat16"
