@@ -35,6 +35,8 @@ def reference_gptq(W: torch.Tensor, H: torch.Tensor, quant, percdamp: float = 0.
     No Cholesky, no blocks, no lazy updates: quantize column i, spread its error over the later
     columns with the OBS update err / [H^-1]_ii * [H^-1]_i,:, then eliminate i from H^-1
     (Gaussian elimination). GPTQ's Cholesky form is an algebraic rewrite of exactly this.
+    ``quant(col (out, 1), i, W)`` sees the column index and the weights as updated so far, so a
+    group-wise quantizer can fix its scales at each group's first column.
     """
     W, H = W.clone(), H.clone()
     dead = H.diagonal() == 0
@@ -44,7 +46,7 @@ def reference_gptq(W: torch.Tensor, H: torch.Tensor, quant, percdamp: float = 0.
     Hinv = torch.linalg.inv(H)
     Q = torch.zeros_like(W)
     for i in range(W.shape[1]):
-        Q[:, i] = quant(W[:, i:i + 1])[:, 0]
+        Q[:, i] = quant(W[:, i:i + 1], i, W)[:, 0]
         err = (W[:, i] - Q[:, i]) / Hinv[i, i]                       # (out,)
         W[:, i + 1:] -= err[:, None] * Hinv[i, i + 1:][None, :]
         Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]
@@ -64,7 +66,7 @@ def test_int4_matches_reference_exactly_in_float64():
     W, H = _problem()
     scale, zero, maxq = ist_int_params(W, 4)
     quant = lambda w: ist_int_quant(w, scale, zero, maxq)  # noqa: E731
-    ref = reference_gptq(W, H, quant)
+    ref = reference_gptq(W, H, lambda w, *_: quant(w))
     # b1 = 32 does not divide 160 evenly after the first blocks: exercises the lazy update's tail too.
     Q = gptq_quantize(W, H, quant, block_size=1, blocksize=32)
     assert Q.dtype == torch.float64
@@ -76,7 +78,7 @@ def test_int4_matches_reference_in_float32_with_mxlab_int4():
     """mxlab's int4 format (explicit scale/zero of the original W) in float32 vs the float64 reference."""
     W, H = _problem(seed=3)
     scale, zero, maxq = ist_int_params(W, 4)
-    ref = reference_gptq(W, H, lambda w: ist_int_quant(w, scale, zero, maxq))
+    ref = reference_gptq(W, H, lambda w, *_: ist_int_quant(w, scale, zero, maxq))
     quant, block, _ = weight_quantizer(W.float(), "int4", 32)
     assert block == 1
     Q = gptq_quantize(W.float(), H.float(), quant, block_size=1)
@@ -225,7 +227,6 @@ def reference_groupwise_mxint(W: torch.Tensor, H: torch.Tensor, bits: int, block
     clamped to +-(2^(bits-1) - 1), value k 2^(e - bits + 2)."""
     state = {}
     mb, kmax = bits - 2, 2 ** (bits - 1) - 1
-    W0 = W.clone()
 
     def quant(col, i, Wcur):
         if i % block_size == 0:
@@ -235,19 +236,7 @@ def reference_groupwise_mxint(W: torch.Tensor, H: torch.Tensor, bits: int, block
         k = (t.abs() + 0.5).floor().clamp(max=kmax) * t.sign()
         return k * 2.0 ** (state["e"] - mb)
 
-    W, H = W0.clone(), H.clone()
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += percdamp * H.diagonal().mean() * torch.eye(H.shape[0], dtype=H.dtype)
-    Hinv = torch.linalg.inv(H)
-    Q = torch.zeros_like(W)
-    for i in range(W.shape[1]):
-        Q[:, i] = quant(W[:, i:i + 1], i, W)[:, 0]
-        err = (W[:, i] - Q[:, i]) / Hinv[i, i]
-        W[:, i + 1:] -= err[:, None] * Hinv[i, i + 1:][None, :]
-        Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]
-    return Q
+    return reference_gptq(W, H, quant, percdamp)
 
 
 @pytest.mark.parametrize("bits,block_size", [(4, 32), (3, 16)])
