@@ -25,9 +25,9 @@ _EXPORTS = {
     "QuantResult": "pipeline",
     "perplexity": "evaluate",
     "evaluate_model": "evaluate",
-    "save_quantized": "export",
-    "load_quantized": "export",
-    "export_run": "export",
+    "save_quantized": "checkpoint",
+    "load_quantized": "checkpoint",
+    "export_run": "rundir",
 }
 
 __all__ = sorted([*_EXPORTS, "MxlabError", "Cancelled", "__version__"])

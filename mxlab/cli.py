@@ -154,11 +154,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         raise MxlabError(f"{' '.join(given)} cannot be combined with --recipe/--preset (the recipe already "
                          "sets formats and steps); edit the recipe file instead")
     if args.recipe:
-        path = Path(args.recipe)
-        if not path.is_file():
-            raise MxlabError(f"recipe file {path} not found")
-        text = path.read_text()
-        data = Recipe.from_json(text).to_dict() if path.suffix.lower() == ".json" else Recipe.from_yaml(text).to_dict()
+        data = Recipe.load(args.recipe).to_dict()
     elif args.preset:
         data = get_preset(args.preset).to_dict()
     else:
@@ -200,9 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    from .export import _jsonable
+    from .jsonable import to_jsonable
 
-    print(json.dumps(_jsonable(outcome.metrics), indent=2))
+    print(json.dumps(to_jsonable(outcome.metrics), indent=2))
     if args.out:
         log.info("results in %s (report: %s)", args.out, Path(args.out) / "report.html")
     return EXIT_OK
@@ -211,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """`eval`: perplexity of a model or of an exported packed checkpoint."""
     from .evaluate import evaluate_model
-    from .export import is_packed_checkpoint, load_quantized
+    from .checkpoint import is_packed_checkpoint, load_quantized
+    from .jsonable import to_jsonable
 
     if args.model and is_packed_checkpoint(args.model):
         model, tokenizer = load_quantized(args.model, device=args.device)
@@ -231,7 +228,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             bar.close()
     name = args.model or "embedded:stories260K"
     if args.json:
-        print(json.dumps({"model": name, "eval": args.eval, "ppl": out["ppl"], "n_tokens": out["n_tokens"]}))
+        row = {"model": name, "eval": args.eval, "ppl": out["ppl"], "n_tokens": out["n_tokens"]}
+        print(json.dumps(to_jsonable(row)))
     else:
         print(f"perplexity {out['ppl']:.4f} on {args.eval} ({out['n_tokens']} tokens), model {name}")
     return EXIT_OK
@@ -240,7 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """`report`: rebuild report.html from results.json."""
     from .atomic import atomic_file
-    from .export import REPORT_FILE, read_results, write_report_html
+    from .rundir import REPORT_FILE, read_results, write_report_html
 
     results = read_results(args.run_dir)
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__, plots
 from . import stats as _stats
+from .jsonable import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def _recipe_text(recipe: Any) -> str:
         if hasattr(recipe, attr):
             return getattr(recipe, attr)()
     if isinstance(recipe, dict):
-        return json.dumps(recipe, indent=2, default=str)
+        return json.dumps(to_jsonable(recipe), indent=2)
     return str(recipe)
 
 
@@ -140,7 +141,7 @@ def write_report(path: str | Path, *, recipe: Any, model_info: dict | None, metr
 
 
 def write_report_from_results(results: dict, path: str | Path) -> Path:
-    """Write the report of a results.json dict (as export.results_dict builds it) to path."""
+    """Write the report of a results.json dict (as rundir.results_dict builds it) to path."""
     model_info = {"model": results.get("model"), **(results.get("run") or {})}
     return write_report(path, recipe=results.get("recipe"), model_info=model_info, metrics=results.get("metrics"),
                         records=results.get("records"), stats=results.get("stats"),

@@ -48,7 +48,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    trust_remote_code: bool = False) -> RunOutcome:
     """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
     from .evaluate import evaluate_model
-    from .export import packed_bits_per_weight
+    from .checkpoint import packed_bits_per_weight
     from .models import load_model
     from .pipeline import quantize_model
 
@@ -98,7 +98,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
             "mxlab_version": __version__}
     outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
     if out_dir is not None:
-        from .export import export_run
+        from .rundir import export_run
 
         report(progress, _STAGES["export"][0], "exporting")
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)

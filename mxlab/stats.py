@@ -48,6 +48,7 @@ from typing import Any, Iterable
 import torch
 
 from .errors import MxlabError
+from .jsonable import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def records_table(records: Iterable[Any]):
                        seconds=_get(m, "seconds"), step_seconds=_get(rec, "seconds"))
             for key, val in (_get(m, "details", {}) or {}).items():
                 scalar = val is None or isinstance(val, (bool, int, float, str))
-                row[f"detail_{key}"] = val if scalar else json.dumps(val, default=str)
+                row[f"detail_{key}"] = val if scalar else json.dumps(to_jsonable(val))
             rows.append(row)
     cols = ["order", "block", "step", "module", "mse_before", "mse_after", "sqnr_before", "sqnr_after",
             "seconds", "step_seconds"]

@@ -62,7 +62,7 @@ def test_recipe_file_round_trip(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--preset", "x", "--weights", "mxint4"], "cannot be combined"),
     (["run", "--recipe", "a.yaml", "--preset", "b"], "not both"),
-    (["run", "--recipe", "/nonexistent/r.yaml"], "not found"),
+    (["run", "--recipe", "/nonexistent/r.yaml"], "does not exist"),
     (["run", "--weights", "mxint5", "--out", "/nonexistent-dir-never-written"], "mxint5"),
     (["run", "--preset", "no-such-preset"], "no-such-preset"),
     (["report", "/nonexistent/run"], "results.json"),
@@ -73,6 +73,16 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("mxlab ")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_recipe_file_not_utf8_exits_2_with_one_line(tmp_path, capsys):
+    """The CLI reads --recipe through Recipe.load: a Latin-1 byte is a user error, not a bug."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"weights: mxint4  # caf\xe9\n")
+    assert main(["run", "--recipe", str(path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mxlab run: error: ")
+    assert str(path) in err and "UTF-8" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv", [["run", "--block-size", "0"], ["run", "--block-size", "x"],

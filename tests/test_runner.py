@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mxlab.errors import Cancelled, MxlabError
-from mxlab.export import quant_linears
+from mxlab.checkpoint import quant_linears
 from mxlab.recipe import Recipe
 from mxlab.runner import run_experiment
 
@@ -55,7 +55,7 @@ def test_progress_monotonic_to_one(outcome):
 
 @pytest.mark.slow  # shares one ~5-10 s run of the embedded model (fixture `outcome`)
 def test_export_files(outcome):
-    from mxlab.export import load_quantized
+    from mxlab.checkpoint import load_quantized
 
     out = outcome.out_dir
     results = json.loads((out / "results.json").read_text())
@@ -83,11 +83,11 @@ def test_cli_report_rebuilds_html(outcome, tmp_path):
 
 
 def test_failing_export_leaves_no_run_dir(tmp_path, monkeypatch):
-    import mxlab.export as export
+    import mxlab.rundir as rundir
 
     def broken(results, path):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(export, "write_report_html", broken)
+    monkeypatch.setattr(rundir, "write_report_html", broken)
     with pytest.raises(MxlabError, match="free disk space"):
         run_experiment(None, Recipe.from_dict(RECIPE), eval_dataset="tinystories", out_dir=tmp_path / "run",
                        max_eval_windows=1, with_kl=False)

@@ -1,4 +1,4 @@
-"""Export: the packed MX checkpoint and its exact reload, a dequantized HF checkpoint, run results.
+"""The packed MX checkpoint: atomic save, exact reload (sha256-verified), and a dequantized HF checkpoint.
 
 Packed checkpoint layout (a directory, written atomically):
 - ``model.safetensors``: per quantized Linear ``<name>.weight.*`` = the tensors of its
@@ -11,11 +11,9 @@ Packed checkpoint layout (a directory, written atomically):
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_directory
 from .errors import MxlabError
+from .jsonable import write_json
 from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
@@ -107,29 +106,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, (Path, torch.dtype, torch.device)):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def finite_or_none(x: Any) -> Any:
-    """JSON has no inf/nan: write them as null (with the value logged) so files stay valid JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
     if tokenizer is None:
         log.warning("no tokenizer given: %s will hold no tokenizer files", directory)
@@ -207,7 +183,7 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
             "modules": modules,
             "weights_sha256": _file_sha256(tmp / WEIGHTS_FILE),
         }
-        _write_json(tmp / CONFIG_FILE, cfg)
+        write_json(tmp / CONFIG_FILE, cfg)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(str(tmp))
         _save_tokenizer(tokenizer, tmp)
@@ -440,101 +416,3 @@ def packed_bits_per_weight(model: nn.Module) -> float:
             bits += 8 * mod.packed().nbytes
             count += mod.weight.numel()
     return bits / count if count else float("nan")
-
-
-# ------------------------------------------------------------------------------------ run results
-RESULTS_FILE = "results.json"
-RECIPE_FILE = "recipe.yaml"
-REPORT_FILE = "report.html"
-MODEL_DIR = "model"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types all the way down; non-finite floats become null (JSON has no inf/nan)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return finite_or_none(obj)
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return _jsonable(obj.item())
-    return str(obj)
-
-
-def results_dict(outcome: Any) -> dict[str, Any]:
-    """The content of results.json: metrics, recipe, model, per-layer records, statistics."""
-    result = outcome.result
-    info = dict(getattr(outcome, "info", {}) or {})
-    return _jsonable({
-        "mxlab_version": __version__,
-        "model": info.pop("model", None),
-        "metrics": outcome.metrics,
-        "recipe": result.recipe.to_dict(),
-        "run": info,
-        "seconds": getattr(result, "seconds", None),
-        "records": list(result.records or []),
-        "stats": getattr(result, "stats", None) or {},
-    })
-
-
-def write_report_html(results: dict[str, Any], path: Path) -> bool:
-    """Write the HTML report from a results dict; False (with a warning) when plotly is missing."""
-    try:
-        import plotly  # noqa: F401
-    except ImportError:
-        log.warning("plotly is not installed: skipping %s (pip install plotly, then `python -m mxlab "
-                    "report DIR` rebuilds it from results.json)", path.name)
-        return False
-    from .report import write_report_from_results
-
-    write_report_from_results(results, path)
-    return True
-
-
-def _write_tables(results: dict[str, Any], directory: Path) -> None:
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        log.warning("pandas is not installed: skipping the CSV tables (results.json holds the same data)")
-        return
-    from .stats import write_tables
-
-    write_tables(directory, records=results["records"], stats=results["stats"])
-
-
-def export_run(outcome: Any, out_dir: str | os.PathLike, *, progress: ProgressFn | None = None,
-               overwrite: bool = False, save_model: bool = True) -> Path:
-    """Write a run atomically: results.json, recipe.yaml, the CSV tables, report.html and model/."""
-    from .progress import scaled
-
-    results = results_dict(outcome)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        _write_json(tmp / RESULTS_FILE, results)
-        (tmp / RECIPE_FILE).write_text(outcome.result.recipe.to_yaml())
-        _write_tables(results, tmp)
-        report(progress, 0.1, "writing the report")
-        write_report_html(results, tmp / REPORT_FILE)
-        if save_model:
-            report(progress, 0.3, "packing the model")
-            save_quantized(outcome.result, outcome.tokenizer, tmp / MODEL_DIR, progress=scaled(progress, 0.3, 1.0))
-    log.info("run written to %s", out_dir)
-    return Path(out_dir)
-
-
-def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Load DIR/results.json (or the file itself) with a clear error when it is missing or broken."""
-    path = Path(run_dir)
-    path = path if path.suffix == ".json" else path / RESULTS_FILE
-    if not path.is_file():
-        raise MxlabError(f"{path} not found; give a run directory written by `python -m mxlab run --out DIR`")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MxlabError(f"{path} is not readable JSON ({e}); run the experiment again") from e

@@ -1,7 +1,8 @@
-"""Export: packed checkpoint round trip (bit-exact logits), its size, the dequantized HF checkpoint,
+"""The checkpoint: packed round trip (bit-exact logits), its size, the dequantized HF checkpoint,
 clear errors for broken checkpoints, and no partial output when an export fails midway."""
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import os
@@ -15,7 +16,7 @@ import torch
 
 from conftest import make_tiny_model
 from mxlab.errors import Cancelled, MxlabError
-from mxlab.export import (WEIGHTS_FILE, load_quantized, quant_linears, save_dequantized, save_quantized)
+from mxlab.checkpoint import (WEIGHTS_FILE, load_quantized, quant_linears, save_dequantized, save_quantized)
 from mxlab.pipeline import quantize_model
 from mxlab.recipe import Recipe
 
@@ -281,3 +282,21 @@ def test_export_cancelled_midway_leaves_nothing(tmp_path):
     with pytest.raises(Cancelled):
         save_quantized(result, None, tmp_path / "ckpt", progress=cancel_after_two)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- arrows
+def test_checkpoint_imports_no_analysis_and_no_run_directory():
+    """checkpoint.py is the file format alone: it never imports the run directory, the runner or analysis."""
+    import mxlab.checkpoint as checkpoint
+
+    tree = ast.parse(Path(checkpoint.__file__).read_text(encoding="utf-8"))
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:  # relative: mxlab's own modules
+            modules |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            modules |= {n.split(".")[1] for n in names if n.startswith("mxlab.")}
+    assert "atomic" in modules and "jsonable" in modules  # the scan sees the imports
+    forbidden = {"report", "stats", "rundir", "runner", "plots", "tables", "sensitivity", "lab", "evaluate"}
+    assert not modules & forbidden, modules & forbidden
