@@ -46,7 +46,7 @@ def _unpack_result(result_or_model: Any, recipe: Any) -> tuple[nn.Module, Any]:
 
 def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Every QuantLinear of ``model`` by full module name."""
-    from .qlinear import QuantLinear
+    from .ptq.qlinear import QuantLinear
 
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
@@ -352,7 +352,7 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
                    verify: bool = True) -> tuple[nn.Module, Any]:
     """Rebuild a runnable quantized model (QuantLinear from the packed tensors) and its tokenizer."""
     from .formats import PackedTensor
-    from .qlinear import QuantLinear
+    from .ptq.qlinear import QuantLinear
     from .recipe import QuantSpec
 
     directory = Path(directory).expanduser()
@@ -504,7 +504,7 @@ def _write_tables(results: dict[str, Any], directory: Path) -> None:
     except ImportError:
         log.warning("pandas is not installed: skipping the CSV tables (results.json holds the same data)")
         return
-    from .stats import write_tables
+    from .tables import write_tables
 
     write_tables(directory, records=results["records"], stats=results["stats"])
 

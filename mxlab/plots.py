@@ -19,7 +19,7 @@ def _need(df: Any, cols: Sequence[str], what: str) -> None:
     """Raise a clear error when a table lacks the columns a figure reads."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise MxlabError(f"{what} needs columns {missing}; build the table with mxlab.stats / mxlab.sensitivity")
+        raise MxlabError(f"{what} needs columns {missing}; build the table with mxlab.tables / mxlab.sensitivity")
 
 
 def _empty(title: str, why: str) -> go.Figure:

@@ -1,0 +1,149 @@
+"""Tidy tables (pandas, imported lazily) of what a run recorded: step records and the statistics
+of ``mxlab.ptq.statistics`` (as ``QuantResult.stats`` or loaded back from results.json).
+
+Tables (one row each):
+    records_table        module x step: block, step, module, mse_before, mse_after, sqnr_before,
+                         sqnr_after, d_mse, d_sqnr, seconds, step_seconds, detail_<key>...
+    activation_table     module x stage: module, block, stage, n_tokens, in_features, outlier_ratio,
+                         kurtosis, absmax_max, absmax_median, top_channels (str "i,j,...")
+    activation_channel_table   module x stage x channel (long): module, block, stage, channel,
+                         absmax, mean_abs
+    weights_table        module: module, block, format, block_size, out_features, in_features, mse,
+                         sqnr_db, flushed_frac, n_blocks, saturated_frac, headroom_bits
+    weight_channel_table module x output channel (long): module, block, channel, w_min, w_max
+    scale_table          module x exponent (long, MX modules only): module, block, format,
+                         block_size, exponent, count
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """Attribute of a dataclass record, or key of its dict form (records loaded from JSON)."""
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _split_stats(stats: Any, key: str) -> list[dict]:
+    """The list of `key` rows from QuantResult.stats ({"activations": [...], "weights": [...]}) or a list."""
+    if stats is None:
+        return []
+    if isinstance(stats, dict):
+        return list(stats.get(key, []))
+    return list(stats)
+
+
+def records_table(records: Iterable[Any]):
+    """One row per module x step from StepRecords (dataclasses or dicts), in pipeline order."""
+    import pandas as pd
+
+    rows = []
+    for order, rec in enumerate(records or []):
+        for m in _get(rec, "modules", []) or []:
+            row = dict(order=order, block=_get(rec, "block"), step=_get(rec, "step"), module=_get(m, "module"),
+                       mse_before=_get(m, "mse_before"), mse_after=_get(m, "mse_after"),
+                       sqnr_before=_get(m, "sqnr_before"), sqnr_after=_get(m, "sqnr_after"),
+                       seconds=_get(m, "seconds"), step_seconds=_get(rec, "seconds"))
+            for key, val in (_get(m, "details", {}) or {}).items():
+                scalar = val is None or isinstance(val, (bool, int, float, str))
+                row[f"detail_{key}"] = val if scalar else json.dumps(val, default=str)
+            rows.append(row)
+    cols = ["order", "block", "step", "module", "mse_before", "mse_after", "sqnr_before", "sqnr_after",
+            "seconds", "step_seconds"]
+    df = pd.DataFrame(rows, columns=cols + sorted({c for r in rows for c in r} - set(cols)))
+    df["d_mse"] = df["mse_after"].astype(float) - df["mse_before"].astype(float)
+    df["d_sqnr"] = df["sqnr_after"].astype(float) - df["sqnr_before"].astype(float)
+    return df
+
+
+def activation_table(stats: Any):
+    """One row per module x stage: outlier summary of the calibration inputs."""
+    import pandas as pd
+
+    rows = []
+    for s in _split_stats(stats, "activations"):
+        absmax = torch.tensor([math.nan if v is None else v for v in s["absmax"]])  # JSON wrote nan as null
+        rows.append(dict(module=s["module"], block=s["block"], stage=s["stage"], n_tokens=s["n_tokens"],
+                         in_features=s["in_features"], outlier_ratio=s["outlier_ratio"], kurtosis=s["kurtosis"],
+                         absmax_max=float(absmax.max()), absmax_median=float(absmax.median()),
+                         top_channels=",".join(str(c) for c in s["top_channels"])))
+    return pd.DataFrame(rows, columns=["module", "block", "stage", "n_tokens", "in_features", "outlier_ratio",
+                                       "kurtosis", "absmax_max", "absmax_median", "top_channels"])
+
+
+def activation_channel_table(stats: Any):
+    """Long table, one row per module x stage x input channel: absmax and mean |x|."""
+    import pandas as pd
+
+    frames = [pd.DataFrame(dict(module=s["module"], block=s["block"], stage=s["stage"],
+                                channel=range(len(s["absmax"])), absmax=s["absmax"], mean_abs=s["mean_abs"]))
+              for s in _split_stats(stats, "activations")]
+    cols = ["module", "block", "stage", "channel", "absmax", "mean_abs"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+_WEIGHT_COLS = ["module", "block", "format", "block_size", "out_features", "in_features", "mse", "sqnr_db",
+                "flushed_frac", "n_blocks", "saturated_frac", "headroom_bits"]
+
+
+def weights_table(stats: Any):
+    """One row per quantized module: weight error, flush-to-zero, saturation and headroom."""
+    import pandas as pd
+
+    return pd.DataFrame([{c: s.get(c) for c in _WEIGHT_COLS} for s in _split_stats(stats, "weights")],
+                        columns=_WEIGHT_COLS)
+
+
+def weight_channel_table(stats: Any):
+    """Long table, one row per module x output channel: the channel's weight range."""
+    import pandas as pd
+
+    frames = [pd.DataFrame(dict(module=s["module"], block=s["block"], channel=range(len(s["w_min"])),
+                                w_min=s["w_min"], w_max=s["w_max"]))
+              for s in _split_stats(stats, "weights")]
+    cols = ["module", "block", "channel", "w_min", "w_max"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def scale_table(stats: Any):
+    """Long table, one row per MX module x shared exponent: how many blocks use that exponent."""
+    import pandas as pd
+
+    rows = [dict(module=s["module"], block=s["block"], format=s["format"], block_size=s["block_size"],
+                 exponent=int(v), count=int(c))
+            for s in _split_stats(stats, "weights") if s.get("exp_values") is not None
+            for v, c in zip(s["exp_values"], s["exp_counts"])]
+    return pd.DataFrame(rows, columns=["module", "block", "format", "block_size", "exponent", "count"])
+
+
+def to_csv(df, path: str | Path) -> Path:
+    """Write one table as CSV atomically (temp file + rename); returns the path."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_tables(out_dir: str | Path, records: Any = None, stats: Any = None) -> dict[str, Path]:
+    """Write every table that has rows as <out_dir>/<name>.csv; returns {name: path}."""
+    tables = {"records": records_table(records), "activations": activation_table(stats),
+              "activation_channels": activation_channel_table(stats), "weights": weights_table(stats),
+              "weight_channels": weight_channel_table(stats), "scales": scale_table(stats)}
+    return {name: to_csv(df, Path(out_dir) / f"{name}.csv") for name, df in tables.items() if len(df)}
