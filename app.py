@@ -86,7 +86,7 @@ def import_yaml(text: str):
 
 def apply_preset(name: str):
     """Fill the widgets from a preset."""
-    from mxlab.recipe import get_preset
+    from mxlab.presets import get_preset
 
     try:
         recipe = get_preset(name)
@@ -226,7 +226,8 @@ def build(default_preset: str | None = None) -> gr.Blocks:
     """The app's Blocks (not launched)."""
     from mxlab.data import DATASETS
     from mxlab.formats import FORMATS, ROUNDINGS
-    from mxlab.recipe import PRESETS, Recipe, get_preset
+    from mxlab.presets import PRESETS, get_preset
+    from mxlab.recipe import Recipe
 
     start = get_preset(default_preset) if default_preset else Recipe.from_dict(lab.START_RECIPE)
     values = lab.recipe_values(start)

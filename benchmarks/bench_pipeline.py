@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mxlab.pipeline import DIAGNOSTIC_TOKENS, quantize_model  # noqa: E402
+from mxlab.ptq.pipeline import DIAGNOSTIC_TOKENS, quantize_model  # noqa: E402
 from mxlab.recipe import Recipe  # noqa: E402
 
 LLAMA31_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,

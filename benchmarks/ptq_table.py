@@ -14,7 +14,7 @@ import torch
 from mxlab.data import calibration_batches, evaluation_tokens
 from mxlab.evaluate import perplexity
 from mxlab.models import load_model
-from mxlab.pipeline import quantize_model
+from mxlab.ptq.pipeline import quantize_model
 from mxlab.recipe import Recipe
 
 CONFIGS = [("mxint8", "mxint8"), ("int8", "int8"), ("mxint4", "mxint8"), ("int4", "int8"),

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from mxlab.data import calibration_batches  # noqa: E402
 from mxlab.evaluate import evaluate_model  # noqa: E402
 from mxlab.models import load_model  # noqa: E402
-from mxlab.pipeline import quantize_model  # noqa: E402
+from mxlab.ptq.pipeline import quantize_model  # noqa: E402
 from mxlab.recipe import Recipe  # noqa: E402
 
 METHODS = {  # column label -> ordered steps

@@ -45,7 +45,7 @@ def _unpack_result(result_or_model: Any, recipe: Any) -> tuple[nn.Module, Any]:
 
 def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Every QuantLinear of ``model`` by full module name."""
-    from .qlinear import QuantLinear
+    from .ptq.qlinear import QuantLinear
 
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
@@ -328,7 +328,7 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
                    verify: bool = True) -> tuple[nn.Module, Any]:
     """Rebuild a runnable quantized model (QuantLinear from the packed tensors) and its tokenizer."""
     from .formats import PackedTensor
-    from .qlinear import QuantLinear
+    from .ptq.qlinear import QuantLinear
     from .recipe import QuantSpec
 
     directory = Path(directory).expanduser()

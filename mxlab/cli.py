@@ -145,7 +145,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------- commands
 def recipe_from_args(args: argparse.Namespace) -> Any:
     """The Recipe the flags describe: --recipe FILE, --preset NAME or the format/step flags (+ calib flags)."""
-    from .recipe import Recipe, get_preset
+    from .presets import get_preset
+    from .recipe import Recipe
 
     given = [f"--{f.replace('_', '-')}" for f in FORMAT_FLAGS if getattr(args, f) is not None]
     if args.recipe and args.preset:
@@ -254,7 +255,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     """`presets`: one line per named recipe, or one preset as YAML."""
-    from .recipe import PRESETS, get_preset
+    from .presets import PRESETS, get_preset
 
     if args.show:
         print(get_preset(args.show).to_yaml(), end="")

@@ -177,7 +177,7 @@ def move_step(steps: list[str], index: int, delta: int) -> tuple[list[str], int]
 # ---------------------------------------------------------------------------- recipes
 def step_classes() -> dict[str, type]:
     """Method name -> its step config dataclass, as recipe.py defines them."""
-    from .recipe import STEP_CONFIGS
+    from .steps import STEP_CONFIGS
 
     return dict(STEP_CONFIGS)
 
@@ -223,6 +223,7 @@ def build_recipe(*, weights: str, acts: str, block_size: Any, rounding: str, ord
     Raises MxlabError (from Recipe's own validation) when the values make no recipe.
     """
     from . import recipe as rec
+    from .steps import step_config
 
     base = None
     if base_yaml and base_yaml.strip():
@@ -232,7 +233,7 @@ def build_recipe(*, weights: str, acts: str, block_size: Any, rounding: str, ord
             base = None  # the widgets win; a broken YAML box must not block editing
     steps = []
     for name in parse_order(order):
-        cls = type(rec.step_config(name))  # resolves aliases ("sq"); MxlabError lists the valid steps
+        cls = type(step_config(name))  # resolves aliases ("sq"); MxlabError lists the valid steps
         given = (params or {}).get(cls.name, {})
         kwargs = {f.name: _coerce(given.get(f.name), field_default(f)) for f in step_param_fields(cls)}
         steps.append(cls(**kwargs))
@@ -301,43 +302,23 @@ def parse_yaml(text: str):
 
 # ---------------------------------------------------------------------------- model info
 def model_summary(model, recipe) -> dict[str, Any]:
-    """Architecture, parameter count and the layers ``recipe`` quantizes (with their formats).
+    """Architecture, parameter count and the layers ``recipe`` quantizes (with their formats), as the plan says."""
+    from .ptq.plan import outline, plan
 
-    Mirrors what the pipeline wraps: every Linear of the decoder blocks (target "decoder"), plus the
-    lm_head / embeddings (weight only) when targeted, minus overrides that skip or keep both FP.
-    """
-    import torch.nn as nn
-
-    from .architectures import architecture_map, decoder_blocks
-
-    amap = architecture_map(model)
-    list_path, blocks = decoder_blocks(model)
+    shape_of = outline(model)
+    list_path = shape_of.block_path
     arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
-    candidates = []   # (full name, module, kind)
-    if "decoder" in recipe.target_set:
-        candidates += [(f"{list_path}.{i}.{name}", m, "linear") for i, block in enumerate(blocks)
-                       for name, m in block.named_modules() if type(m) is nn.Linear]
-    names = {id(m): n for n, m in model.named_modules()}
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if "lm_head" in recipe.target_set and isinstance(head, nn.Linear):
-        candidates.append((names[id(head)], head, "linear"))
-    if "embeddings" in recipe.target_set and emb is not None:
-        candidates.append((names[id(emb)], emb, "embedding"))
     groups: dict[str, dict] = {}   # module name with the block index replaced by '*' -> row
-    for name, module, kind in candidates:
-        spec = recipe.spec_for(name)
-        if spec is None or (spec.weights == "none" and spec.acts == "none"):
-            continue
-        acts = spec.acts if kind == "linear" else "none (weight only)"
-        pattern = re.sub(rf"^{re.escape(list_path)}\.\d+\.", f"{list_path}.*.", name)
-        shape = "x".join(str(d) for d in module.weight.shape)
-        row = groups.setdefault(f"{pattern}|{spec.weights}|{acts}",
-                                {"module": pattern, "count": 0, "shape": shape, "weights": spec.weights, "acts": acts})
+    for t in plan(model, recipe):
+        acts = "none (weight only)" if t.kind == "embedding" else t.spec.acts
+        pattern = re.sub(rf"^{re.escape(list_path)}\.\d+\.", f"{list_path}.*.", t.name)
+        shape = "x".join(str(d) for d in t.module.weight.shape)
+        row = groups.setdefault(f"{pattern}|{t.spec.weights}|{acts}",
+                                {"module": pattern, "count": 0, "shape": shape, "weights": t.spec.weights, "acts": acts})
         row["count"] += 1
-    return {"architecture": arch, "family": amap.name if amap else "unknown (no scaling map)",
-            "parameters": sum(p.numel() for p in model.parameters()), "blocks": len(blocks),
-            "block_path": list_path, "n_linear": sum(type(m) is nn.Linear for m in model.modules()),
-            "quantized": list(groups.values())}
+    return {"architecture": arch, "family": shape_of.family or "unknown (no scaling map)",
+            "parameters": sum(p.numel() for p in model.parameters()), "blocks": shape_of.n_blocks,
+            "block_path": list_path, "n_linear": shape_of.n_linear, "quantized": list(groups.values())}
 
 
 def summary_markdown(summary: dict, source: str) -> str:
@@ -465,13 +446,13 @@ def _only(df, block: Optional[int]):
 
 def run_figures(entry: RunEntry, layer: Optional[str]) -> dict[str, Any]:
     """The Inspect tab's figures for one run and layer: heatmap, scales, waterfall, sensitivity (or None)."""
-    from . import plots, stats
+    from . import plots, tables
 
     block = layer_index(layer)
     figs = {
-        "heatmap": plots.activation_heatmap(_only(stats.activation_channel_table(entry.stats), block)),
-        "scales": plots.scale_histogram(_only(stats.scale_table(entry.stats), block)),
-        "waterfall": plots.error_waterfall(_only(stats.records_table(entry.records), block)),
+        "heatmap": plots.activation_heatmap(_only(tables.activation_channel_table(entry.stats), block)),
+        "scales": plots.scale_histogram(_only(tables.scale_table(entry.stats), block)),
+        "waterfall": plots.error_waterfall(_only(tables.records_table(entry.records), block)),
         "sensitivity": None,
     }
     if entry.sensitivity is not None:
@@ -483,10 +464,10 @@ def run_figures(entry: RunEntry, layer: Optional[str]) -> dict[str, Any]:
 
 def module_table(entry: RunEntry, layer: Optional[str]):
     """Per-module x step records of one run (and layer), numbers rounded for display."""
-    from . import stats
+    from . import tables
 
     cols = ["block", "module", "step", "mse_before", "mse_after", "sqnr_before", "sqnr_after", "seconds"]
-    df = _only(stats.records_table(entry.records), layer_index(layer))
+    df = _only(tables.records_table(entry.records), layer_index(layer))
     df = df[[c for c in cols if c in df.columns]].copy()
     for c in df.columns[3:]:
         df[c] = df[c].astype(float).map(lambda v: float(f"{v:.4g}"))
@@ -521,15 +502,15 @@ def runs_frame(entries: list[RunEntry]):
 
 def compare_figures(entries: list[RunEntry]) -> dict[str, Any]:
     """Per-layer error overlay and perplexity vs bits for two or more runs."""
-    from . import plots, stats
+    from . import plots, tables
 
     if len(entries) < 2:
         raise MxlabError("Pick two or more runs to compare (run the recipe again with other settings first).")
-    tables = [stats.records_table(e.records) for e in entries]
+    frames = [tables.records_table(e.records) for e in entries]
     if len(entries) == 2:
-        layers = plots.compare_runs(tables[0], tables[1], names=(entries[0].label, entries[1].label))
+        layers = plots.compare_runs(frames[0], frames[1], names=(entries[0].label, entries[1].label))
     else:
-        layers = _overlay(tables, [e.label for e in entries])
+        layers = _overlay(frames, [e.label for e in entries])
     return {"layers": layers, "pareto": plots.pareto_chart(runs_frame(entries))}
 
 

@@ -1,4 +1,4 @@
-"""Tables -> Plotly figures. Every function takes DataFrames from `stats` / `sensitivity` (or a runs
+"""Tables -> Plotly figures. Every function takes DataFrames from `tables` / `sensitivity` (or a runs
 table) and returns a `plotly.graph_objects.Figure`; none touches a model.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _need(df: Any, cols: Sequence[str], what: str) -> None:
     """Raise a clear error when a table lacks the columns a figure reads."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise MxlabError(f"{what} needs columns {missing}; build the table with mxlab.stats / mxlab.sensitivity")
+        raise MxlabError(f"{what} needs columns {missing}; build the table with mxlab.tables / mxlab.sensitivity")
 
 
 def _empty(title: str, why: str) -> go.Figure:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, plots
-from . import stats as _stats
+from . import tables as _stats
 from .jsonable import to_jsonable
 
 log = logging.getLogger(__name__)

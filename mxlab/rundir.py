@@ -64,7 +64,7 @@ def _write_tables(results: dict[str, Any], directory: Path) -> None:
     except ImportError:
         log.warning("pandas is not installed: skipping the CSV tables (results.json holds the same data)")
         return
-    from .stats import write_tables
+    from .tables import write_tables
 
     write_tables(directory, records=results["records"], stats=results["stats"])
 

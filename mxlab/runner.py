@@ -50,7 +50,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     from .evaluate import evaluate_model
     from .checkpoint import packed_bits_per_weight
     from .models import load_model
-    from .pipeline import quantize_model
+    from .ptq.pipeline import quantize_model
 
     if out_dir is not None:                 # fail before any work, not after the whole run
         from .atomic import _check_target

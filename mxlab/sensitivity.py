@@ -45,25 +45,20 @@ def _windows(tokens: torch.Tensor, seq_len: int, max_windows: int) -> torch.Tens
 
 
 def _units(model: nn.Module, recipe: Any, granularity: str) -> list[dict]:
-    """The quantizable Linears of the decoder blocks, grouped per module or per block."""
-    from .architectures import decoder_blocks
+    """The decoder Linears the plan quantizes, grouped per module or per block."""
+    from .ptq.plan import plan
 
-    path, blocks = decoder_blocks(model)
+    by_block: dict[int, tuple[str, list]] = {}      # block index -> (block prefix, members)
+    for t in plan(model, recipe):
+        if t.kind == "linear":
+            prefix = t.name[: -len(t.local) - 1]        # model.layers.3.mlp.up_proj -> model.layers.3
+            by_block.setdefault(t.block, (prefix, []))[1].append((t.name, t.module, t.spec))
     units = []
-    for i, blk in enumerate(blocks):
-        members = []
-        for name, m in blk.named_modules():
-            if type(m) is not nn.Linear:  # a QuantLinear means the model is already quantized
-                continue
-            full = f"{path}.{i}.{name}"
-            spec = recipe.spec_for(full)
-            if spec is None or (spec.weights in (None, "none") and spec.acts in (None, "none")):
-                continue
-            members.append((full, m, spec))
+    for i, (prefix, members) in by_block.items():
         if granularity == "module":
             units += [dict(unit=full, kind="module", block=i, members=[(full, m, s)]) for full, m, s in members]
-        elif members:
-            units.append(dict(unit=f"{path}.{i}", kind="block", block=i, members=members))
+        else:
+            units.append(dict(unit=prefix, kind="block", block=i, members=members))
     if not units:
         raise MxlabError("no Linear in the decoder blocks is quantized by this recipe (or the model is already "
                          "quantized); pass the FP model and a recipe whose formats are not 'none'")

@@ -6,7 +6,7 @@ import functools
 import torch
 
 from mxlab.formats import pack, quantize
-from mxlab.methods.gptq import weight_quantizer as _gptq_weight_quantizer
+from mxlab.ptq.methods.gptq import weight_quantizer as _gptq_weight_quantizer
 from mxlab.recipe import QuantSpec
 
 MX_FORMATS = ["mxint4", "mxint3", "mxfp4_e2m1"]   # every MX format of 3 or 4 bits
@@ -71,7 +71,7 @@ def real_activations() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def awq_weight(x: torch.Tensor, W: torch.Tensor, fmt: str, block_size: int = 32, clip: bool = True):
     """AWQ on one linear through the library's searches: (s, W * s clipped, alpha); the layer then
     computes (x / s) @ quantize(W * s clipped)^T."""
-    from mxlab.methods import awq
+    from mxlab.ptq.methods import awq
 
     spec = QuantSpec(weights=fmt, acts="none", block_size=block_size)
     wq = lambda w: quantize(w, fmt, block_size)  # noqa: E731  (per-row min/max for int formats)

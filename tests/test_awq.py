@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mxlab.formats import quantize
-from mxlab.methods import awq
-from mxlab.methods.gptq import gptq_quantize, hessian
+from mxlab.ptq.methods import awq
+from mxlab.ptq.methods.gptq import gptq_quantize, hessian
 
 from _method_helpers import (INT_FORMATS, MX_FORMATS, REAL_MODULES, awq_weight, outlier_inputs, output_mse,
                              real_activations, weight_quantizer)

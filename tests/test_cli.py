@@ -42,7 +42,7 @@ def test_defaults_are_the_recipe_defaults():
 
 
 def test_preset_with_calib_override():
-    from mxlab.recipe import PRESETS
+    from mxlab.presets import PRESETS
 
     name = next(iter(PRESETS))
     r = recipe_from_args(parse("run", "--preset", name, "--calib-samples", "4"))
@@ -123,7 +123,7 @@ def test_unexpected_error_exits_1_with_traceback(monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------- listing commands
 def test_presets_lists_every_preset(capsys):
-    from mxlab.recipe import PRESETS
+    from mxlab.presets import PRESETS
 
     assert main(["presets"]) == EXIT_OK
     out = capsys.readouterr().out.splitlines()
@@ -131,7 +131,8 @@ def test_presets_lists_every_preset(capsys):
 
 
 def test_presets_show_is_loadable_yaml(capsys):
-    from mxlab.recipe import PRESETS, Recipe
+    from mxlab.presets import PRESETS
+    from mxlab.recipe import Recipe
 
     name = next(iter(PRESETS))
     assert main(["presets", "--show", name]) == EXIT_OK

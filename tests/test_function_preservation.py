@@ -6,8 +6,8 @@ import torch
 
 from conftest import make_tiny_model, tiny_config
 from mxlab.architectures import architecture_map, decoder_blocks
-from mxlab.methods.scaling import fold_scales
-from mxlab.pipeline import quantize_model
+from mxlab.ptq.methods.scaling import fold_scales
+from mxlab.ptq.pipeline import quantize_model
 from mxlab.recipe import Recipe
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mxlab.errors import MxlabError
-from mxlab.methods.gptq import act_order_permutation, gptq_quantize, hessian, proxy_mse
+from mxlab.ptq.methods.gptq import act_order_permutation, gptq_quantize, hessian, proxy_mse
 
 from _method_helpers import MX_FORMATS, INT_FORMATS, output_mse, outlier_inputs, weight_quantizer
 
@@ -145,7 +145,7 @@ def _recording(block_quantizer, fmt):
 def test_column_update_stays_on_grid(fmt, block_size, in_f):
     """quantize(Q) == Q and pack(Q).dequantize() == Q, including blocks whose max shrank (finer exponent)."""
     from mxlab.formats import FORMATS, pack, quantize, shared_exponent
-    from mxlab.methods.gptq import mx_block_quantizer, weight_quantizer as wq
+    from mxlab.ptq.methods.gptq import mx_block_quantizer, weight_quantizer as wq
 
     x = outlier_inputs(1024, in_f, seed=11, factor=50.0)
     W = torch.randn(48, in_f, generator=torch.Generator().manual_seed(12)) * 0.05
@@ -174,7 +174,7 @@ def test_fixed_scales_then_shrunk_block_is_on_grid(fmt):
     GPTQ's updates do: shrink, grow past the start max and saturate), is quantized with them.
     """
     from mxlab.formats import FORMATS, quantize, shared_exponent
-    from mxlab.methods.gptq import mx_block_quantizer
+    from mxlab.ptq.methods.gptq import mx_block_quantizer
 
     f = FORMATS[fmt]
     g = torch.Generator().manual_seed(2)
@@ -196,7 +196,7 @@ def test_fixed_scales_then_shrunk_block_is_on_grid(fmt):
 def test_mxfp8_e4m3_column_update_refused_and_why():
     """E4M3's top code is NaN (448, not 480), so a block that shrank can fall off the grid: refused."""
     from mxlab.formats import quantize
-    from mxlab.methods.gptq import mx_block_quantizer
+    from mxlab.ptq.methods.gptq import mx_block_quantizer
 
     # 240 is on the grid at the exponent of a block with max 300 (1.875 * 2^7) ...
     assert quantize(torch.tensor([[300.0, 240.0]]), "mxfp8_e4m3", 2)[0, 1] == 240
@@ -211,7 +211,7 @@ def test_mxfp8_e4m3_column_update_refused_and_why():
 def test_block_quantizer_on_whole_block_equals_format_quantize(fmt, rounding):
     """With nothing updated in between, fixed scales give exactly formats.quantize (partial block, bf16 too)."""
     from mxlab.formats import quantize
-    from mxlab.methods.gptq import mx_block_quantizer
+    from mxlab.ptq.methods.gptq import mx_block_quantizer
 
     W = torch.randn(16, 20, generator=torch.Generator().manual_seed(1)) * torch.logspace(-3, 1, 20)
     fix = mx_block_quantizer(_spec(fmt, 32, rounding))
@@ -242,7 +242,7 @@ def reference_groupwise_mxint(W: torch.Tensor, H: torch.Tensor, bits: int, block
 @pytest.mark.parametrize("bits,block_size", [(4, 32), (3, 16)])
 def test_column_update_matches_reference_mxint(bits, block_size):
     """Blocked Cholesky + lazy updates (b1 = 32 over 160 columns) vs the long-way reference in float64."""
-    from mxlab.methods.gptq import mx_block_quantizer, weight_quantizer as wq
+    from mxlab.ptq.methods.gptq import mx_block_quantizer, weight_quantizer as wq
 
     W, H = _problem(seed=4)
     spec = _spec(f"mxint{bits}", block_size)
@@ -263,7 +263,7 @@ def test_column_update_beats_microblock_on_real_activations(fmt, block_size):
     Measured output MSE ratios column / microblock: 0.84-0.97 at block 32, 0.67-0.83 at block 128 (where a
     64-wide row is one micro-block: the study's rule is plain RTN there).
     """
-    from mxlab.methods.gptq import mx_block_quantizer, weight_quantizer as wq
+    from mxlab.ptq.methods.gptq import mx_block_quantizer, weight_quantizer as wq
     from _method_helpers import real_activations
 
     for name, (x, W) in real_activations().items():
@@ -282,7 +282,7 @@ def test_column_update_beats_microblock_on_real_activations(fmt, block_size):
 @pytest.mark.parametrize("fmt", INT_FORMATS)
 def test_column_update_changes_nothing_for_per_channel_int(fmt):
     """Per-channel INT is column-wise GPTQ already: mx_update='column' builds no block quantizer."""
-    from mxlab.methods.gptq import mx_block_quantizer
+    from mxlab.ptq.methods.gptq import mx_block_quantizer
 
     assert mx_block_quantizer(_spec(fmt, 32)) is None
 
@@ -290,7 +290,7 @@ def test_column_update_changes_nothing_for_per_channel_int(fmt):
 def test_int4_pipeline_same_weights_for_both_updates():
     """Through quantize_model: int4 GPTQ gives bit-identical weights with either mx_update."""
     from conftest import make_tiny_model
-    from mxlab.pipeline import quantize_model
+    from mxlab.ptq.pipeline import quantize_model
     from mxlab.recipe import Recipe
 
     tokens = torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(0))
@@ -306,7 +306,8 @@ def test_int4_pipeline_same_weights_for_both_updates():
 
 
 def test_mx_update_config_validated_and_round_trips(tmp_path):
-    from mxlab.recipe import GPTQConfig, Recipe, step_config
+    from mxlab.recipe import Recipe
+    from mxlab.steps import GPTQConfig, step_config
 
     assert GPTQConfig().mx_update == "microblock"
     with pytest.raises(MxlabError, match="mx_update must be one of microblock, column"):

@@ -10,9 +10,9 @@ import torch
 from conftest import make_tiny_model
 from mxlab.errors import MxlabError
 from mxlab.formats import quantize
-from mxlab.methods import awq
-from mxlab.pipeline import quantize_model
-from mxlab.qlinear import QuantLinear
+from mxlab.ptq.methods import awq
+from mxlab.ptq.pipeline import quantize_model
+from mxlab.ptq.qlinear import QuantLinear
 from mxlab.recipe import Recipe
 
 ORDERS = [["rtn"], ["gptq"], ["awq"], ["smoothquant"], ["awq", "gptq"], ["smoothquant", "gptq"],
@@ -100,11 +100,11 @@ def test_reversed_orders_are_refused(steps):
 
 
 def test_awq_without_architecture_map_is_skipped_with_a_note():
-    ctx = SimpleNamespace(groups=[], index=0, prefix="model.layers.0", linears={})
-    record = awq.apply(torch.nn.Module(), ctx, awq_config())
+    ctx = SimpleNamespace(block=torch.nn.Module(), groups=[], index=0, prefix="model.layers.0", linears={})
+    record = awq.apply(ctx, awq_config())
     assert record.modules == [] and "awq skipped" in record.notes[0]
 
 
 def awq_config():
-    from mxlab.recipe import AWQConfig
+    from mxlab.steps import AWQConfig
     return AWQConfig()

@@ -8,8 +8,8 @@ import torch.nn as nn
 from conftest import make_tiny_model
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import quantize
-from mxlab.pipeline import quantize_model
-from mxlab.qlinear import QuantLinear
+from mxlab.ptq.pipeline import quantize_model
+from mxlab.ptq.qlinear import QuantLinear
 from mxlab.recipe import Recipe
 
 
@@ -154,7 +154,7 @@ def test_awq_records_count_the_clipping_error(random_tokens, monkeypatch):
     """Error records compare with the FP function: AWQ's clipping is part of the error, not of the reference."""
     import torch.nn.functional as F
 
-    import mxlab.methods.awq as awq
+    import mxlab.ptq.methods.awq as awq
 
     pre_clip = {}                      # weight storage -> the (scaled, exact) FP weight before clipping
     real_clip = awq.apply_clip

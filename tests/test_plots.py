@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mxlab import plots, stats
+from mxlab import plots, tables
+from mxlab.ptq import statistics
 from mxlab.errors import MxlabError
 from mxlab.records import ModuleRecord, StepRecord
 
@@ -21,16 +22,16 @@ def _two_layer_stats() -> dict:
     for block in range(2):
         x = planted_inputs(seed=block)
         for name in ("q_proj", "k_proj", "v_proj"):
-            acts.append(stats.activation_stats(f"model.layers.{block}.self_attn.{name}", block, "fp", x))
-        acts.append(stats.activation_stats(f"model.layers.{block}.mlp.down_proj", block, "fp",
+            acts.append(statistics.activation_stats(f"model.layers.{block}.self_attn.{name}", block, "fp", x))
+        acts.append(statistics.activation_stats(f"model.layers.{block}.mlp.down_proj", block, "fp",
                                            torch.randn(256, 128, generator=torch.Generator().manual_seed(9))))
         s = x.abs().amax(0).sqrt()  # alpha-0.5 smoothing with a flat weight
-        acts.append(stats.activation_stats(f"model.layers.{block}.self_attn.q_proj", block, "smoothquant", x / s))
+        acts.append(statistics.activation_stats(f"model.layers.{block}.self_attn.q_proj", block, "smoothquant", x / s))
     return {"activations": acts, "weights": []}
 
 
 def test_heatmap_rows_find_planted_outlier_channels():
-    ch = stats.activation_channel_table(_two_layer_stats())
+    ch = tables.activation_channel_table(_two_layer_stats())
     fig = plots.activation_heatmap(ch)
     fp, sq = fig.data  # one trace per stage, switched by the dropdown
     assert fp.visible is True and sq.visible is False
@@ -53,7 +54,7 @@ def test_heatmap_rows_find_planted_outlier_channels():
 
 
 def test_outlier_ratio_chart_shows_smoothing():
-    fig = plots.outlier_ratio_chart(stats.activation_table(_two_layer_stats()))
+    fig = plots.outlier_ratio_chart(tables.activation_table(_two_layer_stats()))
     by_stage = {t.name: dict(zip(t.x, t.y)) for t in fig.data}
     assert set(by_stage) == {"fp", "smoothquant"}
     for block in (0, 1):
@@ -90,7 +91,7 @@ def _records(scale: float = 1.0) -> list[StepRecord]:
 
 
 def test_error_waterfall_steps_chain_to_the_final_error():
-    df = stats.records_table(_records())
+    df = tables.records_table(_records())
     fig = plots.error_waterfall(df)
     names = [t.name for t in fig.data]
     assert names == ["before steps", "awq", "gptq", "final"]
@@ -104,7 +105,7 @@ def test_error_waterfall_steps_chain_to_the_final_error():
 
 
 def test_compare_runs_ratio():
-    fig = plots.compare_runs(stats.records_table(_records()), stats.records_table(_records(2.0)), names=("a", "b"))
+    fig = plots.compare_runs(tables.records_table(_records()), tables.records_table(_records(2.0)), names=("a", "b"))
     assert [t.name for t in fig.data] == ["a", "b", "b / a"]
     assert list(fig.data[0].y) == [1.0, 2.0, 1.0, 2.0] and list(fig.data[2].y) == [2.0] * 4
 
@@ -128,5 +129,5 @@ def test_pareto_front_by_hand():
 def test_missing_columns_and_empty_tables():
     with pytest.raises(MxlabError, match="needs columns"):
         plots.sensitivity_chart(pd.DataFrame(dict(unit=["x"])))
-    fig = plots.scale_histogram(stats.scale_table({"weights": []}))
+    fig = plots.scale_histogram(tables.scale_table({"weights": []}))
     assert "no MX-quantized weights" in fig.layout.annotations[0].text

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from mxlab.architectures import ScalingGroup
 from mxlab.errors import MxlabError
 from mxlab.formats import quantize
-from mxlab.methods.scaling import fold_scales
-from mxlab.qlinear import QuantLinear
+from mxlab.ptq.methods.scaling import fold_scales
+from mxlab.ptq.qlinear import QuantLinear
 from mxlab.recipe import QuantSpec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

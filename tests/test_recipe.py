@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from mxlab.errors import MxlabError
-from mxlab.recipe import (PRESETS, AWQConfig, CalibConfig, GPTQConfig, Override, QuantSpec, Recipe,
-                          SmoothQuantConfig, get_preset)
+from mxlab.presets import PRESETS, get_preset
+from mxlab.recipe import CalibConfig, Override, QuantSpec, Recipe
+from mxlab.steps import AWQConfig, GPTQConfig, SmoothQuantConfig
 
 
 def test_defaults_and_aliases():
@@ -34,7 +35,8 @@ def test_invalid_fields_explain_themselves(kwargs, needle):
 
 @pytest.mark.parametrize("steps,needle", [
     (["gptq", "awq"], "gptq has already quantized"),
-    (["gptq", "smoothquant"], "Put gptq last"),
+    (["gptq", "smoothquant"], "e.g. smoothquant, gptq;"),      # the advice is an order that passes
+    (["awq", "gptq", "rtn"], "exactly one quantizing step .* e.g. awq, gptq;"),  # not "put gptq last"
     (["rtn", "gptq"], "rtn has already quantized"),
     (["gptq", "rtn"], "already quantized"),
     (["awq", "awq"], "appears twice"),

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mxlab import report, stats
+from mxlab import report, tables
+from mxlab.ptq import statistics
 
 from test_plots import _records, _two_layer_stats
 
@@ -23,7 +24,7 @@ def _inputs() -> dict:
 
     for b in range(2):
         w = torch.randn(64, 64, generator=g) * 0.1
-        st["weights"].append(stats.weight_stats(f"model.layers.{b}.attn.q", b, w, quantize(w, "mxint4", 32), spec))
+        st["weights"].append(statistics.weight_stats(f"model.layers.{b}.attn.q", b, w, quantize(w, "mxint4", 32), spec))
     sens = [dict(rank=1, unit="model.layers.1.attn.q", kind="module", block=1, kl=0.2, ppl=11.0, ppl_fp=10.0,
                  d_ppl=1.0),
             dict(rank=2, unit="model.layers.0.attn.q", kind="module", block=0, kl=0.1, ppl=10.5, ppl_fp=10.0,
@@ -107,7 +108,7 @@ def test_full_analysis_on_the_embedded_model(tmp_path):
 
     from mxlab.data import calibration_batches, evaluation_tokens
     from mxlab.models import load_model
-    from mxlab.pipeline import quantize_model
+    from mxlab.ptq.pipeline import quantize_model
     from mxlab.recipe import Recipe
     from mxlab.sensitivity import layer_sensitivity
 
@@ -120,7 +121,7 @@ def test_full_analysis_on_the_embedded_model(tmp_path):
         t0 = time.perf_counter()
         sens = layer_sensitivity(fp, recipe, evaluation_tokens(tok, "tinystories"), seq_len=128, max_windows=4)
         res = quantize_model(model, tok, recipe, calib_tokens=calibration_batches(tok, "tinystories", 16, 128))
-        tables = stats.write_tables(tmp_path / "tables", records=res.records, stats=res.stats)
+        written = tables.write_tables(tmp_path / "tables", records=res.records, stats=res.stats)
         path = report.write_report(tmp_path / "report.html", recipe=recipe, model_info={"model": "stories260K"},
                                    metrics={}, records=res.records, stats=res.stats, sensitivity=sens)
         seconds = time.perf_counter() - t0
@@ -128,8 +129,8 @@ def test_full_analysis_on_the_embedded_model(tmp_path):
         torch.set_num_threads(threads)
     n_linears = 5 * 7
     assert len(sens) == n_linears and len(res.stats["weights"]) == n_linears
-    assert len(stats.activation_table(res.stats)) == 2 * n_linears  # fp and after smoothquant
-    assert len(stats.records_table(res.records)) == 2 * n_linears  # one row per module x step
-    assert set(tables) == {"records", "activations", "activation_channels", "weights", "weight_channels", "scales"}
+    assert len(tables.activation_table(res.stats)) == 2 * n_linears  # fp and after smoothquant
+    assert len(tables.records_table(res.records)) == 2 * n_linears  # one row per module x step
+    assert set(written) == {"records", "activations", "activation_channels", "weights", "weight_channels", "scales"}
     assert len(re.findall(r'<div id="fig\d+"', path.read_text())) == N_FIGURES - 1  # all but the runs chart
     assert seconds < 60, seconds

@@ -16,7 +16,7 @@ from conftest import make_tiny_model
 from mxlab.checkpoint import load_quantized
 from mxlab.errors import MxlabError
 from mxlab.jsonable import to_jsonable
-from mxlab.pipeline import quantize_model
+from mxlab.ptq.pipeline import quantize_model
 from mxlab.recipe import Recipe
 from mxlab.rundir import MODEL_DIR, RECIPE_FILE, REPORT_FILE, RESULTS_FILE, export_run, read_results, results_dict
 from mxlab.runner import RunOutcome

@@ -6,8 +6,8 @@ import torch.nn as nn
 
 from mxlab.architectures import ScalingGroup
 from mxlab.formats import quantize
-from mxlab.methods.scaling import fold_scales
-from mxlab.methods.smoothquant import smooth_scales
+from mxlab.ptq.methods.scaling import fold_scales
+from mxlab.ptq.methods.smoothquant import smooth_scales
 
 
 def test_scale_formula_on_hand_values():

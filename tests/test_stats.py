@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mxlab import stats
+from mxlab import tables
+from mxlab.ptq import statistics
 from mxlab.errors import MxlabError
 from mxlab.records import ModuleRecord, StepRecord
 
@@ -38,7 +39,7 @@ def spec(weights: str, block_size: int) -> dict:
 
 def test_activation_stats_finds_planted_outliers():
     x = planted_inputs()
-    s = stats.activation_stats("m", 0, "fp", x, top_k=3)
+    s = statistics.activation_stats("m", 0, "fp", x, top_k=3)
     assert s["top_channels"] == [42, 5, 17]  # ordered by gain
     assert s["n_tokens"] == 512 and s["in_features"] == 64
     np.testing.assert_allclose(s["absmax"], x.abs().amax(0).numpy(), rtol=1e-6)
@@ -53,16 +54,16 @@ def test_kurtosis_matches_scipy():
 
     x = planted_inputs()
     ref = kurtosis(x.double().numpy().ravel(), fisher=False)
-    assert stats.activation_stats("m", 0, "fp", x)["kurtosis"] == pytest.approx(ref, rel=1e-9)
+    assert statistics.activation_stats("m", 0, "fp", x)["kurtosis"] == pytest.approx(ref, rel=1e-9)
     gauss = torch.randn(20000, 8, generator=torch.Generator().manual_seed(1))
-    assert stats.activation_stats("m", 0, "fp", gauss)["kurtosis"] == pytest.approx(3.0, abs=0.1)
+    assert statistics.activation_stats("m", 0, "fp", gauss)["kurtosis"] == pytest.approx(3.0, abs=0.1)
 
 
 def test_kurtosis_chunked_equals_one_pass(monkeypatch):
     x = planted_inputs(n=1000)
-    whole = stats.activation_stats("m", 0, "fp", x)
-    monkeypatch.setattr(stats, "_CHUNK", 64)  # 16 chunks, last one short
-    chunked = stats.activation_stats("m", 0, "fp", x)
+    whole = statistics.activation_stats("m", 0, "fp", x)
+    monkeypatch.setattr(statistics, "_CHUNK", 64)  # 16 chunks, last one short
+    chunked = statistics.activation_stats("m", 0, "fp", x)
     assert chunked["kurtosis"] == pytest.approx(whole["kurtosis"], rel=1e-12)
     assert chunked["absmax"] == whole["absmax"]
 
@@ -73,15 +74,15 @@ def test_smoothquant_scaling_reduces_outlier_ratio():
     w = torch.randn(32, 64, generator=torch.Generator().manual_seed(2)) * 0.05
     alpha = 0.5
     s = x.abs().amax(0).pow(alpha) / w.abs().amax(0).pow(1 - alpha)  # (in,)
-    before = stats.activation_stats("m", 0, "fp", x)["outlier_ratio"]
-    after = stats.activation_stats("m", 0, "smoothquant", x / s)["outlier_ratio"]
+    before = statistics.activation_stats("m", 0, "fp", x)["outlier_ratio"]
+    after = statistics.activation_stats("m", 0, "smoothquant", x / s)["outlier_ratio"]
     torch.testing.assert_close((x / s) @ (w * s).T, x @ w.T, rtol=1e-4, atol=1e-4)
     assert before > 40 and after < before / 5  # alpha 0.5 takes ~the square root of the gain
 
 
 def test_activation_stats_rejects_bad_shape():
     with pytest.raises(MxlabError, match="n_tokens, in_features"):
-        stats.activation_stats("m", 0, "fp", torch.zeros(2, 3, 4))
+        statistics.activation_stats("m", 0, "fp", torch.zeros(2, 3, 4))
 
 
 # ---------------------------------------------------------------------------- MX scale statistics
@@ -91,7 +92,7 @@ def test_scale_histogram_counts_every_block_exactly():
     g = torch.Generator().manual_seed(3)
     w = torch.randn(6, 70, generator=g) * torch.logspace(-3, 1, 6)[:, None]
     w[2, 32:64] = 0  # an all-zero block: amax 0 -> 2^-126 -> e = -126 (mxint: emax 0)
-    out = stats.mx_scale_stats(w, "mxint4", 32)
+    out = statistics.mx_scale_stats(w, "mxint4", 32)
     assert out["n_blocks"] == 18 and sum(out["exp_counts"]) == 18
     expected: dict[int, int] = {}
     for r in range(6):
@@ -101,7 +102,7 @@ def test_scale_histogram_counts_every_block_exactly():
             expected[e] = expected.get(e, 0) + 1
     assert dict(zip(out["exp_values"], out["exp_counts"])) == expected
     assert expected[-126] == 1
-    fp4 = stats.mx_scale_stats(w, "mxfp4_e2m1", 32)  # emax 2: exponents shift down by 2, clamped at -127
+    fp4 = statistics.mx_scale_stats(w, "mxfp4_e2m1", 32)  # emax 2: exponents shift down by 2, clamped at -127
     assert dict(zip(fp4["exp_values"], fp4["exp_counts"])) == {max(e - 2, -127): c for e, c in expected.items()}
 
 
@@ -118,7 +119,7 @@ def test_saturation_flush_and_headroom_hand_case_mxint4():
     w = torch.tensor([[1.9, 1.0, 0.5, -1.8, 1.0, 0.25, 0.0, 0.1]])
     w_q = quantize(w, "mxint4", block_size=4)
     torch.testing.assert_close(w_q, torch.tensor([[1.75, 1.0, 0.5, -1.75, 1.0, 0.25, 0.0, 0.0]]))
-    s = stats.weight_stats("l", 0, w, w_q, spec("mxint4", 4))
+    s = statistics.weight_stats("l", 0, w, w_q, spec("mxint4", 4))
     assert s["n_blocks"] == 2 and s["exp_values"] == [0] and s["exp_counts"] == [2]
     assert s["saturated_frac"] == pytest.approx(2 / 8)
     assert s["flushed_frac"] == pytest.approx(1 / 8)
@@ -133,7 +134,7 @@ def test_saturation_hand_case_mxfp4():
     """mxfp4 (E2M1, max_norm 6, emax 2), block of 4: [7, 1, 0, 0] -> e = floor(log2 7) - 2 = 0, 7 > 6
     saturates; [5, -2, 0.5, 0] -> e = 0, none saturates, headroom log2(6/5)."""
     w = torch.tensor([[7.0, 1.0, 0.0, 0.0, 5.0, -2.0, 0.5, 0.0]])
-    out = stats.mx_scale_stats(w, "mxfp4", 4)
+    out = statistics.mx_scale_stats(w, "mxfp4", 4)
     assert out["exp_values"] == [0] and out["exp_counts"] == [2]
     assert out["saturated_frac"] == pytest.approx(1 / 8)
     assert out["headroom_bits"] == pytest.approx(math.log2(6 / 5) / 2)
@@ -141,7 +142,7 @@ def test_saturation_hand_case_mxfp4():
 
 def test_weight_stats_non_mx_format_has_no_scale_stats():
     w = torch.randn(4, 16)
-    s = stats.weight_stats("l", 1, w, w.clone(), spec("int4", 32))
+    s = statistics.weight_stats("l", 1, w, w.clone(), spec("int4", 32))
     assert s["n_blocks"] is None and s["exp_values"] is None and s["saturated_frac"] is None
     assert s["mse"] == 0 and s["sqnr_db"] == math.inf and s["flushed_frac"] == 0
 
@@ -156,11 +157,11 @@ def _records() -> list[StepRecord]:
 
 
 def test_records_table_one_row_per_module_and_step():
-    df = stats.records_table(_records())
+    df = tables.records_table(_records())
     assert list(df["step"]) == ["smoothquant", "gptq"] and len(df) == 2
     assert list(df["d_mse"]) == [-2.0, -1.0] and list(df["d_sqnr"]) == [3.0, 3.0]
     assert df.loc[0, "detail_alpha"] == 0.5 and df.loc[1, "detail_order"] == "[2, 1]"
-    as_dicts = stats.records_table([r.to_dict() for r in _records()])  # records read back from results.json
+    as_dicts = tables.records_table([r.to_dict() for r in _records()])  # records read back from results.json
     assert as_dicts.equals(df)
 
 
@@ -169,15 +170,15 @@ def test_tables_and_csv(tmp_path):
 
     x = planted_inputs(n=64)
     w = torch.randn(8, 64)
-    st = {"activations": [stats.activation_stats("a", 0, "fp", x), stats.activation_stats("a", 0, "sq", x / 2)],
-          "weights": [stats.weight_stats("a", 0, w, w.round(), spec("mxint8", 32))]}
-    assert len(stats.activation_table(st)) == 2
-    assert stats.activation_table(st).loc[0, "top_channels"].startswith("42,5,17")
-    ch = stats.activation_channel_table(st)
+    st = {"activations": [statistics.activation_stats("a", 0, "fp", x), statistics.activation_stats("a", 0, "sq", x / 2)],
+          "weights": [statistics.weight_stats("a", 0, w, w.round(), spec("mxint8", 32))]}
+    assert len(tables.activation_table(st)) == 2
+    assert tables.activation_table(st).loc[0, "top_channels"].startswith("42,5,17")
+    ch = tables.activation_channel_table(st)
     assert len(ch) == 2 * 64 and ch.groupby("stage")["absmax"].idxmax().map(ch["channel"]).tolist() == [42, 42]
-    assert len(stats.weight_channel_table(st)) == 8
-    assert stats.scale_table(st)["count"].sum() == 8 * 2
-    paths = stats.write_tables(tmp_path, records=_records(), stats=st)
+    assert len(tables.weight_channel_table(st)) == 8
+    assert tables.scale_table(st)["count"].sum() == 8 * 2
+    paths = tables.write_tables(tmp_path, records=_records(), stats=st)
     assert set(paths) == {"records", "activations", "activation_channels", "weights", "weight_channels", "scales"}
     back = pd.read_csv(paths["weights"])
     assert back.loc[0, "n_blocks"] == 16 and back.loc[0, "format"] == "mxint8"
@@ -188,7 +189,7 @@ def test_pipeline_smoothquant_reduces_planted_outliers(one_thread):
     """Tiny llama whose input_layernorm amplifies channels 42, 5, 17: the pipeline's fp stats find them,
     and methods/smoothquant (alpha 0.5) cuts the q/k/v input outlier ratio by several times."""
     from conftest import make_tiny_model
-    from mxlab.pipeline import quantize_model
+    from mxlab.ptq.pipeline import quantize_model
     from mxlab.recipe import Recipe
 
     model = make_tiny_model("llama")
@@ -198,7 +199,7 @@ def test_pipeline_smoothquant_reduces_planted_outliers(one_thread):
                 layer.input_layernorm.weight[c] *= gain
     calib = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
     res = quantize_model(model, None, Recipe(weights="mxint4", acts="mxint8", steps="smoothquant"), calib_tokens=calib)
-    acts = stats.activation_table(res.stats).set_index(["module", "stage"])
+    acts = tables.activation_table(res.stats).set_index(["module", "stage"])
     assert len(res.stats["weights"]) == 2 * 7
     for b in range(2):
         q = f"model.layers.{b}.self_attn.q_proj"

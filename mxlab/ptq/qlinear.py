@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import MxlabError
-from .recipe import QuantSpec
+from ..errors import MxlabError
+from ..recipe import QuantSpec
 
 
 class QuantLinear(nn.Module):
@@ -51,7 +51,7 @@ class QuantLinear(nn.Module):
         """``x`` (..., in_features) fake-quantized in ``spec.acts`` (blocks along in_features)."""
         if self.spec.acts == "none":
             return x
-        from .formats import quantize
+        from ..formats import quantize
 
         return quantize(x, self.spec.acts, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 
@@ -60,7 +60,7 @@ class QuantLinear(nn.Module):
         w = self.weight.data if w is None else w
         if self.spec.weights == "none":
             return w
-        from .formats import quantize
+        from ..formats import quantize
 
         return quantize(w, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 
@@ -84,7 +84,7 @@ class QuantLinear(nn.Module):
         """RTN-quantize the weight in place (no-op if already quantized)."""
         if self.weight_quantized:
             return
-        from .formats import is_mx, pack
+        from ..formats import is_mx, pack
 
         if self.spec.weights == "none" or is_mx(self.spec.weights):
             self.set_quantized_weight(self.quantize_weight_rtn())   # MX: re-packing Q later is exact
@@ -109,7 +109,7 @@ class QuantLinear(nn.Module):
             return self._packed
         if self.spec.weights == "none":
             raise MxlabError("this layer keeps its weights in floating point (weights 'none'): nothing to pack")
-        from .formats import pack
+        from ..formats import pack
 
         return pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 

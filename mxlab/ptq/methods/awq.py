@@ -26,9 +26,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import MxlabError
-from ..records import ModuleRecord, StepRecord
-from . import register
+from ...architectures import ScalingGroup
+from ...errors import MxlabError
+from ...records import ModuleRecord, StepRecord
+from ...steps import AWQConfig
+from ..context import BlockContext
 from .scaling import skipped_without_groups
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,7 @@ def apply_clip(W: torch.Tensor, max_val: torch.Tensor, group: int) -> torch.Tens
 # ----------------------------------------------------------------------------- the pipeline step
 def clip_group_size(spec, in_features: int) -> int:
     """Columns that share one quantization scale: the format block (MX, NVFP4) or the whole row (INT)."""
-    from ..formats import FORMATS, canonical_format
+    from ...formats import FORMATS, canonical_format
 
     kind = FORMATS[canonical_format(spec.weights)].kind
     return min(spec.block_size, in_features) if kind in ("mx", "nvfp4") else in_features
@@ -193,7 +195,8 @@ def _quantized(block: nn.Module, names: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def _scale_group(block: nn.Module, ctx, group, config, record) -> dict[str, dict]:
+def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, config: AWQConfig,
+                 record: StepRecord) -> dict[str, dict]:
     """Search and fold the scales of one group; returns details per linear (empty when skipped)."""
     from .scaling import fold_scales
 
@@ -219,7 +222,7 @@ def _scale_group(block: nn.Module, ctx, group, config, record) -> dict[str, dict
 
 
 @torch.no_grad()
-def _clip_linear(ctx, name: str, config) -> dict:
+def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig) -> dict:
     """Clip one linear's weight in place by the per-block MSE search; returns its details."""
     lin = ctx.linears[name]
     g = clip_group_size(lin.spec, lin.in_features)
@@ -234,10 +237,9 @@ def _clip_linear(ctx, name: str, config) -> dict:
             "clipped_frac": float((ratio < 1).float().mean())}
 
 
-@register("awq")
-def apply(block: nn.Module, ctx, config) -> StepRecord:
+def apply(ctx: BlockContext, config: AWQConfig) -> StepRecord:
     """AWQ on one block: per scaling group search + fold the scales, then clip each linear's weights."""
-    t_step = time.perf_counter()
+    block = ctx.block
     record = StepRecord("awq", ctx.index)
     if skipped_without_groups(ctx, record):
         return record
@@ -259,5 +261,4 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
         ctx.invalidate()
     record.modules = [ModuleRecord(f"{ctx.prefix}.{n}", "awq", seconds=seconds.get(n, 0.0), details=d)
                       for n, d in details.items()]
-    record.seconds = time.perf_counter() - t_step
     return record

@@ -13,8 +13,9 @@ import time
 import torch
 import torch.nn as nn
 
-from ..records import ModuleRecord, StepRecord
-from . import register
+from ...records import ModuleRecord, StepRecord
+from ...steps import SmoothQuantConfig
+from ..context import BlockContext
 from .scaling import fold_scales, skipped_without_groups
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,9 @@ def smooth_scales(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: float)
     return torch.where((act_max > 0) & (weight_max > 0), s, torch.ones_like(s))
 
 
-@register("smoothquant")
-def apply(block: nn.Module, ctx, config) -> StepRecord:
+def apply(ctx: BlockContext, config: SmoothQuantConfig) -> StepRecord:
     """Smooth every scaling group of the block with ``config.alpha``."""
-    t_step = time.perf_counter()
+    block = ctx.block
     record = StepRecord("smoothquant", ctx.index)
     if skipped_without_groups(ctx, record):
         return record
@@ -58,5 +58,4 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
         seconds = (time.perf_counter() - t0) / len(group.linears)
         record.modules += [ModuleRecord(f"{ctx.prefix}.{n}", "smoothquant", seconds=seconds, details=dict(details))
                            for n in group.linears]
-    record.seconds = time.perf_counter() - t_step
     return record

@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import time
 
-import torch.nn as nn
+from ...records import ModuleRecord, StepRecord
+from ...steps import RTNConfig
+from ..context import BlockContext
 
-from ..records import ModuleRecord, StepRecord
-from . import register
 
-
-@register("rtn")
-def apply(block: nn.Module, ctx, config) -> StepRecord:
+def apply(ctx: BlockContext, config: RTNConfig) -> StepRecord:
     """RTN-quantize each linear of ``ctx`` that no earlier step has quantized."""
-    t_step = time.perf_counter()
     modules = []
     for name, lin in ctx.linears.items():
         if lin.weight_quantized:
@@ -21,4 +18,4 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
         lin.quantize_weight()
         modules.append(ModuleRecord(f"{ctx.prefix}.{name}", "rtn", seconds=time.perf_counter() - t0,
                                     details={"format": lin.spec.weights}))
-    return StepRecord("rtn", ctx.index, modules, time.perf_counter() - t_step)
+    return StepRecord("rtn", ctx.index, modules)

@@ -29,11 +29,11 @@ import time
 from typing import Callable, Iterable
 
 import torch
-import torch.nn as nn
 
-from ..errors import MxlabError
-from ..records import ModuleRecord, StepRecord
-from . import register
+from ...errors import MxlabError
+from ...records import ModuleRecord, StepRecord
+from ...steps import GPTQConfig
+from ..context import BlockContext
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def weight_quantizer(W: torch.Tensor, spec) -> tuple[Quantizer, int, Callable]:
     column quantized with the (scale, zero_point) of the original W, block size 1, and pack_fn
     packs with those same parameters so the packed weight dequantizes to GPTQ's result.
     """
-    from ..formats import FORMATS, canonical_format, int_qparams, pack, quantize
+    from ...formats import FORMATS, canonical_format, int_qparams, pack, quantize
 
     f = FORMATS[canonical_format(spec.weights)]
     kw = dict(rounding=spec.rounding)
@@ -238,7 +238,7 @@ def mx_block_quantizer(spec) -> BlockQuantizer | None:
     exponents per row with formats' own rule, and returns a quantizer of any of its columns
     (out, k) onto that grid: what ``quantize`` does to the block, with the scales held.
     """
-    from ..formats import FORMATS, _block_amax, _mx_elements, canonical_format, pow2, shared_exponent
+    from ...formats import FORMATS, _block_amax, _mx_elements, canonical_format, pow2, shared_exponent
 
     f = FORMATS[canonical_format(spec.weights)]
     if f.kind == "int":
@@ -274,16 +274,14 @@ def _share_keys(ctx) -> dict[str, str]:
     return keys
 
 
-@register("gptq")
 @torch.no_grad()
-def apply(block: nn.Module, ctx, config) -> StepRecord:
+def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
     """GPTQ every linear of the block that no earlier step quantized, in module order.
 
     Inputs are captured when a linear's turn comes, so later linears see the earlier ones
     already quantized (true-sequential, as the reference's llama.py); q/k/v and gate/up share
     one Hessian.
     """
-    t_step = time.perf_counter()
     record = StepRecord("gptq", ctx.index)
     keys, cached = _share_keys(ctx), (None, None)
     for name, lin in ctx.linears.items():
@@ -310,5 +308,4 @@ def apply(block: nn.Module, ctx, config) -> StepRecord:
         lin.set_quantized_weight(Q, packed=pack_fn(Q))
         record.modules.append(ModuleRecord(f"{ctx.prefix}.{name}", "gptq",
                                            seconds=time.perf_counter() - t0, details=details))
-    record.seconds = time.perf_counter() - t_step
     return record

@@ -6,14 +6,15 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..architectures import ScalingGroup
-from ..errors import MxlabError
-from ..records import StepRecord
+from ...architectures import ScalingGroup
+from ...errors import MxlabError
+from ...records import StepRecord
+from ..context import BlockContext
 
 log = logging.getLogger(__name__)
 
 
-def skipped_without_groups(ctx, record: StepRecord) -> bool:
+def skipped_without_groups(ctx: BlockContext, record: StepRecord) -> bool:
     """True (with a note, logged once per model) when the architecture has no scaling groups to fold into."""
     if ctx.groups:
         return False
