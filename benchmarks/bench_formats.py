@@ -153,8 +153,7 @@ def _time_cuda(fn, reps: int) -> float:
 def bench_cuda(size: int, reps: int) -> None:
     import triton
 
-    from mxlab import kernels
-    from mxlab.formats import FORMATS
+    from mxlab.formats import FORMATS, kernels
 
     print(f"cuda {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
           f"kernels available: {kernels.available()}")

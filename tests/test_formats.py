@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from mxlab.errors import MxlabError
-from mxlab.formats import (FORMATS, ROUNDINGS, bits_per_element, canonical_format, element_values,
-                           encode_elements, int_qparams, is_mx, pack, quantize)
-from mxlab.packing import PackedTensor, pack_bits, unpack_bits
+from mxlab.formats import (FORMATS, ROUNDINGS, PackedTensor, bits_per_element, canonical_format, element_values,
+                           encode_elements, int_qparams, is_mx, pack, pack_bits, quantize, unpack_bits)
 
 from conftest import REPO
 

@@ -79,7 +79,7 @@ def _spec_field(spec: Any, name: str) -> Any:
 
 def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
     """E8M0 exponent histogram, saturation and headroom of an MX format on w (out, in), blocks along in."""
-    from ..formats import FORMATS, canonical_format
+    from ..formats import FORMATS, canonical_format, shared_exponent
 
     ef = FORMATS[canonical_format(fmt)]
     emax, max_norm = int(ef.emax), float(ef.max_norm)
@@ -89,9 +89,10 @@ def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
     pad = (-in_f) % k
     wb = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, k)  # (out, n_blocks_per_row, k)
     amax = wb.abs().amax(-1)  # (out, nb)
-    # floor(log2(amax)) from the float's exponent bits (frexp: amax = m * 2^p, m in [0.5, 1))
-    _, p = torch.frexp(torch.where(amax > 0, amax, torch.full_like(amax, 2.0 ** -126)))
-    e = (p.to(torch.int64) - 1 - emax).clamp(-127, 127)  # (out, nb); e > 127 would be NaN blocks
+    e = shared_exponent(amax, ef)  # (out, nb); 128: a block holding Inf/NaN
+    # Inf/NaN blocks: this table has always reported finite exponents for them (its former frexp
+    # reading: NaN as an all-zero block, Inf as frexp's exponent 0, e = -1 - emax); kept unchanged
+    e = torch.where(e == 128, torch.where(amax.isnan(), -126, -1) - emax, e).clamp(-127, 127)
     scale = torch.ldexp(torch.ones_like(amax), e.to(torch.int32))
     scaled = wb.abs() / scale.unsqueeze(-1)  # (out, nb, k) element magnitudes on the element grid
     saturated = (scaled > max_norm).sum().item()

@@ -238,7 +238,7 @@ def mx_block_quantizer(spec) -> BlockQuantizer | None:
     exponents per row with formats' own rule, and returns a quantizer of any of its columns
     (out, k) onto that grid: what ``quantize`` does to the block, with the scales held.
     """
-    from ...formats import FORMATS, _block_amax, _mx_elements, canonical_format, pow2, shared_exponent
+    from ...formats import FORMATS, block_amax, canonical_format, mx_elements, scale_factors, shared_exponent
 
     f = FORMATS[canonical_format(spec.weights)]
     if f.kind == "int":
@@ -247,18 +247,15 @@ def mx_block_quantizer(spec) -> BlockQuantizer | None:
         raise MxlabError(f"GPTQ mx_update='column' cannot keep {f.name} weights on the format's grid (a block "
                          "whose max shrinks re-quantizes with a finer scale, where its values can exceed the "
                          "largest element); use mx_update='microblock' for it")
-    rounding, elem_shift = spec.rounding, (f.mbits - 2 if f.ebits == 0 else 0)
+    rounding = spec.rounding
 
     def fix(Wb: torch.Tensor) -> Quantizer:
         xb = Wb if Wb.dtype in (torch.float32, torch.bfloat16, torch.float16) else Wb.float()
-        e = shared_exponent(_block_amax(xb.unsqueeze(-1)), f)   # (out, 1, 1); 128: a NaN block
-        nan_block = e == 128                                      # as formats._mx_quantize
-        ec = e.masked_fill(nan_block, 0)
-        down = pow2(-ec)
-        up = pow2(ec - elem_shift).masked_fill_(nan_block, float("nan"))
+        e = shared_exponent(block_amax(xb.unsqueeze(-1)), f)    # (out, 1, 1); 128: a NaN block
+        down, up = scale_factors(e, f)                            # 2^-e, 2^e: as quantize's own
 
         def quant(cols: torch.Tensor) -> torch.Tensor:            # (out, k) -> (out, k)
-            q = _mx_elements(cols.float().unsqueeze(-1), down, up, f, rounding)  # (out, k, 1)
+            q = mx_elements(cols.float().unsqueeze(-1), down, up, f, rounding)  # (out, k, 1)
             return q.squeeze(-1).to(cols.dtype)
         return quant
     return fix

@@ -1,6 +1,6 @@
-"""Triton GPU path of MX fake quantization: one pass, read once, write once, same bits as formats.py.
+"""Triton GPU path of MX fake quantization: one pass, read once, write once, same bits as mx.py.
 
-Imported lazily by ``formats.quantize`` for CUDA tensors (Triton is absent on CPU-only machines).
+Imported lazily by ``mx.mx_quantize`` for CUDA tensors (Triton is absent on CPU-only machines).
 Each program takes NB blocks of BLOCK elements: a (NB, KP) tile, KP = BLOCK rounded up to a power
 of two. All exponent work is integer bit manipulation on the float32 bits, so there is no log2 and
 no division; every float multiply is by an exact power of two. Arithmetic is IEEE (Triton flushes

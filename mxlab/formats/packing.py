@@ -7,8 +7,7 @@ makes ``axis`` a whole number of blocks is not stored, it is implied by the shap
   2^(byte - 127), 255 = NaN).
 - nvfp4: E2M1 codes, one FP8 E4M3 byte per block (``scales``), a float32 ``tensor_scale``.
 - int8/int4/int3: unsigned affine codes, float32 ``scale`` and int32 ``zero_point`` per channel.
-Codes of b bits are packed densely, little-endian within groups: 2 per byte at 4 bits, 4 per
-3 bytes at 6 bits, 8 per 3 bytes at 3 bits, 4 per byte at 2 bits.
+Codes of b bits are packed densely by ``codes.pack_bits``.
 """
 from __future__ import annotations
 
@@ -19,39 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import MxlabError
-from .formats import (E2M1, FORMATS, _blocked, _check_args, _int_quantize, _mx_quantize, _nvfp4_quantize,
-                      _unblocked, canonical_format, element_values, encode_elements, pow2)
+from ..errors import MxlabError
+from .baselines import int_quantize, nvfp4_quantize
+from .codes import element_values, encode_elements, pack_bits, unpack_bits
+from .mx import blocked, mx_quantize_exponents, pow2, scale_factors, unblocked
+from .table import E2M1, FORMATS, canonical_format, check_args
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "float64": torch.float64}
-
-
-def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Pack b-bit codes (uint8, flat) densely into bytes; the tail is zero-padded to a whole group."""
-    codes = codes.reshape(-1)
-    if bits == 8:
-        return codes.to(torch.uint8).clone()
-    group = 8 // math.gcd(8, bits)  # codes per group; a group is group*bits/8 whole bytes
-    n = codes.numel()
-    c = torch.nn.functional.pad(codes.to(torch.int32), (0, (-n) % group)).reshape(-1, group)
-    shifts = torch.arange(group, device=codes.device, dtype=torch.int32) * bits
-    word = (c << shifts).sum(dim=1, dtype=torch.int32)  # (groups,) at most 24 bits
-    nbytes = group * bits // 8
-    byte_shifts = torch.arange(nbytes, device=codes.device, dtype=torch.int32) * 8
-    return ((word[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
-
-
-def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
-    """Inverse of ``pack_bits``: the first n codes (int64)."""
-    if bits == 8:
-        return packed.reshape(-1)[:n].long()
-    group = 8 // math.gcd(8, bits)
-    nbytes = group * bits // 8
-    b = packed.reshape(-1, nbytes).to(torch.int32)
-    word = (b << (torch.arange(nbytes, device=b.device, dtype=torch.int32) * 8)).sum(dim=1, dtype=torch.int32)
-    shifts = torch.arange(group, device=b.device, dtype=torch.int32) * bits
-    return ((word[:, None] >> shifts) & (2 ** bits - 1)).reshape(-1)[:n].long()
 
 
 @dataclass
@@ -92,13 +66,13 @@ class PackedTensor:
         scales = self.tensors["scales"]  # (outer, nblocks, inner)
         inner = scales.shape[2]
         codes = unpack_bits(self.tensors["codes"], f.bits, math.prod(shape)).reshape(shape)
-        values, pad = _blocked(element_values(f).to(codes.device)[codes], self.block_size, self.axis)
+        values, pad = blocked(element_values(f).to(codes.device)[codes], self.block_size, self.axis)
         if f.kind == "mx":
             e = scales.reshape(-1, 1, inner).to(torch.int32) - 127
             up = pow2(e.clamp(max=127)).masked_fill_(e == 128, float("nan"))
         else:
             up = scales.view(torch.float8_e4m3fn).float().reshape(-1, 1, inner) * self.tensors["tensor_scale"]
-        return _unblocked(values * up, shape, self.axis, pad).to(self.dtype)
+        return unblocked(values * up, shape, self.axis, pad).to(self.dtype)
 
     def state_dict(self, prefix: str = "") -> dict[str, Tensor]:
         """Tensors to save (e.g. with safetensors), keys prefixed."""
@@ -129,7 +103,7 @@ class PackedTensor:
 def pack(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding: str = "nearest",
          *, scale: Tensor | None = None, zero_point: Tensor | None = None) -> PackedTensor:
     """Quantize x into ``fmt`` and store it packed (``scale``/``zero_point``: int formats only)."""
-    f, ax = _check_args(x, fmt, block_size, axis, rounding)
+    f, ax = check_args(x, fmt, block_size, axis, rounding)
     if f is None:
         raise MxlabError("format 'none' has nothing to pack; keep the tensor as it is")
     if (scale is not None or zero_point is not None) and f.kind != "int":
@@ -137,23 +111,23 @@ def pack(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding: st
     shape = tuple(x.shape)
     with torch.no_grad():
         if f.kind == "int":
-            _, codes, s, zp = _int_quantize(x, f, ax, rounding, scale, zero_point)
+            _, codes, s, zp = int_quantize(x, f, ax, rounding, scale, zero_point)
             keep = [d for i, d in enumerate(shape) if i != ax]
             tensors = {"codes": pack_bits(codes, f.bits), "scale": s.reshape(keep).contiguous(),
                        "zero_point": zp.reshape(keep).contiguous()}
         elif f.kind == "mx":
-            out, e = _mx_quantize(x, f, block_size, ax, rounding, want_exponents=True)
-            ob, pad = _blocked(out, block_size, ax)  # (N, block, inner) float32
-            ec = e.masked_fill(e == 128, 0)
-            q = torch.where(e == 128, 0.0, ob * pow2(-ec))  # exact: back to the element grid; NaN block -> 0
+            out, e = mx_quantize_exponents(x, f, block_size, ax, rounding)
+            ob, pad = blocked(out, block_size, ax)  # (N, block, inner) float32
+            down = scale_factors(e, f)[0]
+            q = torch.where(e == 128, 0.0, ob * down)  # exact: back to the element grid; NaN block -> 0
             scales = (e + 127).to(torch.uint8)  # 128 + 127 = 255: NaN
             inner = ob.shape[2]
-            tensors = {"codes": pack_bits(encode_elements(_unblocked(q, x.shape, ax, pad), f), f.bits),
+            tensors = {"codes": pack_bits(encode_elements(unblocked(q, x.shape, ax, pad), f), f.bits),
                        "scales": scales.reshape(_outer(shape, ax), -1, inner)}
         else:
-            _, q, s8, ts = _nvfp4_quantize(x, block_size, ax, rounding)
+            _, q, s8, ts = nvfp4_quantize(x, block_size, ax, rounding)
             inner, pad = q.shape[2], (-(x.shape[ax] if x.dim() else 1)) % block_size
-            tensors = {"codes": pack_bits(encode_elements(_unblocked(q, x.shape, ax, pad), E2M1), 4),
+            tensors = {"codes": pack_bits(encode_elements(unblocked(q, x.shape, ax, pad), E2M1), 4),
                        "scales": s8.view(torch.uint8).reshape(_outer(shape, ax), -1, inner),
                        "tensor_scale": ts.reshape(()).float()}
     return PackedTensor(f.name, shape, x.dtype, block_size, ax if shape else 0, tensors)

@@ -1,0 +1,106 @@
+"""The element formats as data: one table of parameters, their names, and argument checks.
+
+Every quantizer reads its numbers from ``FORMATS`` (bits, exponent and mantissa bits, emax,
+max_norm, as in microsoft/microxcaling ``mx/formats.py``), so a format is one row, not a branch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..errors import MxlabError
+
+ROUNDINGS = ("nearest", "even", "floor")
+
+
+@dataclass(frozen=True)
+class ElementFormat:
+    """One element format. ``kind``: "mx" (shared E8M0 scale), "int" (per-channel affine), "nvfp4"."""
+
+    name: str
+    kind: str
+    bits: int          # storage bits per element code
+    ebits: int = 0     # exponent bits (0: integer elements)
+    mbits: int = 0     # mantissa bits counting sign and implicit bit (the reference's convention)
+    emax: int = 0      # largest element exponent
+    max_norm: float = 0.0
+
+    @property
+    def min_exp(self) -> int:
+        """Smallest normal exponent (floats); subnormals below it keep a fixed step."""
+        return 2 - 2 ** (self.ebits - 1) if self.ebits else 0
+
+
+def _mxfp(name: str, ebits: int, mbits: int, emax: int, max_norm: float) -> ElementFormat:
+    return ElementFormat(name, "mx", ebits + mbits - 1, ebits, mbits, emax, max_norm)
+
+
+def _mxint(name: str, bits: int) -> ElementFormat:
+    return ElementFormat(name, "mx", bits, 0, bits, 0, (2 ** (bits - 1) - 1) / 2 ** (bits - 2))
+
+
+FORMATS: dict[str, ElementFormat] = {
+    f.name: f
+    for f in (
+        _mxint("mxint8", 8), _mxint("mxint4", 4), _mxint("mxint3", 3), _mxint("mxint2", 2),
+        _mxfp("mxfp8_e4m3", 4, 5, 8, 448.0), _mxfp("mxfp8_e5m2", 5, 4, 15, 57344.0),
+        _mxfp("mxfp6_e3m2", 3, 4, 4, 28.0), _mxfp("mxfp6_e2m3", 2, 5, 2, 7.5),
+        _mxfp("mxfp4_e2m1", 2, 3, 2, 6.0),
+        ElementFormat("int8", "int", 8), ElementFormat("int4", "int", 4), ElementFormat("int3", "int", 3),
+        ElementFormat("nvfp4", "nvfp4", 4, 2, 3, 2, 6.0),
+    )
+}
+ALIASES = {"mxfp4": "mxfp4_e2m1"}
+FORMATS["mxfp4"] = FORMATS["mxfp4_e2m1"]
+E2M1 = FORMATS["mxfp4_e2m1"]
+
+
+def canonical_format(name: str) -> str:
+    """Resolve aliases and case; raise MxlabError listing the valid names."""
+    key = str(name).strip().lower() if isinstance(name, str) else None
+    if key == "none":
+        return "none"
+    if key in ALIASES:
+        return ALIASES[key]
+    if key not in FORMATS:
+        valid = ", ".join([*sorted(n for n in FORMATS if n not in ALIASES), *ALIASES, "none"])
+        raise MxlabError(f"unknown number format {name!r}; choose one of: {valid}")
+    return key
+
+
+def is_mx(fmt: str) -> bool:
+    """True for the microscaling formats (shared power-of-two block scale)."""
+    name = canonical_format(fmt)
+    return name != "none" and FORMATS[name].kind == "mx"
+
+
+def bits_per_element(fmt: str, block_size: int = 32) -> float:
+    """Storage bits per element, scales included (mxfp4 @ 32 -> 4.25); per-channel int -> its bits."""
+    name = canonical_format(fmt)
+    if name == "none":
+        raise MxlabError("format 'none' keeps the model dtype; its size depends on that dtype")
+    f = FORMATS[name]
+    _check_block(block_size)
+    return float(f.bits) + (8.0 / block_size if f.kind in ("mx", "nvfp4") else 0.0)
+
+
+def _check_block(block_size: int) -> None:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise MxlabError(f"block_size must be a positive integer (16, 32, 64, 128 are usual); got {block_size!r}")
+
+
+def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str) -> tuple[ElementFormat | None, int]:
+    """Validate quantize/pack arguments; return the format (None for "none") and the non-negative axis."""
+    name = canonical_format(fmt)
+    if not isinstance(x, Tensor):
+        raise MxlabError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise MxlabError(f"quantize needs a floating-point tensor (float32/bfloat16/float16); got {x.dtype}")
+    if rounding not in ROUNDINGS:
+        raise MxlabError(f"unknown rounding {rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
+    _check_block(block_size)
+    ndim = max(x.dim(), 1)
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise MxlabError(f"axis {axis!r} is out of range for a tensor with {x.dim()} dims; use -{ndim}..{ndim - 1}")
+    return (FORMATS[name] if name != "none" else None), axis % ndim
