@@ -12,6 +12,8 @@ from typing import Callable, Literal, Optional
 
 import torch.nn as nn
 
+from .errors import MxlabError
+
 log = logging.getLogger(__name__)
 
 
@@ -127,8 +129,6 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             if size > best_size:
                 best, best_size = (path, module), size
     if best is None:
-        from .errors import MxlabError
-
         raise MxlabError(f"cannot find decoder blocks in {type(model).__name__}: it has no nn.ModuleList; "
                          f"known architectures: {sorted(ARCHITECTURES)}")
     log.info("no architecture map for %r: using %s (%d blocks) as the decoder blocks",

@@ -61,7 +61,7 @@ def normalize_modes(root: Path) -> None:
             os.chmod(Path(dirpath) / name, 0o666 & ~mask)
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool) -> None:
     """Refuse to replace a file, or a non-empty directory unless ``overwrite``."""
     if not target.exists():
         return
@@ -80,7 +80,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
     leaves ``target`` as it was. An ``OSError`` is re-raised as ``MxlabError`` saying what failed.
     """
     target = Path(target).expanduser().absolute()
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

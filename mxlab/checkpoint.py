@@ -24,6 +24,10 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_directory
 from .errors import MxlabError
+from .formats import ROUNDINGS, PackedTensor, canonical_format
+from .models import resolve_device
+from .ptq.qlinear import QuantLinear
+from .recipe import QuantSpec
 from .jsonable import write_json
 from .progress import ProgressFn, report
 
@@ -45,8 +49,6 @@ def _unpack_result(result_or_model: Any, recipe: Any) -> tuple[nn.Module, Any]:
 
 def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Every QuantLinear of ``model`` by full module name."""
-    from .ptq.qlinear import QuantLinear
-
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
@@ -258,8 +260,6 @@ def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _check_formats(qc: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
     """Validate each module's formats (canonical names) so an unknown one fails before any tensor work."""
-    from .formats import ROUNDINGS, canonical_format
-
     modules = {}
     for name, spec in qc["modules"].items():
         spec = dict(spec)
@@ -327,10 +327,6 @@ def _pop_packed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 def load_quantized(directory: str | os.PathLike, device: str | torch.device | None = None, *,
                    verify: bool = True) -> tuple[nn.Module, Any]:
     """Rebuild a runnable quantized model (QuantLinear from the packed tensors) and its tokenizer."""
-    from .formats import PackedTensor
-    from .ptq.qlinear import QuantLinear
-    from .recipe import QuantSpec
-
     directory = Path(directory).expanduser()
     cfg, qc = _read_config(directory)
     modules = _check_formats(qc, directory / CONFIG_FILE)
@@ -379,8 +375,6 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
     model.mxlab_quantization_config = qc
     model.eval()
     if device is not None:
-        from .models import resolve_device
-
         model.to(resolve_device(device))  # "auto": CUDA when present
     return model, _load_tokenizer(directory)
 

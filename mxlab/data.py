@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import MxlabError
+from .models import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ def _hub_text(name: str, split: str) -> str:
             os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise MxlabError(f"dataset {name!r} must be downloaded, but offline mode is on (HF_HUB_OFFLINE); use one of "
                          f"the embedded sets {DATASETS} or a local text file")
-    from .models import hub_reachable
-
     if not hub_reachable():
         raise MxlabError(f"dataset {name!r} must be downloaded, but the Hugging Face hub cannot be reached (no "
                          f"network); use one of the embedded sets {DATASETS} or a local text file")

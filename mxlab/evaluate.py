@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MxlabError
+from .data import evaluation_tokens
 from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,6 @@ def evaluate_model(model, tokenizer, source, *, reference=None, seq_len: int | N
     (the FP model), kl = mean KL(P_ref || P_model) in nats per token and top1 = fraction of
     positions where both models' most likely next token agree.
     """
-    from .data import evaluation_tokens
-
     seq_len = _check_seq_len(model, seq_len)
     tokens = source if isinstance(source, torch.Tensor) else evaluation_tokens(tokenizer, source)
     windows = make_windows(tokens, seq_len, max_windows)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .architectures import architecture_map
 from .errors import MxlabError
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,6 @@ def _load_tokenizer(name: str, local: bool, trust_remote_code: bool):
 
 def _warn_if_unmapped(model) -> None:
     """Tell the user what works for an architecture the scaling methods know nothing about."""
-    try:
-        from .architectures import architecture_map
-    except ImportError:  # the architectures module is optional for loading
-        return
     if architecture_map(model) is None:
         log.warning("no architecture map for %s: RTN and GPTQ work, but SmoothQuant and AWQ will skip its "
                     "blocks (they need to know which norm feeds which linears)", type(model).__name__)

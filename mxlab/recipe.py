@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import MxlabError
+from .formats import ROUNDINGS, canonical_format
 from .steps import StepConfig, check_bool, check_int, step_config
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,6 @@ def check_format(name: str, what: str) -> str:
         raise MxlabError(f"{what} format must be a format name such as 'mxint4' or 'none', got {name!r}")
     if name.lower() == "none":
         return "none"
-    from .formats import canonical_format  # lazy: keeps `import mxlab.recipe` light
-
     try:
         return canonical_format(name)
     except MxlabError as e:
@@ -164,8 +163,6 @@ class Recipe:
         self.weights = check_format(self.weights, "weights")
         self.acts = check_format(self.acts, "acts")
         check_int(self.block_size, "block_size (32 is the MX standard)")
-        from .formats import ROUNDINGS  # lazy: keeps `import mxlab.recipe` free of torch
-
         if self.rounding not in ROUNDINGS:
             raise MxlabError(f"unknown rounding {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
         check_bool(self.allow_requantize, "allow_requantize")

@@ -16,6 +16,7 @@ from .checkpoint import save_quantized
 from .errors import MxlabError
 from .jsonable import to_jsonable, write_json
 from .progress import ProgressFn, report, scaled
+from .tables import write_tables
 
 if TYPE_CHECKING:  # runner imports this module: a run-time import would be a cycle
     from .runner import RunOutcome
@@ -64,8 +65,6 @@ def _write_tables(results: dict[str, Any], directory: Path) -> None:
     except ImportError:
         log.warning("pandas is not installed: skipping the CSV tables (results.json holds the same data)")
         return
-    from .tables import write_tables
-
     write_tables(directory, records=results["records"], stats=results["stats"])
 
 

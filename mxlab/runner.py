@@ -15,6 +15,13 @@ from typing import Any
 from torch import nn
 
 from . import __version__
+from .atomic import check_target
+from .checkpoint import packed_bits_per_weight
+from .data import calibration_batches
+from .evaluate import evaluate_model
+from .models import load_model
+from .ptq.pipeline import quantize_model
+from .rundir import export_run
 from .progress import ProgressFn, report, scaled
 
 log = logging.getLogger(__name__)
@@ -47,21 +54,12 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    overwrite: bool = False, allow_pickle: bool = False,
                    trust_remote_code: bool = False) -> RunOutcome:
     """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
-    from .evaluate import evaluate_model
-    from .checkpoint import packed_bits_per_weight
-    from .models import load_model
-    from .ptq.pipeline import quantize_model
-
     if out_dir is not None:                 # fail before any work, not after the whole run
-        from .atomic import _check_target
-
-        _check_target(Path(out_dir), overwrite)
+        check_target(Path(out_dir), overwrite)
     report(progress, 0.0, "loading model")
     model, tokenizer = load_model(None if source is None else str(source), device=device,
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if calib_tokens is None and "decoder" in recipe.target_set:
-        from .data import calibration_batches
-
         # a bad calibration source should stop the run now, not after the FP evaluation
         calib_tokens = calibration_batches(tokenizer, recipe.calib.dataset, recipe.calib.n_samples,
                                            recipe.calib.seq_len, recipe.seed)
@@ -98,8 +96,6 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
             "mxlab_version": __version__}
     outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
     if out_dir is not None:
-        from .rundir import export_run
-
         report(progress, _STAGES["export"][0], "exporting")
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
     report(progress, 1.0, "done")

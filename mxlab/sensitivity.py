@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MxlabError
+from .formats import quantize
 from .progress import ProgressFn, report
+from .ptq.plan import plan
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ def _windows(tokens: torch.Tensor, seq_len: int, max_windows: int) -> torch.Tens
 
 def _units(model: nn.Module, recipe: Any, granularity: str) -> list[dict]:
     """The decoder Linears the plan quantizes, grouped per module or per block."""
-    from .ptq.plan import plan
-
     by_block: dict[int, tuple[str, list]] = {}      # block index -> (block prefix, members)
     for t in plan(model, recipe):
         if t.kind == "linear":
@@ -72,8 +72,6 @@ class _RTN:
         self.members, self.saved, self.hooks = members, [], []
 
     def __enter__(self):
-        from .formats import quantize
-
         for _, m, spec in self.members:
             self.saved.append(m.weight.data.clone())
             kw = dict(block_size=spec.block_size, axis=-1, rounding=spec.rounding)

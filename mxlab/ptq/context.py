@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..architectures import ScalingGroup
 from ..recipe import QuantSpec
 from .capture import StopForward
+from .diagnostics import measure
 from .qlinear import QuantLinear
 
 
@@ -149,8 +150,6 @@ class BlockContext:
         what the final model would get; activations are quantized as the layer does. Measured on the
         diagnostic batches (``diag_batches``).
         """
-        from .diagnostics import measure
-
         return measure(self, names)[0]
 
     def output_error(self, name: str) -> tuple[float, float]:

@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 
 from ..architectures import ScalingGroup, architecture_map, decoder_blocks
+from ..data import calibration_batches
+from ..formats import is_mx, quantize
+from ..models import resolve_device
 from ..errors import MxlabError
 from ..progress import ProgressFn, report
 from ..recipe import Recipe
@@ -115,15 +118,11 @@ def _check_finite(linears: dict[str, QuantLinear], prefix: str) -> None:
 
 def _resolve_device(device) -> torch.device:
     """None or "auto": blocks go to CUDA when present (the model itself may stay on the CPU)."""
-    from ..models import resolve_device
-
     return resolve_device("auto" if device is None else device)
 
 
 def _calibration(tokenizer, recipe: Recipe, calib_tokens: Optional[torch.Tensor]) -> torch.Tensor:
     if calib_tokens is None:
-        from ..data import calibration_batches
-
         calib_tokens = calibration_batches(tokenizer, recipe.calib.dataset, recipe.calib.n_samples,
                                            recipe.calib.seq_len, recipe.seed)
     if not isinstance(calib_tokens, torch.Tensor) or calib_tokens.dim() != 2 or calib_tokens.is_floating_point():
@@ -259,8 +258,6 @@ def _activation_stats(ctx: BlockContext, stage: str, xs: dict[str, torch.Tensor]
 
 def _same_mx_spec(extras: list[Target]) -> bool:
     """Both tied tensors targeted with one MX weight spec: quantizing the shared tensor twice is harmless."""
-    from ..formats import is_mx
-
     specs = {t.kind: t.spec for t in extras}
     se, sh = specs.get("embedding"), specs.get("lm_head")
     return se is not None and sh is not None and se.weights == sh.weights and se.block_size == sh.block_size \
@@ -280,8 +277,6 @@ def _quantize_extras(model: nn.Module, extras: list[Target], recipe: Recipe, dev
         result.notes.append("lm_head and embeddings were tied; untied so that each gets its own quantization")
     for t in extras:
         if t.kind == "embedding":
-            from ..formats import quantize
-
             w = emb.weight.data
             w.copy_(quantize(w.to(device), t.spec.weights, t.spec.block_size, axis=-1,
                              rounding=t.spec.rounding).to(w.device))

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import MxlabError
+from ..formats import is_mx, pack, quantize
 from ..recipe import QuantSpec
 
 
@@ -51,8 +52,6 @@ class QuantLinear(nn.Module):
         """``x`` (..., in_features) fake-quantized in ``spec.acts`` (blocks along in_features)."""
         if self.spec.acts == "none":
             return x
-        from ..formats import quantize
-
         return quantize(x, self.spec.acts, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 
     def quantize_weight_rtn(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -60,8 +59,6 @@ class QuantLinear(nn.Module):
         w = self.weight.data if w is None else w
         if self.spec.weights == "none":
             return w
-        from ..formats import quantize
-
         return quantize(w, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 
     @torch.no_grad()
@@ -84,8 +81,6 @@ class QuantLinear(nn.Module):
         """RTN-quantize the weight in place (no-op if already quantized)."""
         if self.weight_quantized:
             return
-        from ..formats import is_mx, pack
-
         if self.spec.weights == "none" or is_mx(self.spec.weights):
             self.set_quantized_weight(self.quantize_weight_rtn())   # MX: re-packing Q later is exact
         else:
@@ -109,8 +104,6 @@ class QuantLinear(nn.Module):
             return self._packed
         if self.spec.weights == "none":
             raise MxlabError("this layer keeps its weights in floating point (weights 'none'): nothing to pack")
-        from ..formats import pack
-
         return pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import MxlabError
+from ..formats import FORMATS, canonical_format, is_mx, shared_exponent
 
 TOP_K = 8
 _CHUNK = 8192  # rows of x per pass: bounds the float64 temporaries for big calibration sets
@@ -79,8 +80,6 @@ def _spec_field(spec: Any, name: str) -> Any:
 
 def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
     """E8M0 exponent histogram, saturation and headroom of an MX format on w (out, in), blocks along in."""
-    from ..formats import FORMATS, canonical_format, shared_exponent
-
     ef = FORMATS[canonical_format(fmt)]
     emax, max_norm = int(ef.emax), float(ef.max_norm)
     w = w.detach().to(torch.float32)
@@ -106,8 +105,6 @@ def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
 
 def weight_stats(module: str, block: int, w_fp: torch.Tensor, w_q: torch.Tensor, spec: Any) -> dict:
     """Range, error and (for MX formats) scale statistics of one quantized weight (out, in)."""
-    from ..formats import canonical_format, is_mx
-
     if w_fp.shape != w_q.shape or w_fp.dim() != 2:
         raise MxlabError(f"weight_stats({module}): w_fp {tuple(w_fp.shape)} and w_q {tuple(w_q.shape)} "
                          "must be the same (out_features, in_features) shape")

@@ -28,10 +28,11 @@ import torch.nn as nn
 
 from ...architectures import ScalingGroup
 from ...errors import MxlabError
+from ...formats import FORMATS, canonical_format
 from ...records import ModuleRecord, StepRecord
 from ...steps import AWQConfig
 from ..context import BlockContext
-from .scaling import skipped_without_groups
+from .scaling import fold_scales, skipped_without_groups
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,6 @@ def apply_clip(W: torch.Tensor, max_val: torch.Tensor, group: int) -> torch.Tens
 # ----------------------------------------------------------------------------- the pipeline step
 def clip_group_size(spec, in_features: int) -> int:
     """Columns that share one quantization scale: the format block (MX, NVFP4) or the whole row (INT)."""
-    from ...formats import FORMATS, canonical_format
-
     kind = FORMATS[canonical_format(spec.weights)].kind
     return min(spec.block_size, in_features) if kind in ("mx", "nvfp4") else in_features
 
@@ -198,8 +197,6 @@ def _quantized(block: nn.Module, names: Sequence[str]) -> list[str]:
 def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, config: AWQConfig,
                  record: StepRecord) -> dict[str, dict]:
     """Search and fold the scales of one group; returns details per linear (empty when skipped)."""
-    from .scaling import fold_scales
-
     done = _quantized(block, [group.prev, *group.linears])
     if done:
         record.notes.append(f"{group.prev} -> {group.linears}: skipped, {done} already quantized "

@@ -31,6 +31,8 @@ from typing import Callable, Iterable
 import torch
 
 from ...errors import MxlabError
+from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_elements, pack, quantize,
+                         scale_factors, shared_exponent)
 from ...records import ModuleRecord, StepRecord
 from ...steps import GPTQConfig
 from ..context import BlockContext
@@ -197,8 +199,6 @@ def weight_quantizer(W: torch.Tensor, spec) -> tuple[Quantizer, int, Callable]:
     column quantized with the (scale, zero_point) of the original W, block size 1, and pack_fn
     packs with those same parameters so the packed weight dequantizes to GPTQ's result.
     """
-    from ...formats import FORMATS, canonical_format, int_qparams, pack, quantize
-
     f = FORMATS[canonical_format(spec.weights)]
     kw = dict(rounding=spec.rounding)
     if f.kind == "mx":
@@ -238,8 +238,6 @@ def mx_block_quantizer(spec) -> BlockQuantizer | None:
     exponents per row with formats' own rule, and returns a quantizer of any of its columns
     (out, k) onto that grid: what ``quantize`` does to the block, with the scales held.
     """
-    from ...formats import FORMATS, block_amax, canonical_format, mx_elements, scale_factors, shared_exponent
-
     f = FORMATS[canonical_format(spec.weights)]
     if f.kind == "int":
         return None  # its scale / zero point are per row and fixed already: classic GPTQ either way
