@@ -2,7 +2,9 @@
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share]
 
-Every helper that is not a widget lives in ``mxlab/lab.py`` (unit-tested without gradio).
+Every helper that is not a widget lives in ``mxlab/lab/`` (unit-tested without gradio): ``session``
+(state, runs), ``form`` (widgets <-> Recipe) and ``views`` (what is shown). ``build()`` creates the
+widgets and wires them; handlers that need widgets close over the components of that one Blocks.
 """
 from __future__ import annotations
 
@@ -12,8 +14,14 @@ from typing import Any
 
 import gradio as gr
 
-from mxlab import lab
+from mxlab.data import DATASETS
 from mxlab.errors import Cancelled, MxlabError
+from mxlab.formats import FORMATS, ROUNDINGS
+from mxlab.lab import form, session, views
+from mxlab.lab.session import SessionState
+from mxlab.models import load_model
+from mxlab.presets import PRESETS, get_preset
+from mxlab.recipe import Recipe
 
 log = logging.getLogger("mxlab.app")
 
@@ -44,82 +52,60 @@ def _error(err: Exception) -> str:
     return f"**Error:** unexpected {type(err).__name__}: {_oneline(err)}"
 
 
-def load_model_info(source: str, recipe_yaml: str, state: lab.SessionState):
+def load_model_info(source: str, recipe_yaml: str, state: SessionState):
     """Load a model (None -> embedded default) and describe it and the layers the recipe quantizes."""
-    from mxlab.models import load_model
-
-    src = lab.normalize_source(source)
-    name = src or lab.DEFAULT_SOURCE
+    src = form.normalize_source(source)
+    name = src or form.DEFAULT_SOURCE
     try:
-        recipe = lab.parse_yaml(recipe_yaml)
+        recipe = form.parse_yaml(recipe_yaml)
         model, _ = load_model(src)
-        summary = lab.model_summary(model, recipe)
+        summary = views.model_summary(model, recipe)
         del model
     except Exception as err:  # noqa: BLE001 - shown to the user, app stays usable
         return _error(err) + "\n\nThe previous model stays selected.", gr.update(), state
     state.model_source, state.model_summary = src, summary
-    return lab.summary_markdown(summary, name), lab.summary_rows(summary), state
+    return views.summary_markdown(summary, name), views.summary_rows(summary), state
 
 
 def check_recipe(*values):
     """Build the recipe from the widgets: (YAML, validation message). Live, on every edit."""
-    yaml_text, message = lab.recipe_check(**_recipe_kwargs(values))
+    yaml_text, message = form.recipe_check(**form.form_kwargs(values))
     return (yaml_text if yaml_text is not None else gr.update()), message
 
 
 def build_for_run(*values):
     """The recipe for a run; raises gr.Error so the chained run does not start on a bad recipe."""
-    yaml_text, message = lab.recipe_check(**_recipe_kwargs(values))
+    yaml_text, message = form.recipe_check(**form.form_kwargs(values))
     if yaml_text is None:
         raise gr.Error(message.replace("**", ""))
     return yaml_text, message
 
 
-def import_yaml(text: str):
-    """Parse pasted/uploaded YAML and show it in the widgets."""
-    try:
-        recipe = lab.parse_yaml(text)
-    except MxlabError as err:
-        return [gr.update()] * len(RECIPE_WIDGETS) + [gr.update(), _error(err)]
-    return _widget_updates(lab.recipe_values(recipe)) + [recipe.to_yaml(), lab.validation_message(recipe)]
-
-
-def apply_preset(name: str):
-    """Fill the widgets from a preset."""
-    from mxlab.presets import get_preset
-
-    try:
-        recipe = get_preset(name)
-    except MxlabError as err:
-        return [gr.update()] * len(RECIPE_WIDGETS) + [gr.update(), _error(err)]
-    return _widget_updates(lab.recipe_values(recipe)) + [recipe.to_yaml(), lab.validation_message(recipe)]
-
-
 def run_recipe(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows: float,
-               state: lab.SessionState, progress=gr.Progress()):
+               state: SessionState, progress=gr.Progress()):
     """Run one experiment in the queue; append it to the session's runs table."""
-    src = lab.normalize_source(source)
+    src = form.normalize_source(source)
     try:
-        recipe = lab.parse_yaml(recipe_yaml)
+        recipe = form.parse_yaml(recipe_yaml)
         windows = int(max_eval_windows) if max_eval_windows else None
-        entry = lab.execute_run(state, src, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
-                                report=lambda f, msg: progress(f, desc=msg))
-        message = "**Done.** " + lab.metrics_markdown(entry)
+        entry = session.execute_run(state, src, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
+                                    report=lambda f, msg: progress(f, desc=msg))
+        message = "**Done.** " + views.metrics_markdown(entry)
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
     except Exception as err:  # noqa: BLE001
         message = _error(err)
-    return (message, lab.runs_rows(state), *_run_pickers(state), state)
+    return (message, views.runs_rows(state), *_run_pickers(state), state)
 
 
-def cancel_run(state: lab.SessionState):
+def cancel_run(state: SessionState):
     """Ask this session's running job to stop at its next progress report."""
     if state.request_cancel():
         return "**Cancelling** at the next step..."
     return "Nothing is running."
 
 
-def _run_pickers(state: lab.SessionState):
+def _run_pickers(state: SessionState):
     labels = state.labels()
     latest = labels[-1] if labels else None
     return (gr.update(choices=labels, value=latest), gr.update(choices=labels, value=labels[-2:]),
@@ -128,68 +114,68 @@ def _run_pickers(state: lab.SessionState):
 
 def edit_order(action: str, order: str, selected: str, method: str):
     """Add/remove/move a step of the method order; returns (order text, picker update, message)."""
-    steps = lab.parse_order(order)
+    steps = form.parse_order(order)
     try:
         if action == "add":
-            steps, index = lab.add_step(steps, method), len(steps)
+            steps, index = form.add_step(steps, method), len(steps)
         else:
-            index = lab.choice_index(selected, len(steps))
+            index = form.choice_index(selected, len(steps))
             if action == "remove":
-                steps, index = lab.remove_step(steps, index), max(index - 1, 0)
+                steps, index = form.remove_step(steps, index), max(index - 1, 0)
             else:
-                steps, index = lab.move_step(steps, index, -1 if action == "up" else 1)
+                steps, index = form.move_step(steps, index, -1 if action == "up" else 1)
     except MxlabError as err:
         return gr.update(), gr.update(), _error(err)
-    choices = lab.order_choices(steps)
-    return lab.format_order(steps), gr.update(choices=choices, value=choices[index] if choices else None), None
+    choices = form.order_choices(steps)
+    return form.format_order(steps), gr.update(choices=choices, value=choices[index] if choices else None), None
 
 
 def order_picker(order: str, selected: str):
     """Keep the step picker in sync with a hand-edited order."""
-    choices = lab.order_choices(lab.parse_order(order))
+    choices = form.order_choices(form.parse_order(order))
     return gr.update(choices=choices, value=selected if selected in choices else (choices[-1] if choices else None))
 
 
-def inspect_run(run_label: str, layer: str, state: lab.SessionState):
+def inspect_run(run_label: str, layer: str, state: SessionState):
     """Figures and the per-module table for one run (and one layer)."""
     if not run_label:
         return ("Run a recipe first; its figures appear here.", gr.update(), None, None, None, None, None)
     try:
         entry = state.get(run_label)
-        layers = lab.run_layers(entry)
-        layer = layer if layer in layers else lab.ALL_LAYERS
-        figs = lab.run_figures(entry, layer)
-        table = lab.module_table(entry, layer)
+        layers = views.run_layers(entry)
+        layer = layer if layer in layers else views.ALL_LAYERS
+        figs = views.run_figures(entry, layer)
+        table = views.module_table(entry, layer)
     except Exception as err:  # noqa: BLE001
         return (_error(err), gr.update(), None, None, None, None, None)
     note = "" if figs["sensitivity"] is not None else "Press **Compute sensitivity** for the ranking."
-    return (note, gr.update(choices=[lab.ALL_LAYERS, *layers], value=layer), figs["heatmap"], figs["scales"],
+    return (note, gr.update(choices=[views.ALL_LAYERS, *layers], value=layer), figs["heatmap"], figs["scales"],
             figs["waterfall"], figs["sensitivity"], table)
 
 
-def sensitivity(run_label: str, layer: str, state: lab.SessionState, progress=gr.Progress()):
+def sensitivity(run_label: str, layer: str, state: SessionState, progress=gr.Progress()):
     """Quantize one module at a time (RTN) and rank them by KL to the FP model; then redraw."""
     try:
-        lab.compute_sensitivity(state.get(run_label), report=lambda f, msg: progress(f, desc=msg))
+        session.compute_sensitivity(state.get(run_label), report=lambda f, msg: progress(f, desc=msg))
     except Exception as err:  # noqa: BLE001
         return (_error(err), gr.update(), None, None, None, None, None)
     return inspect_run(run_label, layer, state)
 
 
-def compare_runs(labels: list[str], state: lab.SessionState):
+def compare_runs(labels: list[str], state: SessionState):
     """Overlay the per-layer errors of the chosen runs and place them on perplexity vs bits."""
     try:
         entries = [state.get(label) for label in (labels or [])]
-        figs = lab.compare_figures(entries)
+        figs = views.compare_figures(entries)
     except Exception as err:  # noqa: BLE001
         return _error(err), None, None
     return "", figs["layers"], figs["pareto"]
 
 
-def export_run(run_label: str, state: lab.SessionState):
+def export_run(run_label: str, state: SessionState):
     """The run's downloadable files: packed model (zip), results JSON, records CSV, report, recipe."""
     try:
-        files = lab.export_files(state.get(run_label))
+        files = session.export_files(state.get(run_label))
     except Exception as err:  # noqa: BLE001
         return (_error(err), *[None] * 5)
     paths = [str(files[k]) if k in files else None for k in ("model", "results", "records", "report", "recipe")]
@@ -197,58 +183,26 @@ def export_run(run_label: str, state: lab.SessionState):
 
 
 # ----------------------------------------------------------------------------- layout
-RECIPE_WIDGETS: list[gr.components.Component] = []   # filled by build(): order matches lab.build_recipe
-PARAM_KEYS: list[tuple[str, str]] = []
-
-
-def _recipe_kwargs(values: tuple) -> dict[str, Any]:
-    """Positional widget values (RECIPE_WIDGETS order, then the YAML box) -> build_recipe kwargs."""
-    names = ["weights", "acts", "block_size", "rounding", "order", "calib_dataset", "calib_samples",
-             "calib_seq_len", "seed"]
-    fixed = dict(zip(names, values[:len(names)]))
-    params: dict[str, dict[str, Any]] = {}
-    for (method, field), value in zip(PARAM_KEYS, values[len(names):len(names) + len(PARAM_KEYS)]):
-        params.setdefault(method, {})[field] = value
-    return dict(fixed, params=params, base_yaml=values[-1])
-
-
-def _widget_updates(values: dict[str, Any]) -> list:
-    """New values for RECIPE_WIDGETS showing ``values`` (from lab.recipe_values)."""
-    fixed = [values[k] for k in ("weights", "acts", "block_size", "rounding", "order", "calib_dataset",
-                                 "calib_samples", "calib_seq_len", "seed")]
-    defaults = {(m, f.name): lab.field_default(f) for m, cls in lab.step_classes().items()
-                for f in lab.step_param_fields(cls)}
-    params = [values["params"].get(m, {}).get(f, defaults[(m, f)]) for m, f in PARAM_KEYS]
-    return fixed + params
-
-
 def build(default_preset: str | None = None) -> gr.Blocks:
     """The app's Blocks (not launched)."""
-    from mxlab.data import DATASETS
-    from mxlab.formats import FORMATS, ROUNDINGS
-    from mxlab.presets import PRESETS, get_preset
-    from mxlab.recipe import Recipe
-
-    start = get_preset(default_preset) if default_preset else Recipe.from_dict(lab.START_RECIPE)
-    values = lab.recipe_values(start)
+    start = get_preset(default_preset) if default_preset else Recipe.from_dict(form.START_RECIPE)
+    values = form.recipe_values(start)
     formats = ["none", *sorted(FORMATS)]
-    classes = lab.step_classes()
-    RECIPE_WIDGETS.clear()
-    PARAM_KEYS[:] = lab.param_keys()
+    classes = form.step_classes()
 
     with gr.Blocks(title="mxlab", analytics_enabled=False) as demo:
-        state = gr.State(lab.SessionState, delete_callback=lambda s: s.close())
+        state = gr.State(SessionState, delete_callback=lambda s: s.close())
         gr.Markdown(HELP)
         with gr.Tabs():
             with gr.Tab("1 · Model", id="model"):
                 gr.Markdown("A Hugging Face hub id, a local model directory, or empty for the embedded default. "
                             "Only safetensors checkpoints load (no pickles).")
                 with gr.Row():
-                    source = gr.Textbox(label="Model", placeholder=lab.DEFAULT_SOURCE, scale=4,
+                    source = gr.Textbox(label="Model", placeholder=form.DEFAULT_SOURCE, scale=4,
                                         elem_id="model-source")
                     load_btn = gr.Button("Load", variant="primary", scale=1, elem_id="load-model")
                 model_md = gr.Markdown(elem_id="status-model")
-                layers_df = gr.Dataframe(headers=["module", "count", "shape", "weights", "acts"],
+                layers_df = gr.Dataframe(headers=views.SUMMARY_COLUMNS,
                                          label="Layers the recipe quantizes", interactive=False)
 
             with gr.Tab("2 · Recipe", id="recipe"):
@@ -265,7 +219,7 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                 with gr.Row(equal_height=True):
                     order = gr.Textbox(value=values["order"], label="Order", scale=3, elem_id="method-order",
                                        info="comma-separated; edit here or with the buttons")
-                    picked = gr.Radio(lab.order_choices(lab.parse_order(values["order"])), label="Selected step",
+                    picked = gr.Radio(form.order_choices(form.parse_order(values["order"])), label="Selected step",
                                       scale=3, elem_id="order-picker")
                 with gr.Row(equal_height=True):
                     method = gr.Dropdown(list(classes), value=next(iter(classes)), label="Method to add",
@@ -274,12 +228,12 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                     remove_btn = gr.Button("× Remove selected", elem_id="order-remove", size="md")
                     up_btn = gr.Button("↑ Move up", elem_id="order-up", size="md")
                     down_btn = gr.Button("↓ Move down", elem_id="order-down", size="md")
-                check_md = gr.Markdown(lab.validation_message(start), elem_id="recipe-check")
+                check_md = gr.Markdown(form.validation_message(start), elem_id="recipe-check")
                 param_widgets = []
                 with gr.Accordion("Step parameters", open=False):
                     with gr.Row():
                         for name, cls in classes.items():
-                            fields = lab.step_param_fields(cls)
+                            fields = form.step_param_fields(cls)
                             if not fields:
                                 continue
                             with gr.Column(elem_classes="step-box", min_width=200):
@@ -305,20 +259,20 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                                           minimum=8, elem_id="calib-len")
                     seed = gr.Number(values["seed"], precision=0, label="Seed")
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
-                    eval_windows = gr.Number(lab.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
+                    eval_windows = gr.Number(form.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
                                              info="of 512 tokens; 0: the whole set", minimum=0,
                                              elem_id="eval-windows")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn", scale=3)
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
                 run_md = gr.Markdown(elem_id="status-run")
-                runs_df = gr.Dataframe(headers=lab.RUN_COLUMNS, label="Runs in this session", interactive=False,
+                runs_df = gr.Dataframe(headers=views.RUN_COLUMNS, label="Runs in this session", interactive=False,
                                        elem_id="runs-table")
 
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
                     inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", allow_custom_value=True)
-                    layer_pick = gr.Dropdown(["all layers"], value="all layers", label="Layer")
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
                 inspect_md = gr.Markdown()
                 with gr.Row():
@@ -354,22 +308,40 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                     f_recipe = gr.File(label="recipe.yaml", elem_id="dl-recipe", min_width=360)
 
         # ---- wiring
-        RECIPE_WIDGETS[:] = [weights, acts, block_size, rounding, order, calib_ds, calib_n, calib_len, seed,
-                             *param_widgets]
-        recipe_inputs = [*RECIPE_WIDGETS, yaml_box]
-        gr.on([w.input for w in RECIPE_WIDGETS], check_recipe, recipe_inputs, [yaml_box, check_md],
+        # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
+        recipe_widgets = [weights, acts, block_size, rounding, order, calib_ds, calib_n, calib_len, seed,
+                          *param_widgets]
+        recipe_inputs = [*recipe_widgets, yaml_box]
+
+        def import_yaml(text: str):
+            """Parse pasted/uploaded YAML and show it in the widgets."""
+            try:
+                recipe = form.parse_yaml(text)
+            except MxlabError as err:
+                return [gr.update()] * len(recipe_widgets) + [gr.update(), _error(err)]
+            return form.form_outputs(recipe)
+
+        def apply_preset(name: str):
+            """Fill the widgets from a preset."""
+            try:
+                recipe = get_preset(name)
+            except MxlabError as err:
+                return [gr.update()] * len(recipe_widgets) + [gr.update(), _error(err)]
+            return form.form_outputs(recipe)
+
+        gr.on([w.input for w in recipe_widgets], check_recipe, recipe_inputs, [yaml_box, check_md],
               api_name="build_recipe", queue=False)
         order.input(order_picker, [order, picked], picked, queue=False, api_name=False)
         for btn, action in ((add_btn, "add"), (remove_btn, "remove"), (up_btn, "up"), (down_btn, "down")):
             btn.click(lambda o, p, m, a=action: edit_order(a, o, p, m), [order, picked, method],
                       [order, picked, check_md], queue=False, api_name=False
                       ).then(check_recipe, recipe_inputs, [yaml_box, check_md], queue=False, api_name=False)
-        preset.input(apply_preset, preset, [*RECIPE_WIDGETS, yaml_box, check_md], api_name="preset",
+        preset.input(apply_preset, preset, [*recipe_widgets, yaml_box, check_md], api_name="preset",
                      queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
-        import_btn.click(import_yaml, yaml_box, [*RECIPE_WIDGETS, yaml_box, check_md], api_name="import_yaml",
+        import_btn.click(import_yaml, yaml_box, [*recipe_widgets, yaml_box, check_md], api_name="import_yaml",
                          queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
         yaml_file.upload(lambda p: import_yaml(open(p, encoding="utf-8").read()), yaml_file,
-                         [*RECIPE_WIDGETS, yaml_box, check_md], api_name=False
+                         [*recipe_widgets, yaml_box, check_md], api_name=False
                          ).then(order_picker, [order, picked], picked, queue=False, api_name=False)
 
         load_btn.click(load_model_info, [source, yaml_box, state], [model_md, layers_df, state], api_name="load_model")
@@ -396,7 +368,7 @@ def build(default_preset: str | None = None) -> gr.Blocks:
 
 def _param_widget(method: str, f, params: dict) -> gr.components.Component:
     """A widget for one step parameter, typed by the field's default."""
-    default = lab.field_default(f)
+    default = form.field_default(f)
     value = params.get(method, {}).get(f.name, default)
     label = f.name.replace("_", " ")
     if isinstance(default, bool):

@@ -214,6 +214,22 @@ def compare_runs(records_a, records_b, names: tuple[str, str] = ("run A", "run B
     return fig
 
 
+def overlay_runs(records: Sequence[Any], names: Sequence[str], metric: str = "mse_after") -> go.Figure:
+    """Final per-module error (last step of each module) of any number of runs, one line per run."""
+    for df in records:
+        _need(df, ["module", metric], "overlay_runs")
+    finals = [t.groupby("module", sort=False)[metric].last() for t in records]
+    modules = list(dict.fromkeys(m for f in finals for m in f.index))
+    short = short_names(modules)
+    fig = go.Figure([go.Scatter(x=[short[m] for m in modules], y=[f.get(m) for m in modules], name=name,
+                                mode="lines+markers") for f, name in zip(finals, names)])
+    label = {"mse_after": "output MSE", "sqnr_after": "output SQNR (dB)"}.get(metric, metric)
+    scale = "log" if metric.startswith("mse") else "linear"
+    fig.update_layout(title=f"Per-layer {label} after all steps, run by run", template=_TEMPLATE,
+                      xaxis_title="module", yaxis=dict(title=label, type=scale))
+    return fig
+
+
 # ----------------------------------------------------------------------------- sensitivity and runs
 
 

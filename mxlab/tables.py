@@ -143,9 +143,14 @@ def to_csv(df, path: str | Path) -> Path:
     return path
 
 
+def csv_name(table: str) -> str:
+    """The file name write_tables gives a table: 'records' -> 'records.csv'."""
+    return f"{table}.csv"
+
+
 def write_tables(out_dir: str | Path, records: Any = None, stats: Any = None) -> dict[str, Path]:
     """Write every table that has rows as <out_dir>/<name>.csv; returns {name: path}."""
     tables = {"records": records_table(records), "activations": activation_table(stats),
               "activation_channels": activation_channel_table(stats), "weights": weights_table(stats),
               "weight_channels": weight_channel_table(stats), "scales": scale_table(stats)}
-    return {name: to_csv(df, Path(out_dir) / f"{name}.csv") for name, df in tables.items() if len(df)}
+    return {name: to_csv(df, Path(out_dir) / csv_name(name)) for name, df in tables.items() if len(df)}

@@ -110,6 +110,15 @@ def test_compare_runs_ratio():
     assert list(fig.data[0].y) == [1.0, 2.0, 1.0, 2.0] and list(fig.data[2].y) == [2.0] * 4
 
 
+def test_overlay_runs_one_line_per_run_at_each_modules_final_error():
+    frames = [tables.records_table(_records(k)) for k in (1.0, 2.0, 0.5)]
+    fig = plots.overlay_runs(frames, ["a", "b", "c"])
+    assert [t.name for t in fig.data] == ["a", "b", "c"]
+    assert all(list(t.x) == ["0.attn.q", "0.attn.o", "1.attn.q", "1.attn.o"] for t in fig.data)
+    assert [list(t.y) for t in fig.data] == [[k, 2 * k, k, 2 * k] for k in (1.0, 2.0, 0.5)]  # gptq's mse_after
+    assert fig.layout.yaxis.type == "log" and "output MSE" in fig.layout.title.text
+
+
 def test_sensitivity_chart_ranks_largest_first():
     sens = pd.DataFrame(dict(unit=["m.l.0.a", "m.l.0.b", "m.l.1.a"], kl=[0.1, 0.5, 0.3], ppl=[11, 15, 13],
                              ppl_fp=[10] * 3))
