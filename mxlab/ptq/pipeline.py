@@ -21,7 +21,7 @@ from ..data import calibration_batches
 from ..formats import is_mx, quantize
 from ..models import resolve_device
 from ..errors import MxlabError
-from ..progress import ProgressFn, report
+from ..progress import ProgressFn, pulse, report
 from ..recipe import Recipe
 from ..records import ModuleRecord, StepRecord
 from ..steps import StepConfig
@@ -211,6 +211,8 @@ def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
         del xs                  # (n, in) float32 per linear: not kept alive through the steps
     for k, (cfg, apply) in enumerate(loop.methods):
         loop.tick(ctx.index, (k + 1) / n_stages, cfg.name)
+        ctx.pulse = pulse(loop.progress, (ctx.index + (k + 1) / n_stages) / loop.n_blocks,
+                          f"block {ctx.index + 1}/{loop.n_blocks}: {cfg.name}")
         if loop.recipe.allow_requantize:
             for q in linears.values():
                 q.unmark_quantized()
