@@ -212,7 +212,10 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
         if not allow_pickle and ("safetensors" in str(e).lower() or _has_only_pickle(name)):
             raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
                              "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
-        detail = " ".join(str(e).split())[:200]
+        if isinstance(e, pickle.UnpicklingError):
+            raise MxlabError(f"{name}: the pickle checkpoint holds objects other than tensors (it could run code), "
+                             "so it is refused even with allow_pickle; convert it to safetensors") from e
+        detail = " ".join(str(e).split())[:100]
         raise MxlabError(f"cannot load the weights of {name} ({type(e).__name__}: {detail}); the checkpoint is "
                          "damaged, truncated or not a trusted format: download or export it again") from e
     model = model.to(dev).eval()
