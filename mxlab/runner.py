@@ -61,7 +61,9 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     report(progress, 0.0, "loading model")
     model, tokenizer = load_model(None if source is None else str(source), device=device,
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    report(progress, 0.01, "checking the weights")          # a cancellation point between the heavy calls
     check_finite_weights(model)
+    report(progress, 0.02, "tokenizing the calibration set")
     if calib_tokens is None and "decoder" in recipe.target_set:
         # a bad calibration source should stop the run now, not after the FP evaluation
         calib_tokens = calibration_batches(tokenizer, recipe.calib.dataset, recipe.calib.n_samples,
