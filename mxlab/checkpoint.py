@@ -24,11 +24,10 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_directory
-from .checkpoint_checks import (check_digest, check_finite_tensors, check_module_spec, check_packed_meta,
-                                check_version)
+from .checkpoint_checks import check_digest, check_finite_tensors, check_formats, check_packed_meta, check_version
 from .errors import MxlabError
 from .limits import short
-from .formats import ROUNDINGS, PackedTensor, canonical_format
+from .formats import PackedTensor
 from .models import resolve_device
 from .ptq.qlinear import QuantLinear
 from .recipe import QuantSpec
@@ -270,25 +269,6 @@ def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return cfg, qc
 
 
-def _check_formats(qc: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
-    """Validate each module's formats (canonical names) so an unknown one fails before any tensor work."""
-    modules = {}
-    for name, spec in qc["modules"].items():
-        spec = check_module_spec(name, spec, str(path))
-        for key in ("weights", "acts"):
-            if spec.get(key, "none") != "none":
-                try:
-                    spec[key] = canonical_format(spec[key])
-                except MxlabError as e:
-                    raise MxlabError(f"{path}: module {short(name)} has unknown {key} format "
-                                     f"{short(spec.get(key))}") from e
-        if spec.get("rounding", "nearest") not in ROUNDINGS:
-            raise MxlabError(f"{path}: module {short(name)} has unknown rounding {short(spec.get('rounding'))}; "
-                             f"valid: {', '.join(ROUNDINGS)}")
-        modules[name] = spec
-    return modules
-
-
 def _read_weights(directory: Path, qc: dict[str, Any], verify: bool) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and the mxlab header metadata of model.safetensors, checked against the recorded sha256."""
     from safetensors import SafetensorError
@@ -345,7 +325,7 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
     """Rebuild a runnable quantized model (QuantLinear from the packed tensors) and its tokenizer."""
     directory = Path(directory).expanduser()
     cfg, qc = _read_config(directory)
-    modules = _check_formats(qc, directory / CONFIG_FILE)
+    modules = check_formats(qc, directory / CONFIG_FILE)
     tensors, extra = _read_weights(directory, qc, verify)
     packed_meta, aliases = extra.get("packed", {}), extra.get("aliases", {})
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .errors import MxlabError
+from .formats import ROUNDINGS, canonical_format
 from .limits import bound, short
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -87,3 +88,22 @@ def check_finite_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
                 not bool(torch.isfinite(t.float() if t.element_size() == 1 else t).all()):
             raise MxlabError(f"{where}: tensor {short(key, 80)} holds NaN/Inf values; the checkpoint is damaged, "
                              "export it again")
+
+
+def check_formats(qc: dict[str, Any], path: Any) -> dict[str, dict[str, Any]]:
+    """Validate each module's formats (canonical names) so an unknown one fails before any tensor work."""
+    modules = {}
+    for name, spec in qc["modules"].items():
+        spec = check_module_spec(name, spec, str(path))
+        for key in ("weights", "acts"):
+            if spec.get(key, "none") != "none":
+                try:
+                    spec[key] = canonical_format(spec[key])
+                except MxlabError as e:
+                    raise MxlabError(f"{path}: module {short(name)} has unknown {key} format "
+                                     f"{short(spec.get(key))}") from e
+        if spec.get("rounding", "nearest") not in ROUNDINGS:
+            raise MxlabError(f"{path}: module {short(name)} has unknown rounding {short(spec.get('rounding'))}; "
+                             f"valid: {', '.join(ROUNDINGS)}")
+        modules[name] = spec
+    return modules

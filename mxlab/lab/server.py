@@ -98,6 +98,8 @@ class ServerPolicy:
         self._workspace = Path(workspace).expanduser().absolute() if workspace else None
         if self._workspace is not None:
             self._workspace.mkdir(parents=True, exist_ok=True)
+            for stale in self._workspace.glob("mxlab-session-*"):   # left by a server that was killed
+                shutil.rmtree(stale, ignore_errors=True)
         self.roots = AllowedRoots([Path.cwd(), self.workspace, upload_dir(), *allow_paths])
         self.gate = FairGate(concurrency)
 
