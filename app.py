@@ -1,6 +1,6 @@
 """mxlab's Gradio app: widgets -> Recipe -> library calls. No tensor math lives here.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--allow-path DIR ...] [--password-file F]
 
 Every helper that is not a widget lives in ``mxlab/lab/`` (unit-tested without gradio): ``session``
 (state, runs), ``form`` (widgets <-> Recipe) and ``views`` (what is shown). ``build()`` creates the
@@ -15,10 +15,13 @@ from typing import Any
 import gradio as gr
 
 from mxlab.data import DATASETS
+from mxlab.atomic import clean_stale_exports
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS
 from mxlab.lab import form, session, views
+from mxlab.lab.server import POLICY
 from mxlab.lab.session import SessionState
+from mxlab.limits import bound
 from mxlab.models import load_model
 from mxlab.presets import PRESETS, get_preset
 from mxlab.recipe import Recipe
@@ -58,6 +61,7 @@ def load_model_info(source: str, recipe_yaml: str, state: SessionState):
     name = src or form.DEFAULT_SOURCE
     try:
         recipe = form.parse_yaml(recipe_yaml)
+        session.check_sources(src, None, None)      # a client may read only the allowed roots
         model, _ = load_model(src)
         summary = views.model_summary(model, recipe)
         del model
@@ -90,7 +94,8 @@ def run_recipe(source: str, recipe_yaml: str, eval_dataset: str, max_eval_window
         windows = int(max_eval_windows) if max_eval_windows else None
         entry = session.execute_run(state, src, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
                                     report=lambda f, msg: progress(f, desc=msg))
-        message = "**Done.** " + views.metrics_markdown(entry)
+        message = "**Done.** " + views.metrics_markdown(entry) + \
+            f" Workspace: {POLICY.workspace_bytes() / 2**20:.1f} MB."
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
     except Exception as err:  # noqa: BLE001
@@ -190,7 +195,8 @@ def build(default_preset: str | None = None) -> gr.Blocks:
     formats = ["none", *sorted(FORMATS)]
     classes = form.step_classes()
 
-    with gr.Blocks(title="mxlab", analytics_enabled=False) as demo:
+    # delete_cache: Gradio's cached files (uploads, downloads) older than an hour go, checked every 10 min
+    with gr.Blocks(title="mxlab", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         state = gr.State(SessionState, delete_callback=lambda s: s.close())
         gr.Markdown(HELP)
         with gr.Tabs():
@@ -340,7 +346,15 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                      queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
         import_btn.click(import_yaml, yaml_box, [*recipe_widgets, yaml_box, check_md], api_name="import_yaml",
                          queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
-        yaml_file.upload(lambda p: import_yaml(open(p, encoding="utf-8").read()), yaml_file,
+        def upload_yaml(path: str):
+            """An uploaded recipe file (size-capped, UTF-8) into the widgets."""
+            try:
+                text = form.read_upload(path)
+            except MxlabError as err:
+                return [gr.update()] * len(recipe_widgets) + [gr.update(), _error(err)]
+            return import_yaml(text)
+
+        yaml_file.upload(upload_yaml, yaml_file,
                          [*recipe_widgets, yaml_box, check_md], api_name=False
                          ).then(order_picker, [order, picked], picked, queue=False, api_name=False)
 
@@ -352,7 +366,8 @@ def build(default_preset: str | None = None) -> gr.Blocks:
         run_btn.click(build_for_run, recipe_inputs, [yaml_box, check_md], api_name=False, queue=False).success(
             # api "run": a model + a recipe as YAML in, metrics and the runs table out (gradio_client)
             run_recipe, [source, yaml_box, eval_ds, eval_windows, state], [run_md, runs_df, *pickers, state],
-            api_name="run")
+            # many may enter: each is validated at once, then waits in POLICY.gate (fair across sessions)
+            api_name="run", concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="run")
         cancel_btn.click(cancel_run, state, run_md, queue=False, api_name="cancel")
 
         inspect_args = dict(fn=inspect_run, inputs=[inspect_pick, layer_pick, state],
@@ -381,9 +396,38 @@ def _param_widget(method: str, f, params: dict) -> gr.components.Component:
     return gr.Number(value=value, label=label, step=0.05, elem_id=f"param-{method}-{f.name}")
 
 
+RUN_ENTRY_LIMIT = 32  # run requests inside the server at once (validated, then waiting at the gate)
+
+
 def launch_kwargs() -> dict[str, Any]:
-    """What launch() needs besides host/port (theme and CSS live here since Gradio 6)."""
-    return dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, footer_links=["api"])
+    """What launch() needs besides host/port (theme and CSS live here since Gradio 6); uploads capped."""
+    return dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, footer_links=["api"],
+                max_file_size=bound("upload bytes"))
+
+
+def auth_for(host: str, share: bool, password_file: str | None) -> tuple[str, str] | None:
+    """Gradio's (user, password) from ``password_file`` ("user:password" or a password for user mxlab).
+
+    Warns when the app is reachable beyond this machine (a non-loopback host or --share) without one.
+    """
+    exposed = share or host not in ("127.0.0.1", "localhost", "::1")
+    if password_file is None:
+        if exposed:
+            log.warning("the app is reachable beyond this machine (%s) and has no password: anyone who can "
+                        "reach it can run jobs on this machine; pass --password-file FILE",
+                        "--share" if share else f"--host {host}")
+        return None
+    from pathlib import Path
+
+    try:
+        text = Path(password_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MxlabError(f"--password-file {password_file}: cannot read it ({e}); give a text file "
+                         "holding user:password") from None
+    user, _, password = text.partition(":") if ":" in text else ("mxlab", "", text)
+    if len(password) < 8:
+        raise MxlabError("--password-file: the password must be at least 8 characters")
+    return user, password
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,11 +438,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs network)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="runs executed at the same time across all users (others wait in the queue)")
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="a directory whose files clients may name as model or text sources (repeatable); "
+                             "besides it only the embedded sets, the workspace and the start directory")
+    parser.add_argument("--workspace", metavar="DIR", help="where session folders go (default: a temporary folder)")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="require a login (FILE holds user:password); advised with --share or a public --host")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        POLICY.configure(args.allow_path, concurrency=args.concurrency, workspace=args.workspace)
+        auth = auth_for(args.host, args.share, args.password_file)
+    except MxlabError as err:
+        parser.exit(2, f"app.py: error: {err}\n")
+    clean_stale_exports(POLICY.workspace)
     demo = build()
     demo.queue(default_concurrency_limit=args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs())
+    finally:
+        POLICY.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
-"""Atomic directory writes: build beside the target, fsync, rename into place; never leave half a result."""
+"""Atomic directory writes: build beside the target, fsync, swap into place; never leave half a result.
+
+Overwriting swaps the two directories in one step (``renameat2(RENAME_EXCHANGE)`` on Linux). Where
+the filesystem cannot, the old directory is renamed aside (``.NAME.old-PID-*``), the new one renamed
+in, then the old removed; a crash between leaves both, and ``recover`` (run before every export and
+at app start) puts the old one back. Temporary folders carry the writer's pid, so those of a killed
+export (``.NAME.tmp-PID-*``) are removed by the next export into the same folder.
+"""
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -72,6 +82,76 @@ def check_target(target: Path, overwrite: bool) -> None:
                          "or pass overwrite=True (CLI: --overwrite)")
 
 
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _side_name(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def recover(parent: str | os.PathLike) -> list[str]:
+    """Clean up after killed exports in ``parent``: put back an old directory whose replacement never
+    arrived, remove leftover old copies and temporary folders of dead writers; returns what it did."""
+    parent = Path(parent)
+    done: list[str] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return done
+    for p in sorted(entries):
+        m = _STALE.match(p.name)
+        if not m or _alive(int(m["pid"])):
+            continue
+        target = parent / m["name"]
+        try:
+            if m["kind"] == "old" and not target.exists():
+                os.replace(p, target)
+                done.append(f"restored {target}")
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            done.append(f"removed {p}")
+        except OSError as e:
+            log.warning("could not clean %s: %s", p, e)
+    for line in done:
+        log.warning("recovered from an interrupted export: %s", line)
+    return done
+
+
+def clean_stale_exports(root: str | os.PathLike, depth: int = 2) -> list[str]:
+    """``recover`` in ``root`` and its subfolders down to ``depth`` levels (the app calls it at start)."""
+    root = Path(root)
+    done = recover(root)
+    if depth > 0 and root.is_dir():
+        for child in root.iterdir():
+            if child.is_dir() and not child.is_symlink() and not _STALE.match(child.name):
+                done += clean_stale_exports(child, depth - 1)
+    return done
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); OSError where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        raise OSError(errno.ENOSYS, "renameat2 is not available") from None
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; on success it becomes ``target``.
@@ -85,7 +165,8 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MxlabError(f"cannot create {target.parent}: {e.strerror or e}; check the path and permissions") from e
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    recover(target.parent)
+    tmp = _side_name(target, "tmp")
     try:
         tmp.mkdir()
         yield tmp
@@ -103,19 +184,33 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing target is moved aside first and restored on failure."""
+    """Put ``tmp`` at ``target``: a rename, or for an existing target a one-step exchange (then the
+    old copy, now at ``tmp``, is removed); without exchange, keep-both-then-delete (see ``recover``)."""
     if not target.exists():
         os.replace(tmp, target)
         return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        _exchange(tmp, target)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        _keep_both_swap(tmp, target)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)   # tmp now holds the old directory
+    log.info("replaced existing %s", target)
+
+
+def _keep_both_swap(tmp: Path, target: Path) -> None:
+    """old aside, new in, old removed; any failure or interrupt between puts the old one back."""
+    old = _side_name(target, "old")
     os.replace(target, old)
     try:
         os.replace(tmp, target)
-    except OSError:
-        os.replace(old, target)
+    except BaseException:
+        if not target.exists():
+            os.replace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    log.info("replaced existing %s", target)
 
 
 @contextmanager
@@ -124,7 +219,7 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target).expanduser().absolute()
     if target.is_dir():
         raise MxlabError(f"{target} is a directory; give a file name")
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _side_name(target, "tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp

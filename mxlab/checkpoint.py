@@ -11,6 +11,7 @@ Packed checkpoint layout (a directory, written atomically):
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -23,8 +24,10 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_directory
+from .checkpoint_checks import check_digest, check_finite_tensors, check_formats, check_packed_meta, check_version
 from .errors import MxlabError
-from .formats import ROUNDINGS, PackedTensor, canonical_format
+from .limits import short
+from .formats import PackedTensor
 from .models import resolve_device
 from .ptq.qlinear import QuantLinear
 from .recipe import QuantSpec
@@ -108,6 +111,16 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _save_safetensors(save_file: Any, tensors: dict, path: Path, meta: dict) -> None:
+    """safetensors' save_file, its I/O errors (a full disk) raised as OSError so the export is rolled back."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(tensors, str(path), metadata=meta)
+    except SafetensorError as e:
+        raise OSError(errno.EIO, f"writing {path.name} failed ({' '.join(str(e).split())[:160]})") from e
+
+
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
     if tokenizer is None:
         log.warning("no tokenizer given: %s will hold no tokenizer files", directory)
@@ -174,7 +187,7 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
         from safetensors.torch import save_file
 
         meta = {"format": "pt", "mxlab": json.dumps({"packed": packed_meta, "aliases": aliases})}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=meta)
+        _save_safetensors(save_file, tensors, tmp / WEIGHTS_FILE, meta)
         report(progress, 0.9, "writing config and tokenizer")
         cfg = _config_dict(model)
         cfg["quantization_config"] = {
@@ -250,31 +263,10 @@ def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
         raise MxlabError(f"{directory} is not an mxlab packed checkpoint (no quantization_config with "
                          f"quant_method 'mxlab'); load a plain checkpoint with mxlab.load_model")
-    if int(qc.get("version", -1)) > FORMAT_VERSION:
-        raise MxlabError(f"{directory} was written by a newer mxlab (format version {qc.get('version')}, "
-                         f"this mxlab reads {FORMAT_VERSION}); upgrade mxlab")
+    check_version(qc, str(path), FORMAT_VERSION)
     if not isinstance(qc.get("modules"), dict):
         raise MxlabError(f"{path}: quantization_config has no 'modules' table; export the checkpoint again")
     return cfg, qc
-
-
-def _check_formats(qc: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
-    """Validate each module's formats (canonical names) so an unknown one fails before any tensor work."""
-    modules = {}
-    for name, spec in qc["modules"].items():
-        spec = dict(spec)
-        for key in ("weights", "acts"):
-            if spec.get(key, "none") != "none":
-                try:
-                    spec[key] = canonical_format(spec[key])
-                except MxlabError as e:
-                    raise MxlabError(f"{path}: module {name} has unknown {key} format "
-                                     f"{spec.get(key)!r}: {e}") from e
-        if spec.get("rounding", "nearest") not in ROUNDINGS:
-            raise MxlabError(f"{path}: module {name} has unknown rounding {spec.get('rounding')!r}; "
-                             f"valid: {', '.join(ROUNDINGS)}")
-        modules[name] = spec
-    return modules
 
 
 def _read_weights(directory: Path, qc: dict[str, Any], verify: bool) -> tuple[dict[str, torch.Tensor], dict]:
@@ -285,8 +277,8 @@ def _read_weights(directory: Path, qc: dict[str, Any], verify: bool) -> tuple[di
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise MxlabError(f"{directory} has no {WEIGHTS_FILE}; export the checkpoint again")
-    expected = qc.get("weights_sha256")
-    if verify and expected and _file_sha256(path) != expected:
+    expected = check_digest(qc, str(directory / CONFIG_FILE), verify)
+    if verify and _file_sha256(path) != expected:
         raise MxlabError(f"{path} is corrupted or truncated (its sha256 differs from the one recorded in "
                          f"{CONFIG_FILE}); export the checkpoint again")
     try:
@@ -299,6 +291,10 @@ def _read_weights(directory: Path, qc: dict[str, Any], verify: bool) -> tuple[di
         extra = json.loads(meta["mxlab"])
     except (KeyError, json.JSONDecodeError) as e:
         raise MxlabError(f"{path} lacks mxlab's header metadata; it was not written by save_quantized") from e
+    if not isinstance(extra, dict) or not isinstance(extra.get("packed", {}), dict) \
+            or not isinstance(extra.get("aliases", {}), dict):
+        raise MxlabError(f"{path}: mxlab's header metadata is malformed; export the checkpoint again")
+    check_finite_tensors(tensors, str(path))
     return tensors, extra
 
 
@@ -329,7 +325,7 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
     """Rebuild a runnable quantized model (QuantLinear from the packed tensors) and its tokenizer."""
     directory = Path(directory).expanduser()
     cfg, qc = _read_config(directory)
-    modules = _check_formats(qc, directory / CONFIG_FILE)
+    modules = check_formats(qc, directory / CONFIG_FILE)
     tensors, extra = _read_weights(directory, qc, verify)
     packed_meta, aliases = extra.get("packed", {}), extra.get("aliases", {})
 
@@ -338,7 +334,7 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
         prefix = f"{name}.weight."
         try:
             packed[name] = PackedTensor.from_state_dict(_pop_packed(tensors, prefix), meta, prefix)
-        except (KeyError, ValueError, RuntimeError) as e:
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise MxlabError(f"{directory / WEIGHTS_FILE}: packed weight of {name} is incomplete ({e}); "
                              "export the checkpoint again") from e
     # the model dtype: that of most stored floating-point elements (buffers such as inv_freq may differ)
@@ -354,11 +350,23 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
             linear = model.get_submodule(name)
         except AttributeError as e:
             raise MxlabError(f"{directory}: module {name} in quantization_config is not in the model") from e
-        qspec = QuantSpec(spec["weights"], spec["acts"], int(spec["block_size"]), spec["rounding"])
+        if not isinstance(linear, nn.Linear):
+            raise MxlabError(f"{directory}: module {short(name)} in quantization_config is not a Linear layer")
+        qspec = QuantSpec(spec["weights"], spec.get("acts", "none"), int(spec["block_size"]),
+                          spec.get("rounding", "nearest"))
         qlin = QuantLinear.from_linear(linear, qspec)
+        if spec["weights"] != "none" and name not in packed:
+            raise MxlabError(f"{directory / WEIGHTS_FILE}: module {short(name)} has no packed weight; "
+                             "export the checkpoint again")
         if name in packed:  # its own tensor: never write into a weight tied to another module
+            check_packed_meta(name, packed_meta[name], spec, linear.weight.shape, str(directory / WEIGHTS_FILE))
+            try:
+                values = packed[name].dequantize().to(linear.weight.dtype)
+            except (RuntimeError, ValueError, IndexError) as e:
+                raise MxlabError(f"{directory / WEIGHTS_FILE}: packed weight of {short(name)} does not match its "
+                                 f"header ({type(e).__name__}); export the checkpoint again") from e
             qlin.weight = nn.Parameter(torch.empty_like(linear.weight), requires_grad=False)
-            qlin.set_quantized_weight(packed[name].dequantize().to(linear.weight.dtype), packed=packed[name])
+            qlin.set_quantized_weight(values, packed=packed[name])
             qlin.release_fp()  # the pre-quantization copy is uninitialised memory here
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, qlin)

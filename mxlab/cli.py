@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(ev)
     _eval_args(ev)
     ev.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    ev.add_argument("--no-verify", action="store_true",
+                    help="load a packed checkpoint whose sha256 is missing or does not match (trusted files only)")
 
     rep = sub.add_parser("report", formatter_class=_Formatter, help="rebuild report.html from a run's results.json",
                          epilog="example:\n  python -m mxlab report runs/a              # writes runs/a/report.html")
@@ -212,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .jsonable import to_jsonable
 
     if args.model and is_packed_checkpoint(args.model):
-        model, tokenizer = load_quantized(args.model, device=args.device)
+        model, tokenizer = load_quantized(args.model, device=args.device, verify=not args.no_verify)
         if tokenizer is None:
             raise MxlabError(f"{args.model} has no tokenizer files; export it again with its tokenizer")
     else:
@@ -248,7 +250,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise MxlabError("plotly is not installed; `pip install plotly` to build the report") from None
     target = Path(args.output) if args.output else Path(args.run_dir) / REPORT_FILE
     with atomic_file(target) as tmp:
-        write_report_html(results, tmp)
+        try:
+            write_report_html(results, tmp)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise MxlabError(f"{args.run_dir}: results.json has an unexpected layout ({type(e).__name__}: "
+                             f"{str(e)[:80]}); rebuild it with `python -m mxlab run`") from e
     print(target)
     return EXIT_OK
 
@@ -312,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mxlab: cancelled; nothing partial was written", file=sys.stderr)
         return EXIT_CANCELLED
     except MxlabError as e:
-        print(f"mxlab {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())     # one line, always (YAML and HF errors span several)
+        print(f"mxlab {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except Exception:  # a bug, not a user error: show everything
         traceback.print_exc(file=sys.stderr)

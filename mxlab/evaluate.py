@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .errors import MxlabError
 from .data import evaluation_tokens
+from .limits import check_max, short
 from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = N
     tokens = tokens.reshape(-1)
     n = tokens.numel() // seq_len
     if max_windows is not None:
+        if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+            raise MxlabError(f"max_windows must be a positive whole number of windows (None: all), "
+                             f"got {short(max_windows)}")
         n = min(n, int(max_windows))
     if n < 1:
         raise MxlabError(f"the evaluation text has {tokens.numel()} tokens, fewer than one window of {seq_len}; "
@@ -55,7 +59,10 @@ def _device(model) -> torch.device:
 
 
 def _check_seq_len(model, seq_len: int | None) -> int:
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)):
+        raise MxlabError(f"seq_len must be a whole number of tokens, got {short(seq_len)}")
     seq_len = seq_len or default_seq_len(model)
+    check_max(seq_len, "eval seq_len", "evaluation seq_len")
     ctx = model_context(model)
     if seq_len < 2:
         raise MxlabError(f"seq_len must be at least 2 (got {seq_len})")

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from .architectures import architecture_map
 from .errors import MxlabError
+from .limits import short
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parents[1] / "assets" / "stories260K"
 
 _HALF = (torch.float16, torch.bfloat16)
+_RUNNABLE = ("cpu", "cuda", "mps", "xpu")
 
 
 def _offline() -> bool:
@@ -57,9 +60,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cpu")
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    except (RuntimeError, ValueError, TypeError):
+        raise MxlabError(f"unknown device {short(device)}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in _RUNNABLE:
+        raise MxlabError(f"device {short(str(device))} cannot run a model here; use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MxlabError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu' or 'auto'")
+        raise MxlabError(f"device {short(str(device))} asked for, but CUDA is not available here; "
+                         "use device='cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MxlabError(f"device {dev} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s); use cuda:0 or auto")
     return dev
 
 
@@ -183,6 +195,7 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
     Returns:
         (model in eval mode on `device`, tokenizer)
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     name, local = _locate(source)
@@ -195,16 +208,30 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
         model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, dtype=torch_dtype,
                                  use_safetensors=None if allow_pickle else True,
                                  trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError, EnvironmentError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
         if not allow_pickle and ("safetensors" in str(e).lower() or _has_only_pickle(name)):
             raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
                              "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
-        raise MxlabError(f"cannot load the weights of {name}: {e}") from e
+        if isinstance(e, pickle.UnpicklingError):
+            raise MxlabError(f"{name}: the pickle checkpoint holds objects other than tensors (it could run code), "
+                             "so it is refused even with allow_pickle; convert it to safetensors") from e
+        detail = " ".join(str(e).split())[:100]
+        raise MxlabError(f"cannot load the weights of {name} ({type(e).__name__}: {detail}); the checkpoint is "
+                         "damaged, truncated or not a trusted format: download or export it again") from e
     model = model.to(dev).eval()
     log.info("loaded %s (%s, %.2fM parameters) on %s", name, torch_dtype,
              sum(p.numel() for p in model.parameters()) / 1e6, dev)
     _warn_if_unmapped(model)
     return model, tokenizer
+
+
+def check_finite_weights(model) -> None:
+    """MxlabError naming the first parameter or buffer that holds NaN/Inf (a damaged checkpoint)."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise MxlabError(f"the model's tensor {name} holds {bad} NaN/Inf values: the checkpoint is damaged; "
+                             "load a healthy checkpoint (nothing was quantized or written)")
 
 
 def _has_only_pickle(name: str) -> bool:

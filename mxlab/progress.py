@@ -5,6 +5,7 @@ The CLI maps it to tqdm, the app to ``gr.Progress``. A callback may raise ``Canc
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 ProgressFn = Callable[[float, str], None]
@@ -21,6 +22,30 @@ def scaled(progress: Optional[ProgressFn], start: float, stop: float) -> Optiona
     if progress is None:
         return None
     return lambda f, msg: report(progress, start + (stop - start) * f, msg)
+
+
+def pulse(progress: Optional[ProgressFn], fraction: float, message: str,
+          every: float = 0.2) -> Callable[[], None]:
+    """A no-argument callable for inner loops: reports ``fraction`` at most every ``every`` seconds.
+
+    Long loops (AWQ grid points, GPTQ columns, evaluation windows) call it once per iteration, so a
+    callback that raises ``Cancelled`` stops them within about ``every`` seconds plus one iteration.
+    """
+    if progress is None:
+        return _noop
+    last = [time.monotonic()]
+
+    def beat() -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            report(progress, fraction, message)
+
+    return beat
+
+
+def _noop() -> None:
+    return None
 
 
 class TqdmProgress:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .errors import MxlabError
 from .formats import ROUNDINGS, canonical_format
+from .limits import bound, check_file_size, check_max, short
 from .steps import StepConfig, check_bool, check_int, step_config
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,11 @@ TARGETS = ("decoder", "lm_head", "embeddings")
 def check_format(name: str, what: str) -> str:
     """The canonical name of element format ``name`` (``none`` allowed); MxlabError lists valid ones."""
     if not isinstance(name, str) or not name:
-        raise MxlabError(f"{what} format must be a format name such as 'mxint4' or 'none', got {name!r}")
+        raise MxlabError(f"{what} format must be a format name such as 'mxint4' or 'none', got {short(name)}")
     if name.lower() == "none":
         return "none"
+    if len(name) > 32:
+        raise MxlabError(f"{what}: {short(name)} is not a format name; use e.g. 'mxint4', 'mxfp4' or 'none'")
     try:
         return canonical_format(name)
     except MxlabError as e:
@@ -62,18 +65,18 @@ class Override:
 
     def __post_init__(self) -> None:
         if not isinstance(self.pattern, str) or not self.pattern:
-            raise MxlabError(f"override pattern must be a non-empty string, got {self.pattern!r}")
+            raise MxlabError(f"override pattern must be a non-empty string, got {short(self.pattern)}")
         if not isinstance(self.skip, bool):
-            raise MxlabError(f"override {self.pattern!r}: skip must be true or false")
+            raise MxlabError(f"override {short(self.pattern)}: skip must be true or false")
         if self.skip and (self.weights is not None or self.acts is not None):
-            raise MxlabError(f"override {self.pattern!r}: skip=true leaves the module unquantized; "
+            raise MxlabError(f"override {short(self.pattern)}: skip=true leaves the module unquantized; "
                              f"remove weights/acts or set skip=false")
         if not self.skip and self.weights is None and self.acts is None:
-            raise MxlabError(f"override {self.pattern!r} changes nothing: give weights, acts or skip=true")
+            raise MxlabError(f"override {short(self.pattern)} changes nothing: give weights, acts or skip=true")
         if self.weights is not None:
-            self.weights = check_format(self.weights, f"override {self.pattern!r} weights")
+            self.weights = check_format(self.weights, f"override {short(self.pattern)} weights")
         if self.acts is not None:
-            self.acts = check_format(self.acts, f"override {self.pattern!r} acts")
+            self.acts = check_format(self.acts, f"override {short(self.pattern)} acts")
 
 
 @dataclass
@@ -92,9 +95,12 @@ class CalibConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
-            raise MxlabError(f"calib dataset must be a dataset name or file path, got {self.dataset!r}")
-        check_int(self.n_samples, "calib n_samples")
-        check_int(self.seq_len, "calib seq_len")
+            raise MxlabError(f"calib dataset must be a dataset name or file path, got {short(self.dataset)}")
+        if len(self.dataset) > 4096 or "\x00" in self.dataset:
+            raise MxlabError(f"calib dataset {short(self.dataset)} is not a dataset name or a file path")
+        check_int(self.n_samples, "calib n_samples", limit="calib n_samples")
+        check_int(self.seq_len, "calib seq_len", limit="calib seq_len")
+        check_max(self.n_samples * self.seq_len, "calib tokens", "calib n_samples x seq_len")
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -133,17 +139,19 @@ class Recipe:
         if isinstance(self.steps, str):
             self.steps = [s for s in self.steps.replace(" ", "").split(",") if s]
         if not isinstance(self.steps or [], (list, tuple)):
-            raise MxlabError(f"steps must be a list of steps (e.g. [awq, gptq]) or 'awq,gptq', got {self.steps!r}")
+            raise MxlabError(f"steps must be a list of steps (e.g. [awq, gptq]) or 'awq,gptq', got {short(self.steps)}")
+        if len(self.steps or []) > bound("recipe items") or len(self.overrides or []) > bound("recipe items"):
+            raise MxlabError(f"a recipe holds at most {bound('recipe items')} steps and overrides")
         self.steps = [step_config(s) for s in (self.steps or [])]
         if not isinstance(self.overrides or [], (list, tuple)):
             raise MxlabError(f"overrides must be a list of mappings (e.g. [{{pattern: '*.down_proj', "
-                             f"weights: mxint8}}]), got {self.overrides!r}")
+                             f"weights: mxint8}}]), got {short(self.overrides)}")
         self.overrides = [o if isinstance(o, Override) else Override(**_checked_keys(o, Override, "override"))
                           for o in (self.overrides or [])]
         if isinstance(self.calib, dict):
             self.calib = CalibConfig(**_checked_keys(self.calib, CalibConfig, "calib"))
         elif not isinstance(self.calib, CalibConfig):
-            raise MxlabError(f"calib must be a mapping (dataset, n_samples, seq_len), got {self.calib!r}")
+            raise MxlabError(f"calib must be a mapping (dataset, n_samples, seq_len), got {short(self.calib)}")
         self._warnings = self.validate()
         for w in self._warnings:
             log.warning("recipe: %s", w)
@@ -162,14 +170,13 @@ class Recipe:
         """Check every field and the step order; return warnings, raise MxlabError on errors."""
         self.weights = check_format(self.weights, "weights")
         self.acts = check_format(self.acts, "acts")
-        check_int(self.block_size, "block_size (32 is the MX standard)")
-        if self.rounding not in ROUNDINGS:
-            raise MxlabError(f"unknown rounding {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
+        check_int(self.block_size, "block_size (32 is the MX standard)", limit="block_size")
+        if not isinstance(self.rounding, str) or self.rounding not in ROUNDINGS:
+            raise MxlabError(f"unknown rounding {short(self.rounding)}; valid: {', '.join(ROUNDINGS)}")
         check_bool(self.allow_requantize, "allow_requantize")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise MxlabError(f"seed must be an integer, got {self.seed!r}")
+        check_int(self.seed, "seed", lo=0, limit="seed")
         if not isinstance(self.targets, str) or not self.target_set or self.target_set - set(TARGETS):
-            raise MxlabError(f"targets {self.targets!r}: join one or more of {', '.join(TARGETS)} with '+', "
+            raise MxlabError(f"targets {short(self.targets)}: join one or more of {', '.join(TARGETS)} with '+', "
                              f"e.g. 'decoder+lm_head'")
         return self._check_steps()
 
@@ -207,6 +214,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
         """Build from a dict; unknown keys raise MxlabError listing the valid ones."""
+        if isinstance(d, Recipe):
+            return d
         if not isinstance(d, dict):
             raise MxlabError(f"a recipe must be a mapping, got {type(d).__name__}")
         return cls(**_checked_keys(d, cls, "recipe"))
@@ -220,13 +229,9 @@ class Recipe:
     @classmethod
     def from_yaml(cls, text: str) -> "Recipe":
         """Parse YAML text (use ``load`` for a file path)."""
-        import yaml
+        from .safe_yaml import load_yaml
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise MxlabError(f"recipe is not valid YAML: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_yaml(text, "recipe"))
 
     def to_json(self) -> str:
         """JSON text."""
@@ -235,10 +240,12 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
         """Parse JSON text."""
+        if not isinstance(text, str) or len(text) > bound("recipe bytes"):
+            raise MxlabError(f"recipe JSON must be text of at most {bound('recipe bytes')} bytes")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MxlabError(f"recipe is not valid JSON: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise MxlabError(f"recipe is not valid JSON: {' '.join(str(e).split())[:200]}") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -249,20 +256,22 @@ class Recipe:
         p = Path(path)
         if not p.is_file():
             raise MxlabError(f"recipe file {p} does not exist")
+        check_file_size(p, "recipe bytes", f"recipe file {p}")
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise MxlabError(f"recipe file {p} cannot be read as UTF-8 text ({e}); give a .yaml or .json recipe") from None
+            reason = "it is not UTF-8 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or "unreadable")
+            raise MxlabError(f"recipe file {p} cannot be read ({reason}); give a UTF-8 .yaml or .json recipe") from None
         return cls.from_json(text) if p.suffix.lower() == ".json" else cls.from_yaml(text)
 
 
 def _checked_keys(d: Any, cls: type, what: str) -> dict:
     if not isinstance(d, dict):
-        raise MxlabError(f"{what} must be a mapping, got {d!r}")
+        raise MxlabError(f"{what} must be a mapping, got {short(d)}")
     valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(valid))
+    unknown = sorted((str(k) for k in set(d) - set(valid)))
     if unknown:
-        raise MxlabError(f"{what}: unknown key(s) {unknown}; valid keys: {valid}")
+        raise MxlabError(f"{what}: unknown key(s) {short(unknown)}; valid keys: {valid}")
     return dict(d)
 
 

@@ -92,6 +92,11 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise MxlabError(f"{path} not found; give a run directory written by `python -m mxlab run --out DIR`")
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MxlabError(f"{path} is not readable JSON ({e}); run the experiment again") from e
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise MxlabError(f"{path} is not readable JSON ({' '.join(str(e).split())[:120]}); "
+                         "run the experiment again") from e
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise MxlabError(f"{path} is not an mxlab results file (no 'metrics' mapping); give the results.json "
+                         "written by `python -m mxlab run --out DIR`")
+    return data

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from .atomic import check_target
 from .checkpoint import packed_bits_per_weight
 from .data import calibration_batches
 from .evaluate import evaluate_model
-from .models import load_model
+from .errors import MxlabError
+from .models import check_finite_weights, load_model
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
 from .progress import ProgressFn, report, scaled
@@ -59,6 +61,9 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     report(progress, 0.0, "loading model")
     model, tokenizer = load_model(None if source is None else str(source), device=device,
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    report(progress, 0.01, "checking the weights")          # a cancellation point between the heavy calls
+    check_finite_weights(model)
+    report(progress, 0.02, "tokenizing the calibration set")
     if calib_tokens is None and "decoder" in recipe.target_set:
         # a bad calibration source should stop the run now, not after the FP evaluation
         calib_tokens = calibration_batches(tokenizer, recipe.calib.dataset, recipe.calib.n_samples,
@@ -86,6 +91,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     del reference
     log.info("quantized perplexity: %.4f", q["ppl"])
 
+    _check_finite_metrics({"FP perplexity": fp["ppl"], "quantized perplexity": q["ppl"], "KL": q.get("kl")})
     metrics = {"ppl_fp": float(fp["ppl"]), "ppl_quant": float(q["ppl"]),
                "kl": _maybe_float(q.get("kl")), "top1": _maybe_float(q.get("top1")),
                "bits_per_weight": packed_bits_per_weight(qmodel),
@@ -100,6 +106,14 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
     report(progress, 1.0, "done")
     return outcome
+
+
+def _check_finite_metrics(values: dict[str, Any]) -> None:
+    """A NaN/Inf metric means a broken model: stop before anything is written, naming the metric."""
+    for name, v in values.items():
+        if v is not None and not math.isfinite(float(v)):
+            raise MxlabError(f"the {name} is {float(v)}: the model produces non-finite outputs (a damaged checkpoint, "
+                             "or a format that overflows it); nothing was written")
 
 
 def _maybe_float(x: Any) -> float | None:

@@ -4,7 +4,8 @@ how far the model moves on a small evaluation slice (KL to the FP model, perplex
 Each unit gets the recipe's formats with plain round-to-nearest (no SmoothQuant/AWQ/GPTQ): the
 weight is fake-quantized in place and the input is quantized on the fly (blocks along
 in_features, like QuantLinear), then restored exactly. Results are cached in memory per
-(model id, recipe, granularity, evaluation slice).
+(sha256 of every weight and buffer, recipe, granularity, evaluation slice), at most ``CACHE_SIZE``
+entries (least recently used dropped first).
 
 Rows returned (one per unit, most sensitive first):
     rank, unit, kind ("module" | "block"), block, n_modules, weights, acts, kl, ppl, ppl_fp, d_ppl
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -22,12 +24,13 @@ from torch import nn
 
 from .errors import MxlabError
 from .formats import quantize
-from .progress import ProgressFn, report
+from .progress import ProgressFn, pulse, report
 from .ptq.plan import plan
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[tuple, list[dict]] = {}
+CACHE_SIZE = 8
+_CACHE: "OrderedDict[tuple, list[dict]]" = OrderedDict()
 
 
 def clear_cache() -> None:
@@ -91,11 +94,13 @@ class _RTN:
 
 
 @torch.no_grad()
-def _logprobs(model: nn.Module, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Log-softmax of the model's logits, (N, L, V) float32 on the CPU."""
+def _logprobs(model: nn.Module, windows: torch.Tensor, batch_size: int, beat=lambda: None) -> torch.Tensor:
+    """Log-softmax of the model's logits, (N, L, V) float32 on the CPU; ``beat()`` per batch (cancellation)."""
     device = next(model.parameters()).device
-    out = [F.log_softmax(model(input_ids=windows[i:i + batch_size].to(device)).logits.float(), -1).cpu()
-           for i in range(0, len(windows), batch_size)]
+    out = []
+    for i in range(0, len(windows), batch_size):
+        beat()
+        out.append(F.log_softmax(model(input_ids=windows[i:i + batch_size].to(device)).logits.float(), -1).cpu())
     return torch.cat(out)
 
 
@@ -110,11 +115,14 @@ def _kl(logp_fp: torch.Tensor, logp_q: torch.Tensor) -> float:
     return float((logp_fp.exp() * (logp_fp - logp_q)).sum(-1).mean())
 
 
-def _weights_fingerprint(model: nn.Module) -> tuple:
-    """dtype and a cheap checksum of the weights: a changed model with the same name is not a cache hit."""
-    params = list(model.parameters())
-    checksum = sum(float(p.detach().float().abs().sum()) for p in params[:: max(1, len(params) // 8)])
-    return (str(params[0].dtype) if params else "", len(params), checksum)
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): any changed weight changes it."""
+    h = hashlib.sha256()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, granularity: str = "module",
@@ -129,22 +137,23 @@ def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, gr
     model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", "") or f"object-{id(model)}"
     recipe_key = recipe.to_json() if hasattr(recipe, "to_json") else repr(recipe)
     digest = hashlib.sha1(windows.cpu().numpy().tobytes()).hexdigest()
-    key = (model_id, _weights_fingerprint(model), recipe_key, granularity, rank_by, digest)
+    key = (weights_digest(model), recipe_key, granularity, rank_by, digest)
     if key in _CACHE:
         log.info("sensitivity: cached result for %s", model_id)
+        _CACHE.move_to_end(key)
         return [dict(r) for r in _CACHE[key]]
 
     units = _units(model, recipe, granularity)
     was_training = model.training
     model.eval()
     try:
-        logp_fp = _logprobs(model, windows, batch_size)
+        logp_fp = _logprobs(model, windows, batch_size, pulse(progress, 0.0, "sensitivity: FP model"))
         ppl_fp = _ppl(logp_fp, windows)
         rows = []
         for j, u in enumerate(units):
             report(progress, j / len(units), f"sensitivity: {u['unit']}")
             with _RTN(u["members"]):
-                logp_q = _logprobs(model, windows, batch_size)
+                logp_q = _logprobs(model, windows, batch_size, pulse(progress, j / len(units), f"sensitivity: {u['unit']}"))
             ppl = _ppl(logp_q, windows)
             spec = u["members"][0][2]
             rows.append(dict(unit=u["unit"], kind=u["kind"], block=u["block"], n_modules=len(u["members"]),
@@ -156,6 +165,8 @@ def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, gr
     rows.sort(key=lambda r: r[rank_by], reverse=True)
     rows = [{"rank": i + 1, **r} for i, r in enumerate(rows)]
     _CACHE[key] = rows
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return [dict(r) for r in rows]
 
 

@@ -11,16 +11,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .errors import MxlabError
+from .limits import check_max, short
 
 if TYPE_CHECKING:
     from .recipe import Recipe
 
 
-def check_int(value: Any, what: str, lo: int = 1) -> int:
-    """``value`` if it is an int >= ``lo`` (bools refused), else MxlabError naming ``what``."""
+def check_int(value: Any, what: str, lo: int = 1, limit: str | None = None) -> int:
+    """``value`` if it is an int >= ``lo`` (bools refused) and within ``LIMITS[limit]``, else MxlabError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         kind = "a positive integer" if lo == 1 else f"an integer >= {lo}"
-        raise MxlabError(f"{what} must be {kind}, got {value!r}")
+        raise MxlabError(f"{what} must be {kind}, got {short(value)}")
+    if limit is not None:
+        check_max(value, limit, what)
     return value
 
 
@@ -32,14 +35,14 @@ def check_number(value: Any, what: str, lo: float, hi: float, *, open_lo: bool =
         ok = (value > lo if open_lo else value >= lo) and (value < hi if open_hi else value <= hi)
     if not ok:
         rng = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
-        raise MxlabError(f"{what} must be a number in {rng}, got {value!r}")
+        raise MxlabError(f"{what} must be a number in {rng}, got {short(value)}")
     return float(value)
 
 
 def check_bool(value: Any, what: str) -> bool:
     """``value`` if it is a bool, else MxlabError naming ``what``."""
     if not isinstance(value, bool):
-        raise MxlabError(f"{what} must be true or false, got {value!r}")
+        raise MxlabError(f"{what} must be true or false, got {short(value)}")
     return value
 
 
@@ -123,8 +126,8 @@ class AWQConfig(StepConfig):
     max_shrink: float = 0.5
 
     def __post_init__(self) -> None:
-        check_int(self.n_grid, "awq: n_grid")
-        check_int(self.clip_grid, "awq: clip_grid")
+        check_int(self.n_grid, "awq: n_grid", limit="awq n_grid")
+        check_int(self.clip_grid, "awq: clip_grid", limit="awq clip_grid")
         check_bool(self.clip, "awq: clip")
         check_number(self.max_shrink, "awq: max_shrink", 0, 1, open_lo=True, open_hi=True)
 
@@ -160,13 +163,12 @@ class GPTQConfig(StepConfig):
     mx_update: str = field(default="microblock", metadata={"choices": GPTQ_MX_UPDATES})
 
     def __post_init__(self) -> None:
-        if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
-            raise MxlabError(f"gptq: percdamp must be >= 0, got {self.percdamp!r}")
-        check_int(self.blocksize, "gptq: blocksize")
+        check_number(self.percdamp, "gptq: percdamp", 0, 1e6)
+        check_int(self.blocksize, "gptq: blocksize", limit="gptq blocksize")
         check_bool(self.act_order, "gptq: act_order")
         if self.mx_update not in GPTQ_MX_UPDATES:
             raise MxlabError(f"gptq: mx_update must be one of {', '.join(GPTQ_MX_UPDATES)} (\"microblock\": the "
-                             f"study's Algorithm 1; \"column\": group-wise GPTQ), got {self.mx_update!r}")
+                             f"study's Algorithm 1; \"column\": group-wise GPTQ), got {short(self.mx_update)}")
 
     def check(self, recipe: "Recipe", index: int) -> list[str]:
         """Shared rule; the outer block must hold whole MX blocks."""
@@ -205,15 +207,16 @@ def step_config(spec: Union[str, dict, StepConfig]) -> StepConfig:
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
-        raise MxlabError(f"a step must be a name or a mapping with a 'name', got {spec!r}")
+        raise MxlabError(f"a step must be a name or a mapping with a 'name', got {short(spec)}")
     params = dict(spec)
-    name = str(params.pop("name")).strip().lower()
-    name = ALIASES.get(name, name)
+    name = params.pop("name")
+    name = name.strip().lower() if isinstance(name, str) else name
+    name = ALIASES.get(name, name) if isinstance(name, str) else name
     if name not in STEP_CONFIGS:
-        raise MxlabError(f"unknown step {name!r}; valid steps: {', '.join(STEP_CONFIGS)}")
+        raise MxlabError(f"unknown step {short(name)}; valid steps: {', '.join(STEP_CONFIGS)}")
     cls = STEP_CONFIGS[name]
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise MxlabError(f"{name}: unknown parameter(s) {unknown}; valid: {valid or 'none'}")
+        raise MxlabError(f"{name}: unknown parameter(s) {short(unknown)}; valid: {valid or 'none'}")
     return cls(**params)

@@ -88,14 +88,39 @@ def test_nothing_to_quantize_is_an_error(model):
         _run(model, Recipe(), granularity="layer")
 
 
-def test_cache_misses_when_the_weights_change():
-    """Same model name, changed weights (e.g. quantized in place): the ranking is computed again."""
+def test_cache_misses_when_any_weight_changes():
+    """Every tensor is in the key: changing one element of any weight (the issue: an unsampled one) misses."""
     import mxlab.sensitivity as sens
     from conftest import make_tiny_model
 
     model = make_tiny_model("llama")
-    before = sens._weights_fingerprint(model)
+    before = sens.weights_digest(model)
+    names = [n for n, _ in model.named_parameters()]
+    for name in names:
+        p = model.get_parameter(name)
+        with torch.no_grad():
+            old = p.view(-1)[-1].item()
+            p.view(-1)[-1] = old + 1.0
+        assert sens.weights_digest(model) != before, name
+        with torch.no_grad():
+            p.view(-1)[-1] = old
+    assert sens.weights_digest(model) == before
+    assert sens.weights_digest(model.to(torch.bfloat16)) != before
+
+
+def test_cache_is_bounded_and_keyed_on_weights():
+    """At most CACHE_SIZE results are kept; a changed model with the same id is computed again."""
+    import mxlab.sensitivity as sens
+    from conftest import make_tiny_model
+
+    sens.clear_cache()
+    model = make_tiny_model("llama")
+    tokens = torch.randint(0, 512, (2, 16))
+    first = sens.layer_sensitivity(model, Recipe(), tokens, seq_len=16, max_windows=2, model_id="same")
     with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(2)
-    assert sens._weights_fingerprint(model) != before
-    assert sens._weights_fingerprint(model.to(torch.bfloat16))[0] == "torch.bfloat16"
+        model.model.layers[-1].mlp.down_proj.weight.mul_(5)
+    second = sens.layer_sensitivity(model, Recipe(), tokens, seq_len=16, max_windows=2, model_id="same")
+    assert first[0]["ppl_fp"] != second[0]["ppl_fp"]
+    for seed in range(sens.CACHE_SIZE + 3):
+        sens.layer_sensitivity(model, Recipe(seed=seed + 1), tokens, seq_len=16, max_windows=2)
+    assert len(sens._CACHE) == sens.CACHE_SIZE

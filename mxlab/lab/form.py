@@ -210,6 +210,22 @@ def parse_yaml(text: str) -> Recipe:
         raise MxlabError(f"Could not read the recipe YAML: {err}. Fix it or pick a preset.") from err
 
 
+def read_upload(path: str) -> str:
+    """The text of an uploaded recipe file: at most the recipe size limit, UTF-8; MxlabError otherwise."""
+    from pathlib import Path
+
+    from ..limits import check_file_size
+
+    p = Path(path)
+    if not p.is_file():
+        raise MxlabError("The upload did not arrive; upload the .yaml file again.")
+    check_file_size(p, "recipe bytes", "The uploaded recipe")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MxlabError("The uploaded recipe is not UTF-8 text; upload a .yaml recipe.") from None
+
+
 def normalize_source(source: Optional[str]) -> Optional[str]:
     """The model textbox's value -> load_model's source (None for the embedded default)."""
     text = (source or "").strip()

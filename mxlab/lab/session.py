@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..data import evaluation_tokens
+from ..data import DATASETS, evaluation_tokens
 from ..errors import Cancelled, MxlabError
 from ..formats import bits_per_element
+from ..limits import check_max
 from ..models import load_model
 from ..recipe import Recipe
 from ..rundir import MODEL_DIR, RECIPE_FILE, REPORT_FILE, RESULTS_FILE
@@ -24,6 +25,7 @@ from ..runner import run_experiment
 from ..sensitivity import layer_sensitivity
 from ..tables import csv_name
 from .form import parse_yaml
+from .server import POLICY
 
 Report = Callable[[float, str], None]
 
@@ -61,7 +63,7 @@ class SessionState:
     event of that session, so the Cancel button's event can set the flag a running event polls.
     """
 
-    def __init__(self, root: Optional[Path] = None):
+    def __init__(self, root: Optional[Path] = None):  # root None: the server's workspace
         self.runs: list[RunEntry] = []
         self.cancel = threading.Event()
         self.busy = False
@@ -77,7 +79,7 @@ class SessionState:
     def workdir(self) -> Path:
         """The session's scratch directory (created on first use)."""
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=self._root))
+            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=self._root or POLICY.workspace))
         return self._workdir
 
     def next_run_dir(self) -> tuple[int, Path]:
@@ -126,15 +128,29 @@ def run_id_of(label_or_id: Any) -> int:
 
 
 # ---------------------------------------------------------------------------- runs
-def progress_adapter(report: Report, cancel: threading.Event) -> Report:
-    """A library progress callback that forwards to ``report`` and raises Cancelled once ``cancel`` is set."""
+def progress_adapter(report: Report, cancel: threading.Event, every: float = 0.1) -> Report:
+    """A library progress callback: raises Cancelled once ``cancel`` is set (checked on every call),
+    and forwards to ``report`` at most every ``every`` seconds (inner loops call it often)."""
+    last = [0.0]
 
     def callback(fraction: float, message: str) -> None:
         if cancel.is_set():
             raise Cancelled("Run cancelled; nothing was kept. Change the recipe and run again.")
-        report(fraction, message)
+        now = time.monotonic()
+        if now - last[0] >= every or fraction >= 1.0:
+            last[0] = now
+            report(fraction, message)
 
     return callback
+
+
+def check_sources(source: Optional[str], recipe: Optional[Recipe], eval_dataset: Optional[str]) -> None:
+    """Refuse (MxlabError) a model or text source outside what the server may read (``POLICY.roots``)."""
+    POLICY.roots.check_model(source)
+    if recipe is not None:
+        POLICY.roots.check_text(recipe.calib.dataset, DATASETS)
+    if eval_dataset is not None:
+        POLICY.roots.check_text(eval_dataset, DATASETS)
 
 
 def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, eval_dataset: str,
@@ -142,13 +158,18 @@ def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, e
     """Run one experiment for the session (load, FP eval, quantize, eval, export) and record it."""
     if state.busy:
         raise MxlabError("A run of this session is still going; wait for it or press Cancel.")
+    check_sources(source, recipe, eval_dataset)
+    if max_eval_windows is not None:
+        check_max(max_eval_windows, "eval windows", "eval windows")
     run_id, out_dir = state.next_run_dir()
     state.busy = True
     start = time.perf_counter()
     try:
-        outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, out_dir=out_dir,
-                                 max_eval_windows=max_eval_windows, with_kl=True,
-                                 progress=progress_adapter(report, state.cancel))
+        with POLICY.gate.slot(state, state.cancel, report):
+            start = time.perf_counter()
+            outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, out_dir=out_dir,
+                                     max_eval_windows=max_eval_windows, with_kl=True,
+                                     progress=progress_adapter(report, state.cancel))
     except Cancelled:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -171,6 +192,7 @@ def compute_sensitivity(entry: RunEntry, report: Optional[Report] = None, eval_d
     if entry.sensitivity is None:
         recipe = parse_yaml(entry.recipe_yaml)
         source = None if entry.model == "default" else entry.model
+        check_sources(source, None, eval_dataset)
         model, tokenizer = load_model(source)
         tokens = evaluation_tokens(tokenizer, eval_dataset)
         entry.sensitivity = layer_sensitivity(model, recipe, tokens, max_windows=max_windows, seq_len=seq_len,

@@ -36,6 +36,8 @@ class BlockContext:
         self.hidden, self._call_args = hidden, call_args
         self.diag_batches = list(range(len(hidden))) if diag_batches is None else list(diag_batches)
         self._cache: tuple[Optional[tuple], Optional[torch.Tensor]] = (None, None)
+        # a cancellation point for long inner loops (the pipeline sets it per step; see progress.pulse)
+        self.pulse: Callable[[], None] = lambda: None
 
     # -- running the block
     def batches(self) -> Iterator[tuple[torch.Tensor, tuple, dict]]:

@@ -21,7 +21,8 @@ from ..data import calibration_batches
 from ..formats import is_mx, quantize
 from ..models import resolve_device
 from ..errors import MxlabError
-from ..progress import ProgressFn, report
+from ..limits import check_activation_memory
+from ..progress import ProgressFn, pulse, report
 from ..recipe import Recipe
 from ..records import ModuleRecord, StepRecord
 from ..steps import StepConfig
@@ -130,6 +131,17 @@ def _calibration(tokenizer, recipe: Recipe, calib_tokens: Optional[torch.Tensor]
     return calib_tokens.long()
 
 
+def check_calibration(model: nn.Module, tokens: torch.Tensor) -> None:
+    """Token ids inside the model's vocabulary, and hidden states that fit in memory; MxlabError otherwise."""
+    emb = model.get_input_embeddings()
+    vocab = getattr(emb, "num_embeddings", None)
+    if vocab is not None and tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise MxlabError(f"calibration token ids range over [{int(tokens.min())}, {int(tokens.max())}] but the "
+                         f"model's vocabulary has {vocab} entries; tokenize with the model's own tokenizer")
+    hidden = getattr(model.config, "hidden_size", None) or 0
+    check_activation_memory(tokens.numel(), hidden, "calibration")
+
+
 def quantize_model(model: nn.Module, tokenizer, recipe: Recipe, progress: Optional[ProgressFn] = None,
                    device=None, calib_tokens: Optional[torch.Tensor] = None,
                    diagnostic_tokens: Optional[int] = DIAGNOSTIC_TOKENS) -> QuantResult:
@@ -140,6 +152,10 @@ def quantize_model(model: nn.Module, tokenizer, recipe: Recipe, progress: Option
     ``None`` for all). The quantization itself always uses every calibration token.
     """
     t_start = time.perf_counter()
+    if isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    if not isinstance(recipe, Recipe):
+        raise MxlabError(f"recipe must be a mxlab.Recipe or a dict, got {type(recipe).__name__}")
     recipe.validate()
     if diagnostic_tokens is not None and (isinstance(diagnostic_tokens, bool) or not isinstance(diagnostic_tokens, int)
                                           or diagnostic_tokens <= 0):
@@ -161,6 +177,7 @@ def quantize_model(model: nn.Module, tokenizer, recipe: Recipe, progress: Option
     with torch.no_grad():
         if "decoder" in recipe.target_set:
             tokens = _calibration(tokenizer, recipe, calib_tokens)
+            check_calibration(model, tokens)
             _quantize_blocks(model, tokens, recipe, methods, amap.groups if amap else [], device, result,
                              progress, diagnostic_tokens)
         _quantize_extras(model, extras, recipe, device, result)
@@ -211,6 +228,8 @@ def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
         del xs                  # (n, in) float32 per linear: not kept alive through the steps
     for k, (cfg, apply) in enumerate(loop.methods):
         loop.tick(ctx.index, (k + 1) / n_stages, cfg.name)
+        ctx.pulse = pulse(loop.progress, (ctx.index + (k + 1) / n_stages) / loop.n_blocks,
+                          f"block {ctx.index + 1}/{loop.n_blocks}: {cfg.name}")
         if loop.recipe.allow_requantize:
             for q in linears.values():
                 q.unmark_quantized()

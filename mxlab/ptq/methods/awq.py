@@ -85,14 +85,15 @@ def scale_candidate(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequence[Quantizer],
                  aquants: Sequence[Quantizer] | None = None, n_grid: int = 20,
-                 max_tokens: int = SEARCH_TOKENS, x_mean: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, float, list[float]]:
+                 max_tokens: int = SEARCH_TOKENS, x_mean: torch.Tensor | None = None,
+                 pulse: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, float, list[float]]:
     """Best per-channel scale s (in,) for linears sharing input x (n, in); returns (s, alpha, losses).
 
     ``weights[i]`` (out_i, in) is quantized by ``wquants[i]`` (the target weight format) after
     scaling its columns by s; the input x / s by ``aquants[i]`` (the recipe's activation format,
     identity when None). ``losses[g]`` is the summed output MSE of alpha = g / n_grid. ``x_mean``
-    (in,): mean |x| over all calibration tokens when x is only a sample of them.
+    (in,): mean |x| over all calibration tokens when x is only a sample of them. ``pulse`` is
+    called per grid point and linear (a cancellation point).
     """
     if n_grid < 1:
         raise MxlabError(f"AWQ n_grid must be >= 1, got {n_grid}")
@@ -107,6 +108,7 @@ def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequ
         s = scale_candidate(x_mean, alpha)
         loss = 0.0
         for W, wq, aq, ref in zip(weights, wquants, aquants, refs):
+            pulse()
             Wq = wq(W.to(torch.float32) * s).to(torch.float32)       # (out, in) on the target grid
             out = aq(xs / s).to(torch.float32) @ Wq.T                # (t, out)
             loss += float((out - ref).pow(2).mean())
@@ -142,7 +144,8 @@ def group_gram(x: torch.Tensor | Iterable[torch.Tensor], group: int) -> torch.Te
 
 
 def search_clip(W: torch.Tensor, C: torch.Tensor, quantizer: Quantizer, group: int,
-                max_shrink: float = 0.5, clip_grid: int = 20) -> torch.Tensor:
+                max_shrink: float = 0.5, clip_grid: int = 20,
+                pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Per (output channel, group) clip threshold (out, n_groups) minimising the output MSE.
 
     For a block d = w - q of one output channel, the mean squared output error over the
@@ -161,6 +164,7 @@ def search_clip(W: torch.Tensor, C: torch.Tensor, quantizer: Quantizer, group: i
         best_err = torch.full(org_max.shape[:2], math.inf, device=W.device)
         best = org_max[..., 0].clone()
         for i in range(n_cand):
+            pulse()
             max_val = org_max * (1 - i / clip_grid)
             cur = torch.maximum(torch.minimum(w, max_val), -max_val)
             q = quantizer(cur.reshape(cur.shape[0], -1)[:, :in_f]).to(torch.float32)
@@ -210,7 +214,8 @@ def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, confi
     xs = ctx.inputs(targets[0], max_tokens=SEARCH_TOKENS)         # (t, in) evenly spaced sample
     s, alpha, losses = search_scale(
         xs, [ctx.linears[n].weight for n in targets], [ctx.quantizer(n) for n in targets],
-        [ctx.linears[n].quantize_input for n in targets], n_grid=config.n_grid, x_mean=x_mean)
+        [ctx.linears[n].quantize_input for n in targets], n_grid=config.n_grid, x_mean=x_mean,
+        pulse=ctx.pulse)
     fold_scales(block, group, s)
     ctx.invalidate()                                              # the block changed: inputs are stale
     details = {"alpha": alpha, "prev": f"{ctx.prefix}.{group.prev}", "search_loss_plain": losses[0],
@@ -225,7 +230,7 @@ def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig) -> dict:
     g = clip_group_size(lin.spec, lin.in_features)
     C = group_gram(ctx.input_batches(name), g)                    # inputs as the layer now sees them
     W = lin.weight.data
-    max_val = search_clip(W, C, ctx.quantizer(name), g, config.max_shrink, config.clip_grid)
+    max_val = search_clip(W, C, ctx.quantizer(name), g, config.max_shrink, config.clip_grid, pulse=ctx.pulse)
     org_max = _pad_groups(W.to(torch.float32), g).abs().amax(-1)  # (out, n_groups)
     ratio = torch.where(org_max > 0, max_val / org_max, torch.ones_like(org_max))
     lin.keep_fp_reference()             # clipping changes the function: errors stay measured against W

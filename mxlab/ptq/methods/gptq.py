@@ -117,7 +117,7 @@ def act_order_permutation(diag: torch.Tensor, block_size: int) -> torch.Tensor:
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, block_size: int = 1,
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
                   microblock: int | None = None, block_quantizer: BlockQuantizer | None = None,
-                  info: dict | None = None) -> torch.Tensor:
+                  info: dict | None = None, pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Quantize W (out, in) with GPTQ against H (in, in); returns Q (out, in), on the quantizer's grid.
 
     ``quantizer`` maps a slab of columns (out, m) to its fake-quantized values; it is called on
@@ -170,6 +170,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
         U1 = U[i1:i2, i1:i2]
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
         for j in range(0, i2 - i1, b2):
+            pulse()                   # a cancellation point per micro-block / column
             k = min(j + b2, i2 - i1)
             if block_quantizer is not None and j % block_size == 0:  # i1 is a multiple of block_size too
                 quant = block_quantizer(W1[:, j:j + block_size])  # scales of this block, fixed from here on
@@ -295,7 +296,7 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         info: dict = {}
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
-                          block_quantizer=block_quantizer, info=info)
+                          block_quantizer=block_quantizer, info=info, pulse=ctx.pulse)
         details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
                    "blocksize": config.blocksize, "mx_update": config.mx_update,
                    "microblock": 1 if block_quantizer else block_size,
