@@ -147,3 +147,19 @@ def test_refuses_what_the_layouts_cannot_hold(tmp_path, recipe, reason):
         export_compressed_tensors(tmp_path / "src", tmp_path / "ct")
     assert "--format mxlab" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "ct").exists()
+
+
+def test_cli_export_format_without_layout_exits_2(tmp_path, capsys):
+    from mxlab import cli
+
+    model = make_tiny_model("llama")
+    tok = mxlab.load_model()[1]
+    r = mxlab.Recipe(weights="mxint4", acts="mxint8", block_size=32, calib={"n_samples": 2, "seq_len": 16})
+    mxlab.save_quantized(mxlab.quantize_model(model, tok, r, calib_tokens=torch.randint(0, 512, (2, 16))),
+                         tok, tmp_path / "run" / "model")
+    code = cli.main(["export", str(tmp_path / "run"), "--format", "compressed-tensors", "--out", str(tmp_path / "ct")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "mxint4 has no compressed-tensors layout" in err[0]
+    # the same run exports as a dequantized HF checkpoint (the named alternative)
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
