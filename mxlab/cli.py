@@ -232,6 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import is_packed_checkpoint, load_quantized
     from .jsonable import to_jsonable
 
+    tasks = _check_tasks(args)   # bad task names or missing data: fail before loading anything
     if args.model and is_packed_checkpoint(args.model):
         model, tokenizer = load_quantized(args.model, device=args.device)
         if tokenizer is None:
@@ -241,7 +242,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         model, tokenizer = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle,
                                       trust_remote_code=args.trust_remote_code)
-    tasks = _check_tasks(args)
     bar = _progress(args, "mxlab eval")
     try:
         out = evaluate_model(model, tokenizer, args.eval, seq_len=args.eval_seq_len,
