@@ -30,6 +30,8 @@ _EXPORTS = {
     "save_quantized": "checkpoint",
     "load_quantized": "checkpoint",
     "export_run": "rundir",
+    "zero_shot": "zeroshot",
+    "export_compressed_tensors": "compressed_tensors",
 }
 
 __all__ = sorted([*_EXPORTS, "MxlabError", "Cancelled", "__version__"])

@@ -60,7 +60,7 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
             "rounding": spec.rounding}
 
 
-def _dedup(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def dedup_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Drop tensors sharing storage with an earlier one (tied embeddings); return aliases dup -> kept."""
     seen: dict[tuple, str] = {}
     kept: dict[str, torch.Tensor] = {}
@@ -136,7 +136,7 @@ def embeddings_tied(model: nn.Module) -> bool | None:
     return head.weight.data_ptr() == emb.weight.data_ptr()
 
 
-def _config_dict(model: nn.Module) -> dict[str, Any]:
+def config_dict(model: nn.Module) -> dict[str, Any]:
     """The HF config as a dict, with tie_word_embeddings matching the model as it is now."""
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
@@ -178,7 +178,7 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
         plain = {k: v for k, v in model.state_dict().items()
                  if not (k.endswith(".weight") and k[: -len(".weight")] in packed_meta)}
         plain.update(_non_persistent_buffers(model))
-        plain, aliases = _dedup(plain)
+        plain, aliases = dedup_tensors(plain)
         clash = set(plain) & set(tensors)
         if clash:
             raise MxlabError(f"internal name clash between packed and plain tensors: {sorted(clash)[:3]}")
@@ -189,7 +189,7 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
         meta = {"format": "pt", "mxlab": json.dumps({"packed": packed_meta, "aliases": aliases})}
         _save_safetensors(save_file, tensors, tmp / WEIGHTS_FILE, meta)
         report(progress, 0.9, "writing config and tokenizer")
-        cfg = _config_dict(model)
+        cfg = config_dict(model)
         cfg["quantization_config"] = {
             "quant_method": QUANT_METHOD,
             "version": FORMAT_VERSION,

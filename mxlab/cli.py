@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", metavar="DIR", help="a directory written by `run --out`")
     rep.add_argument("--output", metavar="FILE", help="where to write the HTML (default DIR/report.html)")
 
+    exp = sub.add_parser("export", formatter_class=_Formatter, help="export a packed checkpoint for other runtimes",
+                         description="Export an mxlab packed checkpoint (or a run directory) in another layout.",
+                         epilog="examples:\n  python -m mxlab export runs/a --format compressed-tensors --out out/ct\n"
+                                "  python -m mxlab export runs/a/model --format hf --out out/dense")
+    exp.add_argument("source", metavar="SRC", help="a run directory or its model/ (mxlab packed checkpoint)")
+    exp.add_argument("--format", required=True, choices=("compressed-tensors", "hf", "mxlab"),
+                     help="compressed-tensors (transformers/vLLM load it), hf (dequantized), mxlab (packed)")
+    exp.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+    exp.add_argument("--weights-only", action="store_true",
+                     help="compressed-tensors: leave out activation quantization it has no scheme for")
+    exp.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+
     pre = sub.add_parser("presets", help="list the named recipes", formatter_class=_Formatter)
     pre.add_argument("--show", metavar="NAME", help="print one preset as YAML (a starting point for --recipe)")
     fmt = sub.add_parser("formats", help="table of element formats with their bits per element",
@@ -142,6 +154,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="evaluation text: tinystories, wikitext2, shakespeare or a .txt file (default tinystories)")
     g.add_argument("--max-eval-windows", type=_positive_int, metavar="N", help="cap the evaluation windows (faster)")
     g.add_argument("--eval-seq-len", type=_positive_int, metavar="L", help="evaluation window (default: model's)")
+    z = p.add_argument_group("zero-shot tasks (lm-evaluation-harness)")
+    z.add_argument("--tasks", metavar="LIST", help="comma-separated lm-eval tasks: arc_easy, arc_challenge, piqa, "
+                   "winogrande, openbookqa, boolq, lambada_openai, hellaswag (offline data shipped)")
+    z.add_argument("--limit", type=_positive_int, metavar="N", help="at most N examples per task (quick looks)")
+    z.add_argument("--tasks-online", action="store_true", help="use lm-eval's hub datasets instead of the shipped data")
+    z.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="zero-shot batch size (default 8)")
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -188,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_experiment
 
     recipe = recipe_from_args(args)
+    tasks = _check_tasks(args)
     if args.out is None:   # an existing --out is refused by run_experiment before any work
         log.warning("no --out given: nothing will be written (pass --out DIR to keep the results)")
     bar = _progress(args, "mxlab run")
@@ -195,7 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = run_experiment(args.model, recipe, eval_dataset=args.eval, out_dir=args.out,
                                  max_eval_windows=args.max_eval_windows, progress=bar, with_kl=not args.no_kl,
                                  device=args.device, eval_seq_len=args.eval_seq_len, overwrite=args.overwrite,
-                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                                 tasks=tasks, task_limit=args.limit, tasks_online=args.tasks_online,
+                                 task_batch_size=args.batch_size)
     finally:
         if bar is not None:
             bar.close()
@@ -213,6 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import is_packed_checkpoint, load_quantized
     from .jsonable import to_jsonable
 
+    tasks = _check_tasks(args)   # bad task names or missing data: fail before loading anything
     if args.model and is_packed_checkpoint(args.model):
         model, tokenizer = load_quantized(args.model, device=args.device, verify=not args.no_verify)
         if tokenizer is None:
@@ -226,15 +248,71 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         out = evaluate_model(model, tokenizer, args.eval, seq_len=args.eval_seq_len,
                              max_windows=args.max_eval_windows, progress=bar)
+        table = _zero_shot(args, model, tokenizer, tasks, bar) if tasks else None
     finally:
         if bar is not None:
             bar.close()
     name = args.model or "embedded:stories260K"
     if args.json:
         row = {"model": name, "eval": args.eval, "ppl": out["ppl"], "n_tokens": out["n_tokens"]}
+        if table is not None:
+            row.update(zero_shot=table, limit=args.limit)
         print(json.dumps(to_jsonable(row)))
     else:
         print(f"perplexity {out['ppl']:.4f} on {args.eval} ({out['n_tokens']} tokens), model {name}")
+        for task, r in (table or {}).items():
+            vals = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "n" and not k.endswith("_stderr"))
+            print(f"{task}: {vals} ({r['n']} examples)")
+    return EXIT_OK
+
+
+def _check_tasks(args: argparse.Namespace) -> list[str] | None:
+    """The --tasks list validated before any model work (unknown names, missing offline data)."""
+    if not args.tasks:
+        if args.limit is not None or args.tasks_online:
+            raise MxlabError("--limit/--tasks-online apply to zero-shot tasks; add --tasks arc_easy,...")
+        return None
+    from .zeroshot import parse_tasks, task_cost
+
+    tasks = parse_tasks(args.tasks)
+    if not args.tasks_online:
+        cost = task_cost(tasks, args.limit)
+        log.warning("zero-shot cost: %s = %d model requests per model", ", ".join(
+            f"{k} {v['examples']}x{v['choices']}" for k, v in cost["tasks"].items()), cost["requests"])
+    return tasks
+
+
+def _zero_shot(args: argparse.Namespace, model: Any, tokenizer: Any, tasks: list[str], bar: Any) -> dict:
+    from .zeroshot import zero_shot
+
+    return zero_shot(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size,
+                     online=args.tasks_online, progress=bar)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`export`: a packed checkpoint (or a run's model/) as compressed-tensors, dequantized HF or mxlab."""
+    from .checkpoint import is_packed_checkpoint, load_quantized, save_dequantized, save_quantized
+
+    if args.format == "compressed-tensors":
+        from .compressed_tensors import export_compressed_tensors
+
+        out = export_compressed_tensors(args.source, args.out, weights_only=args.weights_only,
+                                        overwrite=args.overwrite)
+    else:
+        src = Path(args.source)
+        src = src / "model" if not is_packed_checkpoint(src) and is_packed_checkpoint(src / "model") else src
+        if not is_packed_checkpoint(src):
+            raise MxlabError(f"{args.source} is neither an mxlab packed checkpoint nor a run directory with model/")
+        model, tokenizer = load_quantized(src)
+        if args.format == "hf":
+            out = save_dequantized(model, tokenizer, args.out, overwrite=args.overwrite)
+        else:
+            from .recipe import Recipe
+
+            recipe = (getattr(model, "mxlab_quantization_config", None) or {}).get("recipe")
+            out = save_quantized(model, tokenizer, args.out, Recipe.from_dict(recipe) if recipe else None,
+                                 overwrite=args.overwrite)
+    print(out)
     return EXIT_OK
 
 
@@ -289,7 +367,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

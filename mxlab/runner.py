@@ -24,6 +24,7 @@ from .errors import MxlabError
 from .models import check_finite_weights, load_model
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
+from .zeroshot import parse_tasks, task_cost, zero_shot
 from .progress import ProgressFn, report, scaled
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,20 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    progress: ProgressFn | None = None, with_kl: bool = True, device: str | None = None,
                    eval_seq_len: int | None = None, calib_tokens: Any = None,
                    overwrite: bool = False, allow_pickle: bool = False,
-                   trust_remote_code: bool = False) -> RunOutcome:
-    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
+                   trust_remote_code: bool = False, tasks: list[str] | str | None = None,
+                   task_limit: int | None = None, tasks_online: bool = False,
+                   task_batch_size: int = 8) -> RunOutcome:
+    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it.
+
+    ``tasks``: lm-eval zero-shot tasks run on the FP and the quantized model (``mxlab.zeroshot``);
+    the tables land in ``metrics["zero_shot"]`` as {"fp": {task: {metric: v}}, "quant": ..., "limit": N}.
+    """
     if out_dir is not None:                 # fail before any work, not after the whole run
         check_target(Path(out_dir), overwrite)
+    if tasks:   # unknown names or missing offline data stop the run before any work
+        tasks = parse_tasks(tasks)
+        if not tasks_online:
+            task_cost(tasks, task_limit)
     report(progress, 0.0, "loading model")
     model, tokenizer = load_model(None if source is None else str(source), device=device,
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -73,6 +84,8 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     t0 = time.perf_counter()
     fp = evaluate_model(model, tokenizer, eval_dataset, seq_len=eval_seq_len, max_windows=max_eval_windows,
                         progress=_stage(progress, "eval_fp"))
+    zs_fp = zero_shot(model, tokenizer, tasks, limit=task_limit, online=tasks_online, batch_size=task_batch_size,
+                      progress=_stage(progress, "eval_fp")) if tasks else None
     seconds_eval = time.perf_counter() - t0
     log.info("FP perplexity on %s: %.4f (%d tokens)", eval_dataset, fp["ppl"], fp["n_tokens"])
     # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
@@ -87,6 +100,8 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     t0 = time.perf_counter()
     q = evaluate_model(qmodel, tokenizer, eval_dataset, reference=reference, seq_len=eval_seq_len,
                        max_windows=max_eval_windows, progress=_stage(progress, "eval_q"))
+    zs_q = zero_shot(qmodel, tokenizer, tasks, limit=task_limit, online=tasks_online, batch_size=task_batch_size,
+                     progress=_stage(progress, "eval_q")) if tasks else None
     seconds_eval += time.perf_counter() - t0
     del reference
     log.info("quantized perplexity: %.4f", q["ppl"])
@@ -97,6 +112,8 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                "bits_per_weight": packed_bits_per_weight(qmodel),
                "seconds_quantize": seconds_quantize, "seconds_eval": seconds_eval,
                "n_eval_tokens": int(q["n_tokens"])}
+    if tasks:
+        metrics["zero_shot"] = {"fp": zs_fp, "quant": zs_q, "limit": task_limit}
     info = {"model": "embedded:stories260K" if source is None else str(source), "eval_dataset": eval_dataset,
             "max_eval_windows": max_eval_windows, "eval_seq_len": eval_seq_len, "device": device,
             "mxlab_version": __version__}
