@@ -120,8 +120,9 @@ def _logprobs(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> t
 
 
 def _kl(logp_fp: torch.Tensor, logp_q: torch.Tensor) -> float:
-    """Mean per-token KL(FP || probed), nats."""
-    return float(F.kl_div(logp_q, logp_fp, log_target=True, reduction="sum")) / logp_fp[..., 0].numel()
+    """Mean per-token KL(FP || probed), nats, summed in float64 (a tiny KL must not come out negative)."""
+    kl = float(F.kl_div(logp_q.double(), logp_fp.double(), log_target=True, reduction="sum")) / logp_fp[..., 0].numel()
+    return max(kl, 0.0)
 
 
 def _recipe_weights(model, tokenizer, recipe, fmts, targets, calib_tokens, progress) -> dict[str, dict[str, torch.Tensor]]:
