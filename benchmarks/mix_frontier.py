@@ -124,7 +124,7 @@ def main() -> None:
                 p = fr.at_budget(b)
                 below = [f for f in formats if uniform[f]["bits_per_weight"] <= b]
                 nearest = max(below, key=lambda f: uniform[f]["bits_per_weight"]) if below else None
-                rand = [measure(f"random {b:g} #{k}", fr.random_assignment(math.floor(b * fr.n_weights), 100 * seed + k),
+                rand = [measure(f"random {b:g} #{k}", fr.random_assignment(math.floor(b * fr.n_weights), 1000 * seed + 10 * k + int(b)),
                                 "random") for k in range(args.random)]
                 rows[str(b)] = dict(solver=measure(f"solver {b:g}", fr.assignment(p), "solver"),
                                     uniform_below=nearest, uniform_below_kl=uniform[nearest]["kl"] if nearest else None,

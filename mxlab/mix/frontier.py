@@ -73,10 +73,16 @@ class Frontier:
         total = sum(u.options[i].bits for u, i in zip(self.units, choice))
         if total > max_bits:
             raise MxlabError("the budget is below the smallest assignment")
-        for k in rng.sample(range(len(self.units)), len(self.units)):
+        for k in rng.sample(range(len(self.units)), len(self.units)):     # 1: random options that fit
             u = self.units[k]
             opts = [i for i in range(len(u.options)) if total - u.options[choice[k]].bits + u.options[i].bits <= max_bits]
             i = rng.choice(opts)
+            total += u.options[i].bits - u.options[choice[k]].bits
+            choice[k] = i
+        for k in rng.sample(range(len(self.units)), len(self.units)):     # 2: fill what is left, random order
+            u = self.units[k]
+            fits = [i for i in range(len(u.options)) if total - u.options[choice[k]].bits + u.options[i].bits <= max_bits]
+            i = max(fits, key=lambda i: u.options[i].bits)
             total += u.options[i].bits - u.options[choice[k]].bits
             choice[k] = i
         return assignment(self.units, tuple(choice))
