@@ -104,6 +104,7 @@ def main() -> None:
             t0 = time.time()
             sens = format_sensitivity(model, base, formats, windows)
             fr = build_frontier(sens, base)
+            formats = sens.formats          # canonical names (mxfp4 -> mxfp4_e2m1)
             t_probe = time.time() - t0
 
             def measure(label: str, assign: dict, kind: str) -> dict:

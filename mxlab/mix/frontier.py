@@ -63,7 +63,12 @@ class Frontier:
         return dict(bits=bits, bits_per_weight=self.bits_per_weight(bits), predicted_kl=self.predicted_kl(loss))
 
     def uniform(self, fmt: str) -> dict[str, str]:
-        """Every module in ``fmt``."""
+        """Every module in ``fmt`` (aliases such as ``mxfp4`` resolved)."""
+        from ..recipe import check_format
+
+        fmt = check_format(fmt, "uniform")
+        if fmt not in self.sensitivity.formats:
+            raise MxlabError(f"{fmt} was not probed; candidates: {', '.join(self.sensitivity.formats)}")
         return {m["name"]: fmt for m in self.sensitivity.modules}
 
     def random_assignment(self, max_bits: int, seed: int) -> dict[str, str]:
