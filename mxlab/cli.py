@@ -1,4 +1,4 @@
-"""The command line: ``python -m mxlab run | eval | report | presets | formats``.
+"""The command line: ``python -m mxlab run | mix | eval | report | presets | formats``.
 
 Exit codes scripts can rely on: 0 ok, 2 a usage or user error (one line on stderr, no traceback),
 130 cancelled (Ctrl-C), 1 an unexpected error (traceback; please report it).
@@ -81,26 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Quantize a model with a recipe, evaluate FP and quantized "
                                      "perplexity (+KL, top-1 agreement), export everything to --out.")
     _model_args(run)
-    recipe = run.add_argument_group("recipe (pick one source: --recipe, --preset, or these flags)")
-    recipe.add_argument("--recipe", metavar="FILE", help="a recipe YAML/JSON file")
-    recipe.add_argument("--preset", metavar="NAME", help="a named recipe (see `python -m mxlab presets`)")
-    recipe.add_argument("--weights", metavar="FMT", help="weight format, e.g. mxint4, mxfp4, int4, nvfp4, none "
-                        "(default: the recipe default, mxint4)")
-    recipe.add_argument("--acts", metavar="FMT", help="activation format, e.g. mxint8, int8, none "
-                        "(default: mxint8)")
-    recipe.add_argument("--block-size", type=_positive_int, metavar="N", help="MX block size (default 32)")
-    recipe.add_argument("--rounding", choices=("nearest", "even", "floor"), help="rounding mode (default nearest)")
-    recipe.add_argument("--steps", metavar="LIST", help="comma-separated steps in order, from smoothquant, "
-                        "awq, gptq, rtn; e.g. awq,gptq (default: none, plain round-to-nearest MX)")
-    calib = run.add_argument_group("calibration")
-    calib.add_argument("--calib", metavar="NAME", help="calibration text: tinystories, wikitext2, "
-                       "shakespeare or a .txt file (default tinystories)")
-    calib.add_argument("--calib-samples", type=_positive_int, metavar="N", help="calibration sequences (default 128)")
-    calib.add_argument("--calib-seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 512)")
+    _recipe_args(run)
     _eval_args(run)
     run.add_argument("--out", metavar="DIR", help="write results.json, report.html, recipe.yaml, model/ here")
     run.add_argument("--overwrite", action="store_true", help="replace DIR if it already exists")
     run.add_argument("--no-kl", action="store_true", help="skip KL/top-1 (saves one FP model copy in memory)")
+
+    _mix_parser(sub)
 
     ev = sub.add_parser("eval", formatter_class=_Formatter, help="perplexity of a model or an exported checkpoint",
                         description="Perplexity of a model (hub id, local HF dir, embedded default) or of an "
@@ -136,6 +123,62 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_Formatter)
     fmt.add_argument("--block-size", type=_positive_int, default=32, metavar="N", help="block size for the table (default 32)")
     return parser
+
+
+MIX_EPILOG = """\
+Probes every decoder Linear in every candidate format (its weight alone quantized, KL to FP on a
+few calibration windows), then solves exactly for every Pareto-optimal assignment (bits per weight,
+scales included, vs predicted KL). DIR receives frontier.json, frontier.html, recipe.yaml (the base
+recipe with overrides for the point chosen under --budget) and, with --run, run/ (a run directory).
+
+examples:
+  python -m mxlab mix --formats mxint4,mxfp6_e2m3,mxint8 --budget 5.0 --out runs/mix5
+  python -m mxlab mix --formats mxint4,mxint8 --budget 6 --group qkv --min-bits '*.down_proj=8' --run --out runs/m
+"""
+
+
+def _mix_parser(sub) -> None:
+    mix = sub.add_parser("mix", formatter_class=_Formatter, epilog=MIX_EPILOG,
+                         help="mixed formats under a bit budget: frontier, recipe, optional run",
+                         description="Choose a weight format per module under an average bits-per-weight budget.")
+    _model_args(mix)
+    _recipe_args(mix)
+    _eval_args(mix)
+    g = mix.add_argument_group("mix")
+    g.add_argument("--formats", required=True, metavar="LIST", help="candidate weight formats, e.g. mxint4,mxint8")
+    g.add_argument("--budget", required=True, type=float, metavar="BITS", help="average bits per weight, scales included")
+    g.add_argument("--group", action="append", default=[], metavar="G",
+                   help="modules of a block sharing one format: qkv, gate_up or patterns a,b (repeatable)")
+    g.add_argument("--per-block", action="store_true", help="one format per decoder block")
+    g.add_argument("--min-bits", action="append", default=[], metavar="PATTERN=N",
+                   help="keep modules matching PATTERN at >= N-bit elements (repeatable)")
+    g.add_argument("--method", choices=("rtn", "recipe"), default="rtn",
+                   help="probe RTN weights, or the recipe's own GPTQ/RTN weights (default rtn)")
+    g.add_argument("--probe-windows", type=_positive_int, default=8, metavar="N", help="calibration windows probed (8)")
+    g.add_argument("--probe-seq-len", type=_positive_int, default=256, metavar="L", help="tokens per probe window (256)")
+    g.add_argument("--cache-dir", metavar="DIR", help="keep sensitivity results here (keyed on every weight byte)")
+    mix.add_argument("--run", action="store_true", help="also run the chosen recipe into DIR/run and add the measured point")
+    mix.add_argument("--out", required=True, metavar="DIR", help="write frontier.json, frontier.html, recipe.yaml here")
+    mix.add_argument("--overwrite", action="store_true", help="replace DIR if it already exists")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    recipe = p.add_argument_group("recipe (pick one source: --recipe, --preset, or these flags)")
+    recipe.add_argument("--recipe", metavar="FILE", help="a recipe YAML/JSON file")
+    recipe.add_argument("--preset", metavar="NAME", help="a named recipe (see `python -m mxlab presets`)")
+    recipe.add_argument("--weights", metavar="FMT", help="weight format, e.g. mxint4, mxfp4, int4, nvfp4, none "
+                        "(default: the recipe default, mxint4)")
+    recipe.add_argument("--acts", metavar="FMT", help="activation format, e.g. mxint8, int8, none "
+                        "(default: mxint8)")
+    recipe.add_argument("--block-size", type=_positive_int, metavar="N", help="MX block size (default 32)")
+    recipe.add_argument("--rounding", choices=("nearest", "even", "floor"), help="rounding mode (default nearest)")
+    recipe.add_argument("--steps", metavar="LIST", help="comma-separated steps in order, from smoothquant, "
+                        "awq, gptq, rtn; e.g. awq,gptq (default: none, plain round-to-nearest MX)")
+    calib = p.add_argument_group("calibration")
+    calib.add_argument("--calib", metavar="NAME", help="calibration text: tinystories, wikitext2, "
+                       "shakespeare or a .txt file (default tinystories)")
+    calib.add_argument("--calib-samples", type=_positive_int, metavar="N", help="calibration sequences (default 128)")
+    calib.add_argument("--calib-seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 512)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +268,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps(to_jsonable(outcome.metrics), indent=2))
     if args.out:
         log.info("results in %s (report: %s)", args.out, Path(args.out) / "report.html")
+    return EXIT_OK
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    """`mix`: probe, solve, write the frontier and the recipe for --budget; --run measures it."""
+    from .jsonable import to_jsonable
+    from .mix.assign import Constraints
+    from .mix.workflow import mix_frontier, write_mix
+
+    recipe = recipe_from_args(args)
+    min_bits = {}
+    for item in args.min_bits:
+        pat, _, n = item.rpartition("=")
+        if not pat or not n.isdigit():
+            raise MxlabError(f"--min-bits {item!r}: write PATTERN=N, e.g. '*.down_proj=8'")
+        min_bits[pat] = int(n)
+    groups = [g if g in ("qkv", "gate_up") else [p for p in g.split(",") if p] for g in args.group]
+    constraints = Constraints(min_bits=min_bits, per_block=args.per_block, groups=groups)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    from .atomic import check_target
+    from .mix.frontier import MAX_BUDGET
+    from .progress import scaled
+
+    if not 0 < args.budget <= MAX_BUDGET:
+        raise MxlabError(f"--budget {args.budget} must be bits per weight in (0, {MAX_BUDGET}], e.g. 5.0")
+    check_target(Path(args.out), args.overwrite)   # fail before the probe, not after it
+    bar = _progress(args, "mxlab mix")
+    try:
+        frontier, _ = mix_frontier(args.model, recipe, formats, constraints=constraints,
+                                   probe_windows=args.probe_windows, probe_seq_len=args.probe_seq_len,
+                                   method=args.method, device=args.device, allow_pickle=args.allow_pickle,
+                                   trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
+                                   progress=scaled(bar, 0.0, 0.5 if args.run else 0.95))
+        summary = write_mix(frontier, args.budget, args.out, source=args.model, run=args.run,
+                            eval_dataset=args.eval, max_eval_windows=args.max_eval_windows,
+                            eval_seq_len=args.eval_seq_len, device=args.device, overwrite=args.overwrite,
+                            allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                            progress=scaled(bar, 0.5 if args.run else 0.95, 1.0))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(json.dumps(to_jsonable(summary), indent=2))
     return EXIT_OK
 
 
@@ -367,7 +452,8 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "mix": cmd_mix, "report": cmd_report,
+            "presets": cmd_presets, "formats": cmd_formats}
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
