@@ -123,7 +123,7 @@ def _locate(source: str | os.PathLike | None) -> tuple[str, bool, str | None]:
     if looks_like_path:
         raise MxlabError(f"no such directory: {text}; give an existing local model directory or a hub id "
                          "like 'Qwen/Qwen2.5-0.5B'")
-    return text, False
+    return text, False, None
 
 
 def _check_gguf(path: Path) -> None:
@@ -214,7 +214,7 @@ def _warn_if_unmapped(model) -> None:
 
 def load_model(source: str | os.PathLike | None = None, device: str | torch.device | None = None, *,
                dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
-               trust_remote_code: bool = False, progress: ProgressFn | None = None):
+               trust_remote_code: bool = False, progress: ProgressFn | None = None, stream: bool | None = False):
     """Load a causal LM and its tokenizer from a hub id, local directory or GGUF file (None: the embedded default).
 
     Args:
@@ -225,8 +225,11 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
         allow_pickle: also accept .bin/.pt pickle checkpoints (they can run arbitrary code).
         trust_remote_code: allow model code shipped in the repository.
         progress: ``progress(fraction, message)`` at each loading stage.
+        stream: keep the model on the CPU (in the dtype chosen for `device`) so that the pipeline and the
+            evaluation stream one decoder block at a time to `device`; None: only when the weights take
+            more than half of the accelerator's memory; False (default): always move it to `device`.
     Returns:
-        (model in eval mode on `device`, tokenizer)
+        (model in eval mode on `device`, or on the CPU when streamed, tokenizer)
     """
     from transformers import AutoModelForCausalLM
 
@@ -251,6 +254,13 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
             raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
                              "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
         raise MxlabError(f"cannot load the weights of {name}: {e}") from e
+    from .placement import model_bytes, too_big_for
+
+    nbytes = model_bytes(model)
+    if dev.type != "cpu" and (stream or (stream is None and too_big_for(nbytes, dev))):
+        log.info("model weights (%.1f GB) stay on the CPU; decoder blocks are streamed to %s one at a time",
+                 nbytes / 1e9, dev)
+        dev = torch.device("cpu")
     report(progress, 0.9, f"moving the model to {dev}")
     model = model.to(dev).eval()
     if gguf:

@@ -45,11 +45,16 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    progress: ProgressFn | None = None, with_kl: bool = True, device: str | None = None,
                    eval_seq_len: int | None = None, calib_tokens: Any = None,
                    overwrite: bool = False, allow_pickle: bool = False,
-                   trust_remote_code: bool = False) -> RunOutcome:
-    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
+                   trust_remote_code: bool = False, stream: bool | None = None) -> RunOutcome:
+    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it.
+
+    ``stream``: keep the model on the CPU and stream one decoder block at a time to ``device`` for the
+    quantization and the evaluations; None (default): only when the weights take more than half of
+    the accelerator's memory (``mxlab.placement``).
+    """
     from .evaluate import evaluate_model
     from .checkpoint import packed_bits_per_weight
-    from .models import load_model
+    from .models import load_model, resolve_device
     from .ptq.pipeline import quantize_model
 
     if out_dir is not None:                 # fail before any work, not after the whole run
@@ -57,8 +62,13 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
 
         _check_target(Path(out_dir), overwrite)
     report(progress, 0.0, "loading model")
-    model, tokenizer = load_model(None if source is None else str(source), device=device,
-                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    target = resolve_device(device)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(None if source is None else str(source), device=target,
+                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                  progress=_stage(progress, "load"), stream=stream)
+    seconds_load = time.perf_counter() - t0
+    streamed = next(model.parameters()).device != target
     if calib_tokens is None and "decoder" in recipe.target_set:
         from .data import calibration_batches
 
@@ -69,21 +79,21 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
 
     t0 = time.perf_counter()
     fp = evaluate_model(model, tokenizer, eval_dataset, seq_len=eval_seq_len, max_windows=max_eval_windows,
-                        progress=_stage(progress, "eval_fp"))
+                        progress=_stage(progress, "eval_fp"), device=target)
     seconds_eval = time.perf_counter() - t0
     log.info("FP perplexity on %s: %.4f (%d tokens)", eval_dataset, fp["ppl"], fp["n_tokens"])
     # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
     reference = copy.deepcopy(model) if with_kl else None
 
     t0 = time.perf_counter()
-    result = quantize_model(model, tokenizer, recipe, progress=_stage(progress, "quantize"), device=device,
+    result = quantize_model(model, tokenizer, recipe, progress=_stage(progress, "quantize"), device=target,
                             calib_tokens=calib_tokens)
     seconds_quantize = time.perf_counter() - t0
     qmodel = result.model
 
     t0 = time.perf_counter()
     q = evaluate_model(qmodel, tokenizer, eval_dataset, reference=reference, seq_len=eval_seq_len,
-                       max_windows=max_eval_windows, progress=_stage(progress, "eval_q"))
+                       max_windows=max_eval_windows, progress=_stage(progress, "eval_q"), device=target)
     seconds_eval += time.perf_counter() - t0
     del reference
     log.info("quantized perplexity: %.4f", q["ppl"])
@@ -95,6 +105,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                "n_eval_tokens": int(q["n_tokens"])}
     info = {"model": "embedded:stories260K" if source is None else str(source), "eval_dataset": eval_dataset,
             "max_eval_windows": max_eval_windows, "eval_seq_len": eval_seq_len, "device": device,
+            "streamed_blocks": streamed, "seconds_load": seconds_load,
             "mxlab_version": __version__}
     outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
     if out_dir is not None:
