@@ -56,26 +56,35 @@ def _module_cells(g, max_columns: int) -> tuple[list[float], list[int], list[int
     return binned, [lo[b] for b in starts], [lo[e - 1] for e in starts[1:]] + [lo[n - 1]], [lo[p] for p in peak]
 
 
+def _sig(v: float, digits: int = 4) -> float:
+    """v to `digits` significant digits (figures carry what the hover shows, not float noise)."""
+    return float(f"{v:.{digits}g}") if math.isfinite(v) else v
+
+
 def _heatmap_rows(df, max_columns: int) -> tuple[list[str], list[list[float]], list[list[list]], bool]:
     """Rows of one stage (module order kept); modules with identical inputs (q/k/v) share one row.
 
-    Returns labels, values (rows padded with nan), per-cell [value, first, last, peak channel], and
-    whether any row is binned.
+    Returns labels (with the channels per column when binned), values (rows padded with nan), per-cell
+    [value, first channel, peak channel], and whether any row is binned.
     """
     short = short_names(df["module"].unique())
     rows: dict[tuple, list] = {}
     binned = False
     for module, g in df.groupby("module", sort=False):
         vals, lo, hi, peak = _module_cells(g, max_columns)
-        binned = binned or any(a != b for a, b in zip(lo, hi))
+        width = max(b - a + 1 for a, b in zip(lo, hi))
+        binned = binned or width > 1
         key = (int(g["block"].iloc[0]), tuple(vals))
         if key in rows:
             rows[key][0] += "," + short[module].rsplit(".", 1)[-1]
         else:
-            rows[key] = [short[module], vals, [[v, a, b, p] for v, a, b, p in zip(vals, lo, hi, peak)]]
+            rows[key] = [short[module], vals, [[_sig(v), a, p] for v, a, p in zip(vals, lo, peak)], width]
+    for r in rows.values():
+        if r[3] > 1:
+            r[0] += f" ({r[3]} ch/bin)"
     width = max(len(r[1]) for r in rows.values())
     z = [r[1] + [math.nan] * (width - len(r[1])) for r in rows.values()]
-    cells = [r[2] + [[None] * 4] * (width - len(r[2])) for r in rows.values()]
+    cells = [r[2] + [[None] * 3] * (width - len(r[2])) for r in rows.values()]
     return [r[0] for r in rows.values()], z, cells, binned
 
 
@@ -98,8 +107,10 @@ def activation_heatmap(channels, value: str = "absmax", log_scale: bool = True,
         labels, z, cells, binned = _heatmap_rows(d, max_columns)
         any_binned = any_binned or binned
         if log_scale:
-            z = [[round(math.log10(v), 4) if v > 0 else math.nan for v in row] for row in z]
-        where = ("channels %{customdata[1]}-%{customdata[2]}<br>peak channel %{customdata[3]}" if binned
+            z = [[round(math.log10(v), 3) if v > 0 else math.nan for v in row] for row in z]
+        else:
+            z = [[_sig(v) for v in row] for row in z]
+        where = ("bin from channel %{customdata[1]}<br>peak channel %{customdata[2]}" if binned
                  else "channel %{customdata[1]}")
         fig.add_trace(go.Heatmap(
             z=z, y=labels, customdata=cells, colorscale="Viridis", visible=i == 0, name=stage,

@@ -29,7 +29,7 @@ REPORT_FILE = "report.html"
 MODEL_DIR = "model"
 
 
-def results_dict(outcome: RunOutcome, max_channels: int = CHANNEL_BINS) -> dict[str, Any]:
+def results_dict(outcome: RunOutcome, max_channels: int | None = None) -> dict[str, Any]:
     """The content of results.json: metrics, recipe, model, per-layer records, statistics.
 
     Per-channel statistics are cut to at most ``max_channels`` bins per module (``mxlab.compact``), so the
@@ -37,6 +37,7 @@ def results_dict(outcome: RunOutcome, max_channels: int = CHANNEL_BINS) -> dict[
     """
     result = outcome.result
     info = dict(outcome.info)
+    max_channels = CHANNEL_BINS if max_channels is None else max_channels
     return to_jsonable({
         "mxlab_version": __version__,
         "model": info.pop("model", None),
