@@ -80,7 +80,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     t0 = time.perf_counter()
     fp = evaluate_model(model, tokenizer, eval_dataset, seq_len=eval_seq_len, max_windows=max_eval_windows,
                         progress=_stage(progress, "eval_fp"), device=target)
-    seconds_eval = time.perf_counter() - t0
+    seconds_eval = seconds_eval_fp = time.perf_counter() - t0
     log.info("FP perplexity on %s: %.4f (%d tokens)", eval_dataset, fp["ppl"], fp["n_tokens"])
     # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
     reference = copy.deepcopy(model) if with_kl else None
@@ -105,14 +105,20 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                "n_eval_tokens": int(q["n_tokens"])}
     info = {"model": "embedded:stories260K" if source is None else str(source), "eval_dataset": eval_dataset,
             "max_eval_windows": max_eval_windows, "eval_seq_len": eval_seq_len, "device": device,
-            "streamed_blocks": streamed, "seconds_load": seconds_load,
+            "streamed_blocks": streamed,
+            "seconds": {"load": seconds_load, "eval_fp": seconds_eval_fp, "quantize": seconds_quantize,
+                        "eval_quant": seconds_eval - seconds_eval_fp},
             "mxlab_version": __version__}
     outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
     if out_dir is not None:
         from .rundir import export_run
 
         report(progress, _STAGES["export"][0], "exporting")
+        t0 = time.perf_counter()
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
+        info["seconds"]["export"] = time.perf_counter() - t0
+    for phase, seconds in info["seconds"].items():
+        log.info("phase %s: %.1f s", phase, seconds)
     report(progress, 1.0, "done")
     return outcome
 
