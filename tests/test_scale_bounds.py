@@ -33,12 +33,16 @@ def _eight_b_stats(n_blocks: int = 32) -> tuple[dict, list[StepRecord]]:
     g = torch.Generator().manual_seed(0)
     acts, weights, records = [], [], []
     for b in range(n_blocks):
-        mods = []
+        mods, inputs = [], {}
         for local, d_in, d_out in LLAMA_8B:
             name = f"model.layers.{b}.{local}"
-            x = torch.randn(4, d_in, generator=g)
-            if local == "mlp.down_proj":
-                x[:, OUTLIER] *= 300
+            shared = {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "self_attn.q_proj",
+                      "mlp.up_proj": "mlp.gate_proj"}.get(local, local)
+            if shared not in inputs:                 # q/k/v and gate/up read the same input, as in the model
+                inputs[shared] = torch.randn(4, d_in, generator=g)
+                if local == "mlp.down_proj":
+                    inputs[shared][:, OUTLIER] *= 300
+            x = inputs[shared]
             for stage in ("fp", "awq"):
                 acts.append(statistics.activation_stats(name, b, stage, x))
             w = torch.rand(d_out, generator=g)
@@ -127,7 +131,7 @@ def test_32_layer_run_directory_bounds(tmp_path, monkeypatch):
     tracemalloc.stop()
     n_numbers = sum(2 * r["in_features"] for r in result.stats["activations"]) + \
         sum(2 * r["out_features"] for r in result.stats["weights"])
-    assert n_numbers == 32 * 2 * 2 * (6 * 128 + 448) + 32 * 2 * (128 * 5 + 448 * 2)   # fp + awq stages
+    assert n_numbers == 32 * 2 * 2 * (6 * 128 + 448) + 32 * 2 * (128 * 3 + 64 * 2 + 448 * 2)   # fp + awq stages
     assert held < 64 * n_numbers, (held, n_numbers)     # Python floats in lists: ~32 bytes each, no copies
 
     # a run directory that bins at 64 channels: 448-wide inputs and outputs are binned, 128-wide ones not
