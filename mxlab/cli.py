@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="write results.json, report.html, recipe.yaml, model/ here")
     run.add_argument("--overwrite", action="store_true", help="replace DIR if it already exists")
     run.add_argument("--no-kl", action="store_true", help="skip KL/top-1 (saves one FP model copy in memory)")
+    run.add_argument("--offload", choices=("auto", "always", "never"), default="auto",
+                     help="keep the model on the CPU and stream one decoder block at a time to --device: auto "
+                          "(default) when the weights take more than half of the GPU's memory")
 
     _mix_parser(sub)
 
@@ -182,7 +185,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="SRC", help="hub id or local directory (default: the embedded stories260K)")
+    p.add_argument("--model", metavar="SRC", help="hub id, local directory or .gguf file (default: the embedded "
+                                                  "stories260K)")
     p.add_argument("--device", metavar="D", default="auto",
                    help="cpu, cuda, cuda:1 ... or auto (default: cuda if available, else cpu)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -259,7 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  device=args.device, eval_seq_len=args.eval_seq_len, overwrite=args.overwrite,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                                  tasks=tasks, task_limit=args.limit, tasks_online=args.tasks_online,
-                                 task_batch_size=args.batch_size)
+                                 task_batch_size=args.batch_size,
+                                 stream={"auto": None, "always": True, "never": False}[args.offload])
     finally:
         if bar is not None:
             bar.close()

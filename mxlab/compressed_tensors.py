@@ -19,7 +19,6 @@ other than 32, integer activations) is refused with the reason and the alternati
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_directory
 from .checkpoint import config_dict, dedup_tensors, is_packed_checkpoint, load_quantized, quant_linears
+from .jsonable import write_json
 from .errors import MxlabError
 from .progress import ProgressFn, report
 
@@ -182,7 +182,7 @@ def save_compressed_tensors(model: nn.Module, tokenizer: Any, directory: str | o
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+        write_json(tmp / "config.json", cfg)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(str(tmp))
         if tokenizer is not None:

@@ -6,6 +6,7 @@ exp(mean NLL over every predicted token) -- positions 1..L-1 of every window.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -55,7 +56,21 @@ def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = N
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's inputs go: its input embedding's device (blocks may be streamed from elsewhere)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return emb.weight.device if emb is not None else next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _placed(model, device):
+    """Run on ``device``: as it is when the model is there, else streaming its decoder blocks there."""
+    if model is None or device is None or _device(model) == torch.device(device):
+        yield
+        return
+    from .placement import streamed_blocks
+
+    with streamed_blocks(model, device):
+        yield
 
 
 def _check_seq_len(model, seq_len: int | None) -> int:
@@ -77,7 +92,13 @@ def _log_probs(model, batch: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits[:, :-1].float(), dim=-1)
 
 
-def _run(model, windows: torch.Tensor, batch_size: int, reference, progress: ProgressFn | None) -> dict:
+def _run(model, windows: torch.Tensor, batch_size: int, reference, progress: ProgressFn | None,
+         device=None) -> dict:
+    with _placed(model, device), _placed(reference, device):
+        return _run_placed(model, windows, batch_size, reference, progress)
+
+
+def _run_placed(model, windows: torch.Tensor, batch_size: int, reference, progress: ProgressFn | None) -> dict:
     """Sum the NLL (and KL / top-1 matches against `reference`) over all windows."""
     n, seq_len = windows.shape
     vocab = getattr(model.config, "vocab_size", None) or 1
@@ -104,15 +125,19 @@ def _run(model, windows: torch.Tensor, batch_size: int, reference, progress: Pro
 
 
 def perplexity(model, tokens: torch.Tensor, seq_len: int | None = None, batch_size: int = 8,
-               progress: ProgressFn | None = None) -> float:
+               progress: ProgressFn | None = None, device=None) -> float:
     """Perplexity of `model` on a once-tokenized text (T,), non-overlapping windows of `seq_len`."""
     windows = make_windows(tokens, _check_seq_len(model, seq_len))
-    return _run(model, windows, batch_size, None, progress)["ppl"]
+    return _run(model, windows, batch_size, None, progress, device)["ppl"]
 
 
 def evaluate_model(model, tokenizer, source, *, reference=None, seq_len: int | None = None,
-                   max_windows: int | None = None, batch_size: int = 8, progress: ProgressFn | None = None) -> dict:
+                   max_windows: int | None = None, batch_size: int = 8, progress: ProgressFn | None = None,
+                   device=None) -> dict:
     """Perplexity on `source` (dataset name, text file or a (T,) token tensor), plus KL/top-1 vs `reference`.
+
+    ``device``: run there; a model (or reference) kept elsewhere, e.g. on the CPU because it is larger
+    than the accelerator allows, streams its decoder blocks there one at a time (``mxlab.placement``).
 
     Returns dict(ppl, nll, n_tokens (predicted tokens), n_windows, seq_len) and, with a reference
     (the FP model), kl = mean KL(P_ref || P_model) in nats per token and top1 = fraction of
@@ -121,7 +146,7 @@ def evaluate_model(model, tokenizer, source, *, reference=None, seq_len: int | N
     seq_len = _check_seq_len(model, seq_len)
     tokens = source if isinstance(source, torch.Tensor) else evaluation_tokens(tokenizer, source)
     windows = make_windows(tokens, seq_len, max_windows)
-    result = _run(model, windows, batch_size, reference, progress)
+    result = _run(model, windows, batch_size, reference, progress, device)
     log.info("%s: ppl %.4f over %d windows of %d tokens%s", source if isinstance(source, str) else "tokens",
              result["ppl"], result["n_windows"], seq_len,
              f", KL {result['kl']:.4g}, top-1 {result['top1']:.4f}" if reference is not None else "")

@@ -15,6 +15,8 @@ import torch
 from .architectures import architecture_map
 from .errors import MxlabError
 from .limits import short
+from .placement import model_bytes, too_big_for
+from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +97,62 @@ def _resolve_dtype(dtype, config, device: torch.device) -> torch.dtype:
     return stored
 
 
-def _locate(source: str | os.PathLike | None) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, is_local)."""
+def gguf_file_of(source: str | os.PathLike | None) -> Path | None:
+    """The GGUF file `source` names: the file itself, or the one .gguf in a directory without config.json."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise MxlabError(f"{path} holds {len(found)} GGUF files ({', '.join(f.name for f in found[:4])}...); "
+                             "pass the path of the one to load")
+        return found[0] if found else None
+    return None
+
+
+def _locate(source: str | os.PathLike | None) -> tuple[str, bool, str | None]:
+    """(what to pass to from_pretrained, is_local, GGUF file name inside that directory or None)."""
     if source is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise MxlabError(f"the embedded model is missing from {DEFAULT_MODEL_DIR}; reinstall mxlab or run "
                              "scripts/convert_llama2c.py")
-        return str(DEFAULT_MODEL_DIR), True
+        return str(DEFAULT_MODEL_DIR), True, None
+    gguf = gguf_file_of(source)
+    if gguf is not None:
+        _check_gguf(gguf)
+        return str(gguf.parent), True, gguf.name
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise MxlabError(f"{path} has no config.json: it is not a Hugging Face model directory")
-        return str(path), True
+            raise MxlabError(f"{path} has no config.json and no .gguf file: it is not a Hugging Face model directory")
+        return str(path), True, None
     if path.exists():
-        raise MxlabError(f"{path} is a file; pass the directory holding config.json and the weights")
+        raise MxlabError(f"{path} is a file but not a .gguf; pass a GGUF file or the directory holding config.json "
+                         "and the weights")
     text = str(source)
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text and os.sep != "/"
     if looks_like_path:
         raise MxlabError(f"no such directory: {text}; give an existing local model directory or a hub id "
                          "like 'Qwen/Qwen2.5-0.5B'")
-    return text, False
+    return text, False, None
+
+
+def _check_gguf(path: Path) -> None:
+    """The GGUF magic, and the packages transformers needs to read it, before any slow work."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise MxlabError(f"{path} is not a GGUF file (its first bytes are {magic!r}, not b'GGUF'); "
+                         "pass a llama.cpp .gguf file or a Hugging Face model directory")
+    import importlib.util
+
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MxlabError(f"loading {path.name} needs the package(s) {', '.join(missing)}: "
+                         f"pip install {' '.join(missing)}")
 
 
 def _from_pretrained(loader, name: str, local: bool, **kwargs):
@@ -131,12 +169,15 @@ def _from_pretrained(loader, name: str, local: bool, **kwargs):
         return loader.from_pretrained(name, **kwargs)
 
 
-def _load_config(name: str, local: bool, trust_remote_code: bool):
+def _load_config(name: str, local: bool, trust_remote_code: bool, **gguf):
     from transformers import AutoConfig
 
     try:
-        return _from_pretrained(AutoConfig, name, local, trust_remote_code=trust_remote_code)
-    except ValueError as e:
+        return _from_pretrained(AutoConfig, name, local, trust_remote_code=trust_remote_code, **gguf)
+    except (ValueError, RuntimeError, KeyError) as e:
+        if gguf:
+            raise MxlabError(f"cannot read the GGUF file {gguf['gguf_file']} ({e}); transformers reads GGUF "
+                             "files of the Llama, Mistral, Qwen2 and similar families only") from e
         if "trust_remote_code" in str(e):
             raise MxlabError(f"{name} needs custom code from its repository; pass trust_remote_code=True only if "
                              "you trust it") from e
@@ -161,12 +202,12 @@ def _check_causal_lm(name: str, config) -> None:
                          "causal LM (its head would be random); use the ...ForCausalLM checkpoint of that model")
 
 
-def _load_tokenizer(name: str, local: bool, trust_remote_code: bool):
+def _load_tokenizer(name: str, local: bool, trust_remote_code: bool, **gguf):
     from transformers import AutoTokenizer
 
     try:
-        tok = _from_pretrained(AutoTokenizer, name, local, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as e:
+        tok = _from_pretrained(AutoTokenizer, name, local, trust_remote_code=trust_remote_code, **gguf)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
         raise MxlabError(f"{name} has no usable tokenizer ({e}); add the tokenizer files "
                          "(tokenizer.json or tokenizer.model + tokenizer_config.json) to the model directory") from e
     if tok is None or isinstance(tok, bool):
@@ -183,42 +224,64 @@ def _warn_if_unmapped(model) -> None:
 
 def load_model(source: str | os.PathLike | None = None, device: str | torch.device | None = None, *,
                dtype: torch.dtype | str | None = None, allow_pickle: bool = False,
-               trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer from a hub id or local directory (None: the embedded default).
+               trust_remote_code: bool = False, progress: ProgressFn | None = None, stream: bool | None = False):
+    """Load a causal LM and its tokenizer from a hub id, local directory or GGUF file (None: the embedded default).
 
     Args:
-        source: hub id ("Qwen/Qwen2.5-0.5B"), local HF directory, or None for stories260K.
+        source: hub id ("Qwen/Qwen2.5-0.5B"), local HF directory, a .gguf file (or a directory holding
+            exactly one; its weights are dequantized to float), or None for stories260K.
         device: None (cpu), "auto" (cuda when available) or any torch device.
         dtype: None follows the checkpoint (float32 on CPU for half-precision checkpoints).
         allow_pickle: also accept .bin/.pt pickle checkpoints (they can run arbitrary code).
         trust_remote_code: allow model code shipped in the repository.
+        progress: ``progress(fraction, message)`` at each loading stage.
+        stream: keep the model on the CPU (in the dtype chosen for `device`) so that the pipeline and the
+            evaluation stream one decoder block at a time to `device`; None: only when the weights take
+            more than half of the accelerator's memory; False (default): always move it to `device`.
     Returns:
-        (model in eval mode on `device`, tokenizer)
+        (model in eval mode on `device`, or on the CPU when streamed, tokenizer)
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    name, local = _locate(source)
+    report(progress, 0.0, "reading the model config")
+    name, local, gguf_name = _locate(source)
+    gguf = {"gguf_file": gguf_name} if gguf_name else {}
     dev = resolve_device(device)
-    config = _load_config(name, local, trust_remote_code)
+    config = _load_config(name, local, trust_remote_code, **gguf)
     _check_causal_lm(name, config)
-    tokenizer = _load_tokenizer(name, local, trust_remote_code)
+    report(progress, 0.1, "loading the tokenizer")
+    tokenizer = _load_tokenizer(name, local, trust_remote_code, **gguf)
     torch_dtype = _resolve_dtype(dtype, config, dev)
+    report(progress, 0.2, "loading the weights" + (" (dequantizing GGUF tensors)" if gguf else ""))
     try:
         model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, dtype=torch_dtype,
-                                 use_safetensors=None if allow_pickle else True,
-                                 trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, EnvironmentError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
+                                 use_safetensors=None if (allow_pickle or gguf) else True,
+                                 trust_remote_code=trust_remote_code, **gguf)
+    except (OSError, ValueError, EnvironmentError, KeyError, RuntimeError, pickle.UnpicklingError,
+            SafetensorError) as e:
+        detail = " ".join(str(e).split())[:100]
+        if gguf:
+            raise MxlabError(f"cannot load the weights of {gguf_name} ({type(e).__name__}: {detail}); the GGUF file "
+                             "is damaged or holds an architecture transformers cannot read") from e
         if not allow_pickle and ("safetensors" in str(e).lower() or _has_only_pickle(name)):
             raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
                              "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
         if isinstance(e, pickle.UnpicklingError):
             raise MxlabError(f"{name}: the pickle checkpoint holds objects other than tensors (it could run code), "
                              "so it is refused even with allow_pickle; convert it to safetensors") from e
-        detail = " ".join(str(e).split())[:100]
         raise MxlabError(f"cannot load the weights of {name} ({type(e).__name__}: {detail}); the checkpoint is "
                          "damaged, truncated or not a trusted format: download or export it again") from e
+    nbytes = model_bytes(model)
+    if dev.type != "cpu" and (stream or (stream is None and too_big_for(nbytes, dev))):
+        log.info("model weights (%.1f GB) stay on the CPU; decoder blocks are streamed to %s one at a time",
+                 nbytes / 1e9, dev)
+        dev = torch.device("cpu")
+    report(progress, 0.9, f"moving the model to {dev}")
     model = model.to(dev).eval()
+    if gguf:
+        name = f"{name}/{gguf_name}"
+    report(progress, 1.0, "model loaded")
     log.info("loaded %s (%s, %.2fM parameters) on %s", name, torch_dtype,
              sum(p.numel() for p in model.parameters()) / 1e6, dev)
     _warn_if_unmapped(model)

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .compact import CHANNEL_BINS, bin_reduce
 from .errors import MxlabError
 
 _TEMPLATE = "plotly_white"
@@ -42,46 +43,86 @@ def short_names(names: Sequence[str]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- activations
 
 
-def _heatmap_rows(df) -> tuple[list[str], list[list[float]], list[str]]:
-    """Rows of one stage (module order kept); modules with identical inputs (q/k/v) share one row."""
+def _module_cells(g, max_columns: int) -> tuple[list[float], list[int], list[int], list[int]]:
+    """One module's (values, first channel, last channel, peak channel) per column, binned when wide."""
+    g = g.sort_values("channel")
+    vals, lo = g["absmax_or_mean"].tolist(), g["channel"].astype(int).tolist()
+    if "peak_channel" in g:                      # binned already (a compacted results.json)
+        return vals, lo, g["channel_end"].astype(int).tolist(), g["peak_channel"].astype(int).tolist()
+    if len(vals) <= max_columns:
+        return vals, lo, lo, lo
+    starts, binned, peak = bin_reduce(vals, max_columns, "max")
+    n = len(vals)
+    return binned, [lo[b] for b in starts], [lo[e - 1] for e in starts[1:]] + [lo[n - 1]], [lo[p] for p in peak]
+
+
+def _sig(v: float, digits: int = 4) -> float:
+    """v to `digits` significant digits (figures carry what the hover shows, not float noise)."""
+    return float(f"{v:.{digits}g}") if math.isfinite(v) else v
+
+
+def _heatmap_rows(df, max_columns: int) -> tuple[list[str], list[list[float]], list[list[list]], bool]:
+    """Rows of one stage (module order kept); modules with identical inputs (q/k/v) share one row.
+
+    Returns labels (with the channels per column when binned), values (rows padded with nan), per-cell
+    [value, first channel, peak channel], and whether any row is binned.
+    """
     short = short_names(df["module"].unique())
     rows: dict[tuple, list] = {}
+    binned = False
     for module, g in df.groupby("module", sort=False):
-        vals = g.sort_values("channel")["absmax_or_mean"].tolist()
+        vals, lo, hi, peak = _module_cells(g, max_columns)
+        width = max(b - a + 1 for a, b in zip(lo, hi))
+        binned = binned or width > 1
         key = (int(g["block"].iloc[0]), tuple(vals))
         if key in rows:
             rows[key][0] += "," + short[module].rsplit(".", 1)[-1]
         else:
-            rows[key] = [short[module], vals, module]
-    labels = [r[0] for r in rows.values()]
+            rows[key] = [short[module], vals, [[_sig(v), a, p] for v, a, p in zip(vals, lo, peak)], width]
+    for r in rows.values():
+        if r[3] > 1:
+            r[0] += f" ({r[3]} ch/bin)"
     width = max(len(r[1]) for r in rows.values())
     z = [r[1] + [math.nan] * (width - len(r[1])) for r in rows.values()]
-    return labels, z, [r[2] for r in rows.values()]
+    cells = [r[2] + [[None] * 3] * (width - len(r[2])) for r in rows.values()]
+    return [r[0] for r in rows.values()], z, cells, binned
 
 
-def activation_heatmap(channels, value: str = "absmax", log_scale: bool = True) -> go.Figure:
-    """Layers x input channels heatmap of activation magnitude; a dropdown switches stage (fp, smoothquant...)."""
+def activation_heatmap(channels, value: str = "absmax", log_scale: bool = True,
+                       max_columns: int = CHANNEL_BINS) -> go.Figure:
+    """Layers x input channels heatmap of activation magnitude; a dropdown switches stage (fp, smoothquant...).
+
+    Modules wider than ``max_columns`` channels are shown in ``max_columns`` contiguous channel bins
+    (max over the bin); hovering a bin names its channel range and the channel holding its maximum.
+    """
     _need(channels, ["module", "block", "stage", "channel", value], "activation_heatmap")
     title = f"Activation {'max' if value == 'absmax' else 'mean'} |x| per input channel"
     if not len(channels):
         return _empty(title, "no activation statistics recorded")
     stages = list(dict.fromkeys(channels["stage"]))
     fig = go.Figure()
+    any_binned = False
     for i, stage in enumerate(stages):
         d = channels[channels["stage"] == stage].assign(absmax_or_mean=lambda t: t[value].astype(float))
-        labels, z, _ = _heatmap_rows(d)
-        raw = z
+        labels, z, cells, binned = _heatmap_rows(d, max_columns)
+        any_binned = any_binned or binned
         if log_scale:
-            z = [[math.log10(v) if v > 0 else math.nan for v in row] for row in z]
+            z = [[round(math.log10(v), 3) if v > 0 else math.nan for v in row] for row in z]
+        else:
+            z = [[_sig(v) for v in row] for row in z]
+        where = ("bin from channel %{customdata[1]}<br>peak channel %{customdata[2]}" if binned
+                 else "channel %{customdata[1]}")
         fig.add_trace(go.Heatmap(
-            z=z, y=labels, customdata=raw, colorscale="Viridis", visible=i == 0, name=stage,
+            z=z, y=labels, customdata=cells, colorscale="Viridis", visible=i == 0, name=stage,
             colorbar=dict(title=f"log10 {value}" if log_scale else value),
-            hovertemplate="%{y}<br>channel %{x}<br>" + value + " %{customdata:.4g}<extra>" + stage + "</extra>"))
+            hovertemplate="%{y}<br>" + where + "<br>" + value + " %{customdata[0]:.4g}<extra>" + stage + "</extra>"))
     buttons = [dict(label=s, method="update",
                     args=[{"visible": [j == i for j in range(len(stages))]}, {"title.text": f"{title}: {s}"}])
                for i, s in enumerate(stages)]
     fig.update_layout(
-        title=f"{title}: {stages[0]}", template=_TEMPLATE, xaxis_title="input channel",
+        title=f"{title}: {stages[0]}", template=_TEMPLATE,
+        xaxis_title=f"input channel bin (at most {max_columns} per module; hover for channels)" if any_binned
+        else "input channel",
         yaxis=dict(title="module (layer order)", autorange="reversed", type="category"),
         height=max(350, 22 * len(fig.data[0].y) + 150),
         updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.12, yanchor="top",

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__, plots
 from . import tables as _stats
+from .compact import CHANNEL_BINS
 from .jsonable import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,18 @@ def _kv_table(d: dict | None) -> str:
     return f"<table>{rows}</table>"
 
 
-def _df_table(df, max_rows: int = 60) -> str:
-    """A DataFrame as a compact HTML table (first max_rows rows)."""
-    note = f"<p class=meta>first {max_rows} of {len(df)} rows</p>" if len(df) > max_rows else ""
-    return df.head(max_rows).to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}") + note
+def _df_table(df, max_rows: int = 40, worst: str | None = None, ascending: bool = True, csv: str | None = None) -> str:
+    """A DataFrame as a compact HTML table: all rows when short, else the ``max_rows`` worst by ``worst``."""
+    if len(df) <= max_rows:
+        return df.to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}")
+    if worst is not None and worst in df:
+        shown = df.sort_values(worst, ascending=ascending, na_position="first").head(max_rows)
+        what = f"the {max_rows} rows with the {'lowest' if ascending else 'highest'} {worst}"
+    else:
+        shown, what = df.head(max_rows), f"the first {max_rows} rows"
+    where = f"; every row is in {csv}" if csv else ""
+    return (shown.to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}")
+            + f"<p class=meta>{what} of {len(df)}{where}</p>")
 
 
 def _as_frame(rows: Any):
@@ -77,7 +86,8 @@ def figures(*, records: Any = None, stats_rows: Any = None, sensitivity: Any = N
         out.append(("Error by step", plots.error_waterfall(rec)))
     acts = _stats.activation_table(stats_rows)
     if len(acts):
-        out.append(("Activation channels", plots.activation_heatmap(_stats.activation_channel_table(stats_rows))))
+        channels = _stats.activation_channel_table(stats_rows, max_channels=CHANNEL_BINS)
+        out.append(("Activation channels", plots.activation_heatmap(channels)))
         out.append(("Activation outliers", plots.outlier_ratio_chart(acts)))
     weights = _stats.weights_table(stats_rows)
     if len(weights):
@@ -112,12 +122,23 @@ def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, r
         parts.append(f"<h2>{html.escape(section)}</h2><div class=figure>{div}</div>")
     sens = _as_frame(sensitivity)
     if sens is not None and len(sens):
-        parts += ["<h2>Sensitivity table</h2>", _df_table(sens)]
+        parts += ["<h2>Sensitivity table</h2>", _df_table(sens, worst="kl" if "kl" in sens else None,
+                                                            ascending=False, csv="sensitivity.csv")]
     weights = _stats.weights_table(stats)
     if len(weights):
-        parts += ["<h2>Weights table</h2>", _df_table(weights)]
+        parts += ["<h2>Weights table</h2>", _df_table(weights, worst="sqnr_db", csv="weights.csv")]
+    if _binned(stats):
+        parts.append(f"<p class=meta>Per-channel statistics are shown in at most {CHANNEL_BINS} channel bins per "
+                     "module (each bin keeps its extreme and the channel holding it); every channel is in "
+                     "activation_channels.csv and weight_channels.csv.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _binned(stats: Any) -> bool:
+    """Whether any per-channel statistics row is (or will be shown) binned."""
+    rows = _stats.stat_rows(stats, "activations") + _stats.stat_rows(stats, "weights")
+    return any(r.get("binned") or len(r.get("absmax", r.get("w_min", []))) > CHANNEL_BINS for r in rows)
 
 
 def write_report(path: str | Path, *, recipe: Any, model_info: dict | None, metrics: dict | None,

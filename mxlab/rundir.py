@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .atomic import atomic_directory
 from .checkpoint import save_quantized
+from .compact import CHANNEL_BINS, compact_stats
 from .errors import MxlabError
 from .jsonable import to_jsonable, write_json
 from .progress import ProgressFn, report, scaled
@@ -29,10 +30,15 @@ REPORT_FILE = "report.html"
 MODEL_DIR = "model"
 
 
-def results_dict(outcome: RunOutcome) -> dict[str, Any]:
-    """The content of results.json: metrics, recipe, model, per-layer records, statistics."""
+def results_dict(outcome: RunOutcome, max_channels: int | None = None) -> dict[str, Any]:
+    """The content of results.json: metrics, recipe, model, per-layer records, statistics.
+
+    Per-channel statistics are cut to at most ``max_channels`` bins per module (``mxlab.compact``), so the
+    file grows with the number of modules, not with their width; the CSV tables hold every channel.
+    """
     result = outcome.result
     info = dict(outcome.info)
+    max_channels = CHANNEL_BINS if max_channels is None else max_channels
     return to_jsonable({
         "mxlab_version": __version__,
         "model": info.pop("model", None),
@@ -41,7 +47,8 @@ def results_dict(outcome: RunOutcome) -> dict[str, Any]:
         "run": info,
         "seconds": result.seconds,
         "records": list(result.records),
-        "stats": result.stats,
+        "stats": compact_stats(result.stats, max_channels),
+        "stats_channel_bins": max_channels,
     })
 
 
@@ -59,13 +66,13 @@ def write_report_html(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _write_tables(results: dict[str, Any], directory: Path) -> None:
+def _write_tables(records: Any, stats: Any, directory: Path) -> None:
     try:
         import pandas  # noqa: F401
     except ImportError:
         log.warning("pandas is not installed: skipping the CSV tables (results.json holds the same data)")
         return
-    write_tables(directory, records=results["records"], stats=results["stats"])
+    write_tables(directory, records=records, stats=stats)
 
 
 def export_run(outcome: RunOutcome, out_dir: str | os.PathLike, *, progress: ProgressFn | None = None,
@@ -75,7 +82,7 @@ def export_run(outcome: RunOutcome, out_dir: str | os.PathLike, *, progress: Pro
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         write_json(tmp / RESULTS_FILE, results)
         (tmp / RECIPE_FILE).write_text(outcome.result.recipe.to_yaml())
-        _write_tables(results, tmp)
+        _write_tables(results["records"], outcome.result.stats, tmp)   # every channel: the CSVs are the full data
         report(progress, 0.1, "writing the report")
         write_report_html(results, tmp / REPORT_FILE)
         if save_model:

@@ -21,7 +21,7 @@ from .checkpoint import packed_bits_per_weight
 from .data import calibration_batches
 from .evaluate import evaluate_model
 from .errors import MxlabError
-from .models import check_finite_weights, load_model
+from .models import check_finite_weights, load_model, resolve_device
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
 from .zeroshot import parse_tasks, task_cost, zero_shot
@@ -57,8 +57,12 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    overwrite: bool = False, allow_pickle: bool = False,
                    trust_remote_code: bool = False, tasks: list[str] | str | None = None,
                    task_limit: int | None = None, tasks_online: bool = False,
-                   task_batch_size: int = 8) -> RunOutcome:
+                   task_batch_size: int = 8, stream: bool | None = None) -> RunOutcome:
     """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it.
+
+    ``stream``: keep the model on the CPU and stream one decoder block at a time to ``device`` for the
+    quantization and the evaluations; None (default): only when the weights take more than half of
+    the accelerator's memory (``mxlab.placement``).
 
     ``tasks``: lm-eval zero-shot tasks run on the FP and the quantized model (``mxlab.zeroshot``);
     the tables land in ``metrics["zero_shot"]`` as {"fp": {task: {metric: v}}, "quant": ..., "limit": N}.
@@ -70,11 +74,15 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
         if not tasks_online:
             task_cost(tasks, task_limit)
     report(progress, 0.0, "loading model")
-    model, tokenizer = load_model(None if source is None else str(source), device=device,
-                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    report(progress, 0.01, "checking the weights")          # a cancellation point between the heavy calls
+    target = resolve_device(device)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(None if source is None else str(source), device=target,
+                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                  progress=_stage(progress, "load"), stream=stream)
+    seconds_load = time.perf_counter() - t0
+    streamed = next(model.parameters()).device != target
+    report(progress, _STAGES["load"][1], "checking the weights")   # a cancellation point between heavy calls
     check_finite_weights(model)
-    report(progress, 0.02, "tokenizing the calibration set")
     if calib_tokens is None and "decoder" in recipe.target_set:
         # a bad calibration source should stop the run now, not after the FP evaluation
         calib_tokens = calibration_batches(tokenizer, recipe.calib.dataset, recipe.calib.n_samples,
@@ -83,23 +91,23 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
 
     t0 = time.perf_counter()
     fp = evaluate_model(model, tokenizer, eval_dataset, seq_len=eval_seq_len, max_windows=max_eval_windows,
-                        progress=_stage(progress, "eval_fp"))
+                        progress=_stage(progress, "eval_fp"), device=target)
     zs_fp = zero_shot(model, tokenizer, tasks, limit=task_limit, online=tasks_online, batch_size=task_batch_size,
                       progress=_stage(progress, "eval_fp")) if tasks else None
-    seconds_eval = time.perf_counter() - t0
+    seconds_eval = seconds_eval_fp = time.perf_counter() - t0
     log.info("FP perplexity on %s: %.4f (%d tokens)", eval_dataset, fp["ppl"], fp["n_tokens"])
     # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
     reference = copy.deepcopy(model) if with_kl else None
 
     t0 = time.perf_counter()
-    result = quantize_model(model, tokenizer, recipe, progress=_stage(progress, "quantize"), device=device,
+    result = quantize_model(model, tokenizer, recipe, progress=_stage(progress, "quantize"), device=target,
                             calib_tokens=calib_tokens)
     seconds_quantize = time.perf_counter() - t0
     qmodel = result.model
 
     t0 = time.perf_counter()
     q = evaluate_model(qmodel, tokenizer, eval_dataset, reference=reference, seq_len=eval_seq_len,
-                       max_windows=max_eval_windows, progress=_stage(progress, "eval_q"))
+                       max_windows=max_eval_windows, progress=_stage(progress, "eval_q"), device=target)
     zs_q = zero_shot(qmodel, tokenizer, tasks, limit=task_limit, online=tasks_online, batch_size=task_batch_size,
                      progress=_stage(progress, "eval_q")) if tasks else None
     seconds_eval += time.perf_counter() - t0
@@ -116,11 +124,18 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
         metrics["zero_shot"] = {"fp": zs_fp, "quant": zs_q, "limit": task_limit}
     info = {"model": "embedded:stories260K" if source is None else str(source), "eval_dataset": eval_dataset,
             "max_eval_windows": max_eval_windows, "eval_seq_len": eval_seq_len, "device": device,
+            "streamed_blocks": streamed,
+            "seconds": {"load": seconds_load, "eval_fp": seconds_eval_fp, "quantize": seconds_quantize,
+                        "eval_quant": seconds_eval - seconds_eval_fp},
             "mxlab_version": __version__}
     outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
     if out_dir is not None:
         report(progress, _STAGES["export"][0], "exporting")
+        t0 = time.perf_counter()
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
+        info["seconds"]["export"] = time.perf_counter() - t0
+    for phase, seconds in info["seconds"].items():
+        log.info("phase %s: %.1f s", phase, seconds)
     report(progress, 1.0, "done")
     return outcome
 

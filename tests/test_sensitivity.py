@@ -124,3 +124,34 @@ def test_cache_is_bounded_and_keyed_on_weights():
     for seed in range(sens.CACHE_SIZE + 3):
         sens.layer_sensitivity(model, Recipe(seed=seed + 1), tokens, seq_len=16, max_windows=2)
     assert len(sens._CACHE) == sens.CACHE_SIZE
+
+
+def test_cost_is_known_before_starting_and_auto_goes_per_block_for_big_models(model, monkeypatch):
+    recipe = Recipe(weights="mxint4", acts="mxint8")
+    from mxlab.ptq.plan import plan
+
+    n_modules = sum(1 for t in plan(model, recipe) if t.kind == "linear")
+    cost = sensitivity.sensitivity_cost(model, recipe, TOKENS, seq_len=32, max_windows=4)
+    assert cost["granularity"] == "module" and cost["units"] == n_modules
+    assert cost["forwards"] == (n_modules + 1) * cost["windows"] and cost["tokens"] == cost["forwards"] * 32
+    monkeypatch.setattr(sensitivity, "AUTO_MODULE_LIMIT", n_modules - 1)   # now "too many modules"
+    cost = sensitivity.sensitivity_cost(model, recipe, TOKENS, seq_len=32, max_windows=4)
+    assert cost["granularity"] == "block" and cost["units"] == model.config.num_hidden_layers
+
+
+def test_cancel_restores_the_model(model):
+    from mxlab.errors import Cancelled
+
+    sensitivity.clear_cache()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def stop_at_third(fraction, message):
+        calls.append(message)
+        if len(calls) == 3:
+            raise Cancelled("user pressed stop")
+
+    with pytest.raises(Cancelled):
+        _run(model, Recipe(weights="mxint4", acts="mxint8"), progress=stop_at_third)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in model.modules())

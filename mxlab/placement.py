@@ -1,0 +1,93 @@
+"""Where a model lives while it runs: whole on the accelerator, or on the CPU with one decoder block
+streamed to the accelerator at a time (for models larger than a share of the accelerator's memory).
+
+The quantization pipeline always works one block at a time; this module gives evaluation the same
+ability: ``streamed_blocks(model, device)`` moves everything outside the decoder blocks (embeddings,
+final norm, head, rotary tables) to ``device`` and each block there for its own forward only.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+STREAM_FRACTION = 0.5   # stream blocks when the weights take more than this share of the accelerator
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (tied tensors counted once)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def too_big_for(nbytes: int, device: torch.device, fraction: float = STREAM_FRACTION) -> bool:
+    """Whether ``nbytes`` of weights exceed ``fraction`` of the accelerator's memory (never for the CPU)."""
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return nbytes > fraction * total
+
+
+def _outside_blocks(model: nn.Module, blocks: nn.ModuleList) -> list[tuple[nn.Module, str, bool]]:
+    """(module, tensor name, is_parameter) for every tensor that is not inside a decoder block."""
+    inside = {id(m) for b in blocks for m in b.modules()}
+    out = []
+    for m in model.modules():
+        if id(m) in inside:
+            continue
+        out += [(m, n, True) for n, p in m._parameters.items() if p is not None]
+        out += [(m, n, False) for n, b in m._buffers.items() if b is not None]
+    return out
+
+
+def _move(entries: list[tuple[nn.Module, str, bool]], device: torch.device) -> None:
+    for m, name, is_param in entries:
+        if is_param:
+            m._parameters[name].data = m._parameters[name].data.to(device)   # tied parameters move once
+        else:
+            m._buffers[name] = m._buffers[name].to(device)
+
+
+@contextmanager
+def streamed_blocks(model: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
+    """Run ``model`` on ``device`` while its decoder blocks stay where they are, one moved in per forward."""
+    from .architectures import decoder_blocks
+
+    device = torch.device(device)
+    _, blocks = decoder_blocks(model)
+    shell = _outside_blocks(model, blocks)
+    homes = [(m._parameters[n] if p else m._buffers[n]).device for m, n, p in shell]
+    hooks = []
+
+    def bring(block, args, kwargs):
+        block.to(device)
+
+    def send_back(home):
+        def hook(block, args, kwargs, output):
+            block.to(home)
+        return hook
+
+    for b in blocks:
+        home = next(iter(b.parameters()), torch.empty(0)).device
+        if home == device:
+            continue
+        hooks.append(b.register_forward_pre_hook(bring, with_kwargs=True))
+        hooks.append(b.register_forward_hook(send_back(home), with_kwargs=True))
+    _move(shell, device)
+    log.info("streaming %d decoder blocks to %s, one at a time", len(blocks), device)
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        for entry, home in zip(shell, homes):
+            _move([entry], home)
