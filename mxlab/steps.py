@@ -105,6 +105,9 @@ class SmoothQuantConfig(StepConfig):
         return warnings
 
 
+MAX_GRID_BATCH = 64  # awq grid points per batched GEMM
+
+
 @dataclass
 class AWQConfig(StepConfig):
     """AWQ: grid search of s = mean|X|^a per channel, then optional weight clipping by MSE.
@@ -114,6 +117,8 @@ class AWQConfig(StepConfig):
         clip: search a clipping ratio per output channel after scaling.
         clip_grid: number of clipping ratios tried.
         max_shrink: smallest clipping ratio is 1 - max_shrink, in (0, 1).
+        grid_batch: alpha values scored per batched GEMM (1: one at a time); the same scales either
+            way, more memory and fewer, larger GEMMs when > 1 (at most ``MAX_GRID_BATCH``).
     """
 
     name: ClassVar[str] = "awq"
@@ -121,9 +126,13 @@ class AWQConfig(StepConfig):
     clip: bool = True
     clip_grid: int = 20
     max_shrink: float = 0.5
+    grid_batch: int = 1
 
     def __post_init__(self) -> None:
         check_int(self.n_grid, "awq: n_grid")
+        check_int(self.grid_batch, "awq: grid_batch")
+        if self.grid_batch > MAX_GRID_BATCH:
+            raise MxlabError(f"awq: grid_batch must be at most {MAX_GRID_BATCH}, got {self.grid_batch}")
         check_int(self.clip_grid, "awq: clip_grid")
         check_bool(self.clip, "awq: clip")
         check_number(self.max_shrink, "awq: max_shrink", 0, 1, open_lo=True, open_hi=True)

@@ -259,16 +259,6 @@ def mx_block_quantizer(spec) -> BlockQuantizer | None:
     return fix
 
 
-def _share_keys(ctx) -> dict[str, str]:
-    """Linear name -> key of its input: linears of one scaling group read the same input (one Hessian)."""
-    keys = {n: n for n in ctx.linears}
-    for group in ctx.groups:
-        for n in group.linears:
-            if n in keys:
-                keys[n] = f"group:{group.prev}"
-    return keys
-
-
 @torch.no_grad()
 def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
     """GPTQ every linear of the block that no earlier step quantized, in module order.
@@ -278,7 +268,7 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
     one Hessian.
     """
     record = StepRecord("gptq", ctx.index)
-    keys, cached = _share_keys(ctx), (None, None)
+    keys, cached = ctx.input_keys(), (None, None)
     for name, lin in ctx.linears.items():
         if lin.weight_quantized or lin.spec.weights == "none":
             why = "already quantized by an earlier step" if lin.weight_quantized else "weights 'none'"
