@@ -146,6 +146,7 @@ class AWQConfig(StepConfig):
 
 
 GPTQ_MX_UPDATES = ("microblock", "column")
+HESSIAN_DTYPES = ("float32", "tf32", "bf16")  # GPTQ Hessian GEMM precisions (ptq/methods/hessian.py)
 
 
 @dataclass
@@ -159,6 +160,11 @@ class GPTQConfig(StepConfig):
         mx_update: "microblock" (the study's Algorithm 1: each MX block quantized at once) or
             "column" (group-wise GPTQ: block scales fixed at the block's start, then one column at
             a time with error feedback); per-channel INT formats are column-wise either way.
+        hessian_dtype: GEMM precision of H = 2 X^T X / n: "float32" (reference), "tf32" or "bf16"
+            (tensor cores: inputs rounded, float32 accumulation; see benchmarks/hessian_precision.py).
+        batch_linears: quantize linears that share one Hessian (q/k/v, gate/up) as one stacked problem.
+        fused: run the column-wise inner loop (mx_update "column", per-channel INT) as one Triton kernel
+            per outer block on CUDA; elsewhere the torch path runs and the record says so.
     """
 
     name: ClassVar[str] = "gptq"
@@ -167,8 +173,16 @@ class GPTQConfig(StepConfig):
     blocksize: int = 128
     act_order: bool = False
     mx_update: str = field(default="microblock", metadata={"choices": GPTQ_MX_UPDATES})
+    hessian_dtype: str = field(default="float32", metadata={"choices": HESSIAN_DTYPES})
+    batch_linears: bool = False
+    fused: bool = False
 
     def __post_init__(self) -> None:
+        if self.hessian_dtype not in HESSIAN_DTYPES:
+            raise MxlabError(f"gptq: hessian_dtype must be one of {', '.join(HESSIAN_DTYPES)}, "
+                             f"got {self.hessian_dtype!r}")
+        check_bool(self.batch_linears, "gptq: batch_linears")
+        check_bool(self.fused, "gptq: fused")
         if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
             raise MxlabError(f"gptq: percdamp must be >= 0, got {self.percdamp!r}")
         check_int(self.blocksize, "gptq: blocksize")
