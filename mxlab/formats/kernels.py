@@ -11,6 +11,7 @@ with min_exp = 0, since their scaled values lie below 2 (p is then always 0, ste
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -120,8 +121,8 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
 
 # Launch configurations: (blocks per program, warps) along the last axis and (inner columns per program,
 # warps) across it, per block size. Bits never depend on them, only speed. ``DEVICE_CONFIGS`` holds
-# what was measured per device (name substring -> block size -> config); ``tune`` measures the current
-# device and overrides both for this process.
+# what was measured per device (name substring -> kind -> block size -> config); ``set_tuned`` (called by
+# benchmarks/bench_h200.py after measuring candidates on the current device) overrides both for this process.
 LAST_AXIS_DEFAULT = {16: (128, 4), 32: (64, 4), 64: (32, 4), 128: (16, 4)}
 INNER_DEFAULT = {16: (256, 4), 32: (128, 4), 64: (64, 4), 128: (32, 4)}
 DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, int]]]] = {
@@ -132,7 +133,8 @@ _TUNED: dict[tuple[str, str, int], tuple[int, int]] = {}
 
 def launch_config(kind: str, block_size: int, device: torch.device | None = None) -> tuple[int, int]:
     """(tile parameter, num_warps) for ``kind`` "last" or "inner" at ``block_size`` on ``device``."""
-    name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else ""
+    name = _device_name(torch.cuda.current_device() if device is None or device.index is None else device.index) \
+        if torch.cuda.is_available() else ""
     if (name, kind, block_size) in _TUNED:
         return _TUNED[(name, kind, block_size)]
     for key, table in DEVICE_CONFIGS.items():
@@ -147,7 +149,13 @@ def launch_config(kind: str, block_size: int, device: torch.device | None = None
 
 def set_tuned(kind: str, block_size: int, config: tuple[int, int], device: torch.device | None = None) -> None:
     """Use ``config`` for ``kind``/``block_size`` on this device for the rest of the process."""
-    _TUNED[(torch.cuda.get_device_name(device), kind, block_size)] = config
+    index = torch.cuda.current_device() if device is None or device.index is None else device.index
+    _TUNED[(_device_name(index), kind, block_size)] = config
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
 def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
@@ -162,8 +170,8 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     inner = math.prod(xm.shape[axis + 1:])
     min_exp = f.min_exp if f.ebits else 0
     y = torch.empty_like(xm)
-    if inner > 1:   # blocks across the memory order: read the tile in place, no transpose round trip
-        ni, warps = config or launch_config("inner", block_size, x.device)
+    ni, warps = config or launch_config("inner", block_size, x.device)
+    if inner > 1 and triton.cdiv(inner, ni) <= 65535:   # blocks across the memory order: tiles read in place
         outer = xm.numel() // (L * inner)
         bpc = triton.cdiv(L, block_size)
         grid = (outer * bpc, triton.cdiv(inner, ni))
@@ -171,6 +179,9 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
                                BLOCK=block_size, KP=triton.next_power_of_2(block_size), NI=ni,
                                ROUND=_ROUND[rounding], num_warps=warps)
         return y.reshape(x.shape)
+    if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
+        return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding).movedim(-1, axis) \
+            .contiguous().reshape(x.shape)
     nb, warps = config or launch_config("last", block_size, x.device)
     rows = xm.numel() // L
     blocks_per_row = triton.cdiv(L, block_size)

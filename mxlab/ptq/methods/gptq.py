@@ -301,10 +301,14 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         quantizer, block_size, _ = weight_quantizer(W, spec)
         block_quantizer = mx_block_quantizer(spec) if config.mx_update == "column" else None
         info: dict = {}
+        use_fused = fused and fused_supports(spec, config.mx_update)
+        if fused and not use_fused and not any(n.startswith("fused:") for n in record.notes):
+            record.notes.append(f"fused: {spec.weights} with mx_update={config.mx_update!r} has no column loop to "
+                                "fuse (the micro-block rule quantizes whole blocks); ran the torch path")
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
                           block_quantizer=block_quantizer, info=info,
-                          fused=column_rule(W, spec) if fused and fused_supports(spec, config.mx_update) else None)
+                          fused=column_rule(W, spec) if use_fused else None)
         seconds = (time.perf_counter() - t0) / len(names)
         for n, Wn, Qn in zip(names, Ws, Q.split([w.shape[0] for w in Ws])):
             quant_n, _, pack_n = weight_quantizer(Wn, spec)       # per-row parameters: the same rows as W's

@@ -65,16 +65,18 @@ def _gptq_columns(w_ptr, u_ptr, q_ptr, err_ptr, scale_ptr, zero_ptr, inv_ptr,
             a = tl.where(y < 0, -a, a)
             code = tl.minimum(tl.maximum(a + zero, 0.0), qmax)
             q = (code - zero) * scale
-        ujj = tl.load(u_ptr + j * ld_u + j)
+        ujj = tl.zeros((ROWS,), tl.float32) + tl.load(u_ptr + j * ld_u + j)    # (ROWS,) U[j, j] > 0, exact
         if IEEE:
             err = libdevice.div_rn(col - q, ujj)
         else:
             err = (col - q) / ujj
         u = tl.load(u_ptr + j * ld_u + c, mask=cmask & (c > j), other=0.0)     # (B1P,) U[j, j+1:]
+        eb = tl.broadcast_to(err[:, None], (ROWS, B1P))
+        ub = tl.broadcast_to(u[None, :], (ROWS, B1P))
         if IEEE:
-            w = w - libdevice.mul_rn(err[:, None], u[None, :])
+            w = w - libdevice.mul_rn(eb, ub)
         else:
-            w = w - err[:, None] * u[None, :]
+            w = w - eb * ub
         here = c[None, :] == j
         qt = tl.where(here, q[:, None], qt)
         et = tl.where(here, err[:, None], et)

@@ -8,6 +8,7 @@ the numerical effect can be measured without a GPU (``benchmarks/hessian_precisi
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -15,6 +16,9 @@ import torch
 
 from ...errors import MxlabError
 from ...steps import HESSIAN_DTYPES
+
+log = logging.getLogger(__name__)
+_STATE: dict[str, bool] = {}
 HESSIAN_CHUNK = 8192  # tokens per X^T X pass: bounds the float32 copy of a bf16 input chunk
 
 
@@ -46,7 +50,17 @@ def _accumulate(H: torch.Tensor, c: torch.Tensor, dtype: str) -> None:
         H.addmm_(c.T, c)
     elif c.is_cuda and dtype == "bf16":
         b = c.to(torch.bfloat16)
-        H.add_(torch.mm(b.T, b, out_dtype=torch.float32))     # bf16 tensor cores, float32 accumulation
+        if _STATE.get("mm_out_dtype", True):
+            try:
+                H.add_(torch.mm(b.T, b, out_dtype=torch.float32))     # bf16 tensor cores, float32 accumulation
+                return
+            except (TypeError, RuntimeError, NotImplementedError) as exc:
+                _STATE["mm_out_dtype"] = False
+                log.warning("torch.mm(out_dtype=float32) unavailable (%s): bf16 Hessian inputs go through TF32 "
+                            "tensor cores instead (bf16 values are exact in TF32: same products)", exc)
+        r = b.to(torch.float32)
+        with _tf32_matmul(True):
+            H.addmm_(r.T, r)
     elif c.is_cuda:  # tf32
         with _tf32_matmul(True):
             H.addmm_(c.T, c)
