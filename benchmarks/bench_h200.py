@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_pipeline import LLAMA31_8B, TINY, build_model  # noqa: E402
-from h200_sections import gptq_section, hessian_section, kernel_section  # noqa: E402
+from h200_sections import gptq_section, hessian_section, kernel_section, torchao_section  # noqa: E402
 from mxlab.errors import Cancelled  # noqa: E402
 from mxlab.ptq.pipeline import quantize_model  # noqa: E402
 from mxlab.recipe import Recipe  # noqa: E402
@@ -82,6 +82,29 @@ def pipeline_run(model_layers, tokens, steps, dev, deadline: float, label: str, 
     return out
 
 
+def pipeline_table(runs: list[dict]) -> list[str]:
+    """Markdown of the pipeline runs so far."""
+    md = ["### Pipeline: AWQ + GPTQ, W-MXINT4 / A-MXINT8, Llama-3.1-8B shape, 128 x 2048 tokens", "",
+          "| run | layers measured | total | first block | other blocks (mean) | 32 layers | peak GPU memory |",
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in runs:
+        if "error" in r:
+            md.append(f"| {r['label']} | FAILED: {r['error'][:200]} | | | | | |")
+            continue
+        whole = r["complete"] and r["layers_done"] == 32
+        measured = "all 32, measured" if whole else f"{r['layers_done']} of {r['layers_built']} (extrapolated)"
+        full = r["total_s"] if whole else r["extrapolated_s"]
+        md.append(f"| {r['label']} | {measured} | {r['total_s']:.1f} s | {r['first_block_s']:.1f} s | "
+                  f"{r['steady_block_s']:.2f} s | {full:.0f} s = {full / 60:.2f} min | {r['peak_GiB']:.2f} GiB |")
+    md += ["", "Phases per block (seconds, summed over blocks / layers done):", ""]
+    for r in runs:
+        if r.get("phases_s"):
+            n = max(1, r["layers_done"])
+            md.append(f"- {r['label']}: " + ", ".join(f"{k} {v / n:.2f}" for k, v in
+                                                       sorted(r["phases_s"].items(), key=lambda kv: -kv[1])))
+    return md
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU: a smoke test of this script")
@@ -111,68 +134,61 @@ def main(argv=None) -> None:
         (out_dir / "bench_h200.json").write_text(json.dumps(res, indent=1, default=str))
         (out_dir / "bench_h200.md").write_text("\n".join(md) + "\n")
 
-    sections = [("kernel", "MX fake-quant kernel", kernel_section, dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"),
-                ("hessian", "Hessian H = 2 X^T X / n", hessian_section, True),
-                ("gptq", "GPTQ per Llama-3.1-8B-shaped decoder layer (Hessians given, not timed)", gptq_section, True)]
-    for key, title, fn, can in sections:
+    deadline = t0 + args.budget
+    shape = TINY if args.quick else LLAMA31_8B
+    samples, seq = (4, 128) if args.quick else (128, 2048)
+    tokens = torch.randint(0, shape["vocab_size"], (samples, seq), generator=torch.Generator().manual_seed(0))
+    res["pipeline"] = []
+    pipe_md: list[str] = []
+
+    def pipeline(label: str, steps: list, layers: int, room: float) -> list[str]:
+        """One pipeline run, stopped ``room`` seconds before the budget ends; refreshes the pipeline table."""
+        try:
+            r = pipeline_run((shape, 2 if args.quick else layers), tokens, steps, dev, deadline - room, label)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("pipeline %s failed", label)
+            r = {"label": label, "error": f"{type(exc).__name__}: {exc}"}
+        res["pipeline"].append(r)
+        pipe_md[:] = pipeline_table(res["pipeline"])
+        return []
+
+    can_kernel = dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    # in priority order: the whole-model run first (all 32 layers measured), then the sections, then the rest
+    tasks = [("pipeline", None, lambda: pipeline("fast, gptq microblock", [FAST_AWQ, FAST_GPTQ], 32, 60), True),
+             ("kernel", "MX fake-quant kernel", lambda: kernel_section(dev, args.quick, res.setdefault("kernel", {})),
+              can_kernel),
+             ("hessian", "Hessian H = 2 X^T X / n", lambda: hessian_section(dev, args.quick, res.setdefault("hessian", {})),
+              True),
+             ("gptq", "GPTQ per Llama-3.1-8B-shaped decoder layer (Hessians given, not timed)",
+              lambda: gptq_section(dev, args.quick, res.setdefault("gptq", {})), True),
+             ("pipeline", None, lambda: pipeline("fast, gptq column (fused)",
+                                                 [FAST_AWQ, {**FAST_GPTQ, "mx_update": "column"}], 4, 40), True),
+             ("pipeline", None, lambda: pipeline("defaults (before)", ["awq", "gptq"], 2, 5), True),
+             ("torchao", "torchao to_mx (compiled), bf16 8192 x 8192, block 32", lambda: torchao_section(dev, args.quick, res),
+              dev.type == "cuda")]
+    sections_md: list[str] = []
+    for key, title, fn, can in tasks:
         if key in skip or not can:
             continue
+        if time.perf_counter() > deadline - 45:
+            log.info("%s skipped: out of time", title or key)
+            sections_md += [f"### {title or key}", "", "skipped: out of the time budget", ""]
+            continue
         ts = time.perf_counter()
-        res[key] = {}
         try:
-            lines = fn(dev, args.quick, res[key])
+            lines = fn()
         except Exception as exc:  # noqa: BLE001 - keep the other sections' numbers
             log.exception("section %s failed", key)
-            res[key]["error"] = f"{type(exc).__name__}: {exc}"
-            lines = [f"FAILED: {res[key]['error']}"]
-        res[key]["section_s"] = time.perf_counter() - ts
-        md += [f"### {title}", "", *lines, ""]
+            res.setdefault(key, {})["error"] = f"{type(exc).__name__}: {exc}"
+            lines = [f"FAILED: {type(exc).__name__}: {exc}"]
+        if title:
+            res[key]["section_s"] = time.perf_counter() - ts
+            sections_md += [f"### {title}", "", *lines, ""]
+        md[4:] = ["", *pipe_md, "", *sections_md]
         save()
-        log.info("section %s: %.1f s", key, time.perf_counter() - ts)
+        log.info("%s: %.1f s", title or key, time.perf_counter() - ts)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-
-    if "pipeline" not in skip:
-        shape = TINY if args.quick else LLAMA31_8B
-        samples, seq = (4, 128) if args.quick else (128, 2048)
-        tokens = torch.randint(0, shape["vocab_size"], (samples, seq), generator=torch.Generator().manual_seed(0))
-        deadline = t0 + args.budget
-        # (label, steps, layers, stop this many seconds before the budget ends: room for the runs after it)
-        runs = [("fast, gptq microblock", [FAST_AWQ, FAST_GPTQ], 32, 110),
-                ("fast, gptq column (fused)", [FAST_AWQ, {**FAST_GPTQ, "mx_update": "column"}], 4, 50),
-                ("defaults (before)", ["awq", "gptq"], 2, 10)]
-        res["pipeline"] = []
-        for label, steps, layers, room in runs:
-            layers = 2 if args.quick else layers
-            stop = deadline - room
-            if time.perf_counter() > stop - 30:
-                log.info("pipeline %s skipped: out of time", label)
-                continue
-            try:
-                r = pipeline_run((shape, layers), tokens, steps, dev, stop, label)
-            except Exception as exc:  # noqa: BLE001
-                log.exception("pipeline %s failed", label)
-                r = {"label": label, "error": f"{type(exc).__name__}: {exc}"}
-            res["pipeline"].append(r)
-            save()
-        md += ["### Pipeline: AWQ + GPTQ, W-MXINT4 / A-MXINT8, Llama-3.1-8B shape, 128 x 2048 tokens", "",
-               "| run | layers measured | total | first block | other blocks (mean) | 32 layers | peak GPU memory |",
-               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-        for r in res["pipeline"]:
-            if "error" in r:
-                md.append(f"| {r['label']} | FAILED: {r['error'][:200]} | | | | | |")
-                continue
-            measured = "all 32, measured" if r["complete"] and r["layers_done"] == 32 else \
-                f"{r['layers_done']} of {r['layers_built']} (extrapolated)"
-            full = r["total_s"] if r["complete"] and r["layers_done"] == 32 else r["extrapolated_s"]
-            md.append(f"| {r['label']} | {measured} | {r['total_s']:.1f} s | {r['first_block_s']:.1f} s | "
-                      f"{r['steady_block_s']:.2f} s | {full:.0f} s = {full / 60:.2f} min | {r['peak_GiB']:.2f} GiB |")
-        md += ["", "Phases per block (seconds, summed over blocks / layers done):", ""]
-        for r in res["pipeline"]:
-            if r.get("phases_s"):
-                n = max(1, r["layers_done"])
-                md.append(f"- {r['label']}: " + ", ".join(f"{k} {v / n:.2f}" for k, v in
-                                                           sorted(r["phases_s"].items(), key=lambda kv: -kv[1])))
     res["total_s"] = time.perf_counter() - t0
     md.append(f"\nWhole run: {res['total_s']:.0f} s.")
     save()

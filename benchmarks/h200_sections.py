@@ -71,7 +71,7 @@ def heavy(shape, dev, seed=0, dtype=torch.float32) -> torch.Tensor:
 def _candidates(kind: str, bs: int, quick: bool) -> list[tuple[int, int]]:
     kp = 1 << (bs - 1).bit_length()
     if kind == "last":
-        c = [(max(1, tile // kp), w) for tile in (2048, 4096, 8192, 16384) for w in (4, 8)]
+        c = [(max(1, 2048 // kp), 4)] + [(max(1, tile // kp), w) for tile in (4096, 8192, 16384) for w in (4, 8)]
     else:
         c = [(ni, w) for ni in (64, 128, 256) for w in (4, 8) if ni * kp <= 16384]
     return c[:2] if quick else c
@@ -124,7 +124,6 @@ def kernel_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
                     if not torch.equal(a.view(iv), b.view(iv)):
                         bad.append(f"{fmt}/{rnd}/{bs}/{axis}/{dt}")
     res["gpu_equals_cpu"] = {"cases": len(names) * 3 * 4 * 2, "mismatched": bad}
-    res["torchao"] = _torchao(x, dev, copy)
     md = [f"Device copy (bf16 {size}x{size}, read + write): {copy * 1e3:.3f} ms = {res['copy_GBps']:.0f} GB/s.", "",
           "| format | axis | " + " | ".join(f"block {b}" for b in BLOCKS) + " |", "| --- | --- |" + " ---: |" * len(BLOCKS)]
     for fmt in names:
@@ -135,26 +134,36 @@ def kernel_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
         f"{r['rounding']} {100 * r['of_copy']:.0f}%" for r in rows if "rounding" in r),
         f"GPU == CPU bit for bit: {res['gpu_equals_cpu']['cases'] - len(bad)}/{res['gpu_equals_cpu']['cases']} cases"
         + (f" (MISMATCH: {bad[:5]})" if bad else ""),
-        "Tuned launch configs: " + ", ".join(f"{k} {v['best']} ({100 * v['of_copy']:.0f}%)" for k, v in res["tuning"].items()),
-        "torchao to_mx: " + ("; ".join(f"{k} {v:.3f} ms ({100 * copy / (v / 1e3):.0f}% of copy)" if isinstance(v, float) else f"{k}: {v}"
-                                      for k, v in res["torchao"].items()))]
+        "Tuned launch configs: " + ", ".join(f"{k} {v['best']} ({100 * v['of_copy']:.0f}%)" for k, v in res["tuning"].items())]
     return md
 
 
-def _torchao(x: torch.Tensor, dev: torch.device, copy: float) -> dict:
-    """Compiled torchao to_mx (fp4 e2m1, fp8 e4m3, block 32) in ms, or why not."""
+def torchao_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
+    """Compiled torchao to_mx (fp4 e2m1, fp8 e4m3, block 32) in ms against the same copy, or why not."""
+    size = 256 if quick else 8192
+    x = torch.randn(size, size, device=dev).to(torch.bfloat16)
+    y = torch.empty_like(x)
+    copy = timeit(lambda: y.copy_(x), dev)
+    out: dict = {"copy_ms": copy * 1e3}
+    res["torchao"] = out
     try:
         from torchao.prototype.mx_formats.mx_tensor import to_mx
     except Exception as exc:  # noqa: BLE001 - optional: absent on most machines
-        return {"skipped": f"torchao not importable ({type(exc).__name__})"}
-    out = {}
+        out["skipped"] = f"torchao not importable ({type(exc).__name__}: {exc})"
+        return [out["skipped"]]
     for name, dt in (("fp4_e2m1", getattr(torch, "float4_e2m1fn_x2", None)), ("fp8_e4m3", torch.float8_e4m3fn)):
         try:
             fn = torch.compile(lambda t, dt=dt: to_mx(t, dt, 32))
             out[name] = timeit(lambda: fn(x), dev) * 1e3
         except Exception as exc:  # noqa: BLE001
             out[name] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
-    return out
+    ours = {n: timeit(lambda n=n: quantize(x, n, 32), dev) * 1e3 for n in ("mxfp4_e2m1", "mxfp8_e4m3")}
+    out["mxlab_ms"] = ours
+    return [f"copy {copy * 1e3:.3f} ms; " + "; ".join(
+        f"torchao {k} {v:.3f} ms ({100 * copy * 1e3 / v:.0f}% of copy)" if isinstance(v, float) else f"torchao {k}: {v}"
+        for k, v in out.items() if k not in ("copy_ms", "mxlab_ms")) + "; mxlab " + "; ".join(
+        f"{k} {v:.3f} ms ({100 * copy * 1e3 / v:.0f}%)" for k, v in ours.items()) + " (torchao writes 1-byte codes "
+        "+ scales, mxlab the bf16 fake-quantized tensor)"]
 
 
 # ----------------------------------------------------------------------------- Hessians
@@ -255,11 +264,11 @@ def gptq_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
                "stacked_s": t_stack, "fused_equal": equal_fused if fusable else None, "stacked_equal": equal_stack}
         res["rows"].append(row)
         log.info("gptq %s", row)
+        md.append(f"| {fmt} | {rule} | {t_torch:.2f} s | " + (f"{t_fused:.2f} s" if fusable else "-") +
+                  f" | {t_stack:.2f} s | {equal_fused if fusable else '-'} | {equal_stack} |")
     res["awq_grid_batch"] = awq_grid_check(dev, quick)
     a = res["awq_grid_batch"]
     md += ["", f"AWQ grid search, q/k/v-shaped group ({a['tokens']} tokens, 20 grid points): loop {a['loop_s']:.3f} s, "
            f"batched (grid_batch 4) {a['batched_s']:.3f} s; same alpha {a['same_alpha']}, same scales {a['same_scales']}, "
            f"bit-equal losses {a['equal_losses']}/20."]
-        md.append(f"| {fmt} | {rule} | {t_torch:.2f} s | " + (f"{t_fused:.2f} s" if fusable else "-") +
-                  f" | {t_stack:.2f} s | {equal_fused if fusable else '-'} | {equal_stack} |")
     return md
