@@ -154,7 +154,7 @@ def main(argv=None) -> None:
 
     can_kernel = dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
     # in priority order: the whole-model run first (all 32 layers measured), then the sections, then the rest
-    tasks = [("pipeline", None, lambda: pipeline("fast, gptq microblock", [FAST_AWQ, FAST_GPTQ], 32, 60), True),
+    tasks = [("pipeline", None, lambda: pipeline("fast, gptq microblock", [FAST_AWQ, FAST_GPTQ], 32, 200), True),
              ("kernel", "MX fake-quant kernel", lambda: kernel_section(dev, args.quick, res.setdefault("kernel", {})),
               can_kernel),
              ("hessian", "Hessian H = 2 X^T X / n", lambda: hessian_section(dev, args.quick, res.setdefault("hessian", {})),
