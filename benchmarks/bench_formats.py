@@ -187,7 +187,7 @@ def bench_cuda(size: int, reps: int) -> None:
     for nb in (16, 32, 64, 128, 256):
         row = []
         for warps in (2, 4, 8):
-            t = _time_cuda(lambda: kernels.mx_quantize(x, f, 32, 1, "nearest", nb=nb, num_warps=warps), reps)
+            t = _time_cuda(lambda: kernels.mx_quantize(x, f, 32, 1, "nearest", config=(nb, warps)), reps)
             row.append(f"w{warps} {copy / t:6.1%}")
         print(f"    nb={nb:3d}  " + "  ".join(row))
     big = torch.equal(quantize(x, "mxint4").cpu().view(torch.int16), quantize(x.cpu(), "mxint4").view(torch.int16))

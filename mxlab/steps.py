@@ -108,6 +108,9 @@ class SmoothQuantConfig(StepConfig):
         return warnings
 
 
+MAX_GRID_BATCH = 64  # awq grid points per batched GEMM
+
+
 @dataclass
 class AWQConfig(StepConfig):
     """AWQ: grid search of s = mean|X|^a per channel, then optional weight clipping by MSE.
@@ -117,6 +120,8 @@ class AWQConfig(StepConfig):
         clip: search a clipping ratio per output channel after scaling.
         clip_grid: number of clipping ratios tried.
         max_shrink: smallest clipping ratio is 1 - max_shrink, in (0, 1).
+        grid_batch: alpha values scored per batched GEMM (1: one at a time); the same scales either
+            way, more memory and fewer, larger GEMMs when > 1 (at most ``MAX_GRID_BATCH``).
     """
 
     name: ClassVar[str] = "awq"
@@ -124,9 +129,13 @@ class AWQConfig(StepConfig):
     clip: bool = True
     clip_grid: int = 20
     max_shrink: float = 0.5
+    grid_batch: int = 1
 
     def __post_init__(self) -> None:
         check_int(self.n_grid, "awq: n_grid", limit="awq n_grid")
+        check_int(self.grid_batch, "awq: grid_batch")
+        if self.grid_batch > MAX_GRID_BATCH:
+            raise MxlabError(f"awq: grid_batch must be at most {MAX_GRID_BATCH}, got {self.grid_batch}")
         check_int(self.clip_grid, "awq: clip_grid", limit="awq clip_grid")
         check_bool(self.clip, "awq: clip")
         check_number(self.max_shrink, "awq: max_shrink", 0, 1, open_lo=True, open_hi=True)
@@ -140,6 +149,7 @@ class AWQConfig(StepConfig):
 
 
 GPTQ_MX_UPDATES = ("microblock", "column")
+HESSIAN_DTYPES = ("float32", "tf32", "bf16")  # GPTQ Hessian GEMM precisions (ptq/methods/hessian.py)
 
 
 @dataclass
@@ -153,6 +163,11 @@ class GPTQConfig(StepConfig):
         mx_update: "microblock" (the study's Algorithm 1: each MX block quantized at once) or
             "column" (group-wise GPTQ: block scales fixed at the block's start, then one column at
             a time with error feedback); per-channel INT formats are column-wise either way.
+        hessian_dtype: GEMM precision of H = 2 X^T X / n: "float32" (reference), "tf32" or "bf16"
+            (tensor cores: inputs rounded, float32 accumulation; see benchmarks/hessian_precision.py).
+        batch_linears: quantize linears that share one Hessian (q/k/v, gate/up) as one stacked problem.
+        fused: run the column-wise inner loop (mx_update "column", per-channel INT) as one Triton kernel
+            per outer block on CUDA; elsewhere the torch path runs and the record says so.
     """
 
     name: ClassVar[str] = "gptq"
@@ -161,8 +176,16 @@ class GPTQConfig(StepConfig):
     blocksize: int = 128
     act_order: bool = False
     mx_update: str = field(default="microblock", metadata={"choices": GPTQ_MX_UPDATES})
+    hessian_dtype: str = field(default="float32", metadata={"choices": HESSIAN_DTYPES})
+    batch_linears: bool = False
+    fused: bool = False
 
     def __post_init__(self) -> None:
+        if self.hessian_dtype not in HESSIAN_DTYPES:
+            raise MxlabError(f"gptq: hessian_dtype must be one of {', '.join(HESSIAN_DTYPES)}, "
+                             f"got {self.hessian_dtype!r}")
+        check_bool(self.batch_linears, "gptq: batch_linears")
+        check_bool(self.fused, "gptq: fused")
         check_number(self.percdamp, "gptq: percdamp", 0, 1e6)
         check_int(self.blocksize, "gptq: blocksize", limit="gptq blocksize")
         check_bool(self.act_order, "gptq: act_order")

@@ -181,8 +181,9 @@ def test_cancel_inside_gptq_columns_within_two_seconds():
     H = torch.eye(2048)
     progress = _cancelling_after(0.5)
     with pytest.raises(Cancelled):
-        # one column at a time over 2048 columns, a report on every column
-        gptq_quantize(W, H, lambda c: torch.round(c), block_size=1, blocksize=2048,
+        # one column at a time over 2048 columns (1 ms each: ~2 s in all, however fast the machine),
+        # a report on every column
+        gptq_quantize(W, H, lambda c: (time.sleep(0.001), torch.round(c))[1], block_size=1, blocksize=2048,
                       pulse=pulse(progress, 0.5, "gptq", every=0.0))
     assert progress.latency() < 2.0
     assert progress.calls < 2048            # stopped inside the column loop, not after it

@@ -11,18 +11,25 @@ with min_exp = 0, since their scaled values lie below 2 (p is then always 0, ste
 """
 from __future__ import annotations
 
+import functools
+import math
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 _ROUND = {"nearest": 0, "even": 1, "floor": 2}
-NB_DEFAULT = 64  # blocks per program (with block 32: 2048 elements)
-WARPS_DEFAULT = 4
 
 
 def available() -> bool:
     """True when CUDA is usable (Triton imported, or this module would not have loaded)."""
     return torch.cuda.is_available()
+
+
+def interpreted() -> bool:
+    """True under TRITON_INTERPRET=1 (kernels run on CPU tensors through numpy; used by the tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -31,6 +38,37 @@ def _pow2(k):
     normal = tl.maximum(k + 127, 0) << 23
     sub = tl.full(k.shape, 1, tl.int32) << tl.minimum(tl.maximum(k + 149, 0), 22)
     return tl.where(k >= -126, normal, sub).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def block_exponent(amax_bits, emax):
+    """(e, nan_block) from the int32 bits of a block's max |x|: e = floor(log2 amax) - emax >= -127 (0 for NaN)."""
+    biased = amax_bits >> 23
+    e = tl.maximum(tl.where(amax_bits == 0, -126, biased - 127) - emax, -127)
+    nan_block = biased == 255
+    return tl.where(nan_block, 0, e), nan_block
+
+
+@triton.jit
+def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr):
+    """float32 x (any shape) on the MX grid of exponent e (broadcastable int32): mx.mx_elements' bits."""
+    v = x * _pow2(-e)
+    v = tl.minimum(tl.maximum(v, -max_norm), max_norm)  # saturate first: same as clamping after rounding
+    eb = tl.maximum((v.to(tl.int32, bitcast=True) >> 23) & 0xFF, 127 + min_exp)  # biased p
+    t = v * ((254 + mb - eb) << 23).to(tl.float32, bitcast=True)  # v * 2^(mb - p)
+    a = tl.abs(t)
+    if ROUND == 0:  # ties away, as floor(a + 0.5) in float32 (the reference's arithmetic)
+        r = tl.floor(a + 0.5)
+    elif ROUND == 1:  # ties to even, from the same floor(a + 0.5); r - a is exact for a >= 0.5
+        r = tl.floor(a + 0.5)
+        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+        r = tl.where(((r - a) == 0.5) & (a >= 0.5) & odd, r - 1.0, r)
+    else:
+        r = tl.floor(a)
+    out = (r * ((eb - mb) << 23).to(tl.float32, bitcast=True)) * _pow2(e)
+    # sign(t) * |.| (-0.0 only from negative t, as the reference), set as a bit: Triton's -x is 0 - x,
+    # which would turn -0.0 into +0.0
+    return (out.to(tl.int32, bitcast=True) | ((t < 0).to(tl.int32) << 31)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -53,29 +91,8 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
         x = tl.load(x_ptr + offs).to(tl.float32)
 
     # shared exponent from the integer max of |x| bits: NaN/Inf (exponent 255) beat every finite value
-    amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)  # (NB,)
-    biased = amax_bits >> 23
-    e = tl.maximum(tl.where(amax_bits == 0, -126, biased - 127) - emax, -127)
-    nan_block = biased == 255
-    e = tl.where(nan_block, 0, e)
-
-    v = x * _pow2(-e)[:, None]
-    v = tl.minimum(tl.maximum(v, -max_norm), max_norm)  # saturate first: same as clamping after rounding
-    eb = tl.maximum((v.to(tl.int32, bitcast=True) >> 23) & 0xFF, 127 + min_exp)  # biased p
-    t = v * ((254 + mb - eb) << 23).to(tl.float32, bitcast=True)  # v * 2^(mb - p)
-    a = tl.abs(t)
-    if ROUND == 0:  # ties away, as floor(a + 0.5) in float32 (the reference's arithmetic)
-        r = tl.floor(a + 0.5)
-    elif ROUND == 1:  # ties to even, from the same floor(a + 0.5); r - a is exact for a >= 0.5
-        r = tl.floor(a + 0.5)
-        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-        r = tl.where(((r - a) == 0.5) & (a >= 0.5) & odd, r - 1.0, r)
-    else:
-        r = tl.floor(a)
-    out = (r * ((eb - mb) << 23).to(tl.float32, bitcast=True)) * _pow2(e)[:, None]
-    # sign(t) * |.| (-0.0 only from negative t, as the reference), set as a bit: Triton's -x is 0 - x,
-    # which would turn -0.0 into +0.0
-    out = (out.to(tl.int32, bitcast=True) | ((t < 0).to(tl.int32) << 31)).to(tl.float32, bitcast=True)
+    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1), emax)  # (NB,)
+    out = quant_elements(x, e[:, None], mb, min_exp, max_norm, ROUND)
     out = tl.where(nan_block[:, None], float("nan"), out)
     out = out.to(y_ptr.dtype.element_ty)
     if MASKED:
@@ -84,26 +101,97 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
         tl.store(y_ptr + offs, out)
 
 
+@triton.jit
+def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm,
+                     BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr):
+    """Blocks along the middle axis of a contiguous (outer, L, inner) tensor, read in place: a program
+    takes one block position and NI consecutive inner columns, a (KP, NI) tile loaded row by row."""
+    ob = tl.program_id(0).to(tl.int64)       # outer index * blocks_per_col + block index along L
+    o, bl = ob // blocks_per_col, ob % blocks_per_col
+    c = tl.program_id(1).to(tl.int64) * NI + tl.arange(0, NI).to(tl.int64)  # (NI,) inner columns
+    pos = bl * BLOCK + tl.arange(0, KP).to(tl.int64)                          # (KP,) positions along L
+    offs = o * L * inner + pos[:, None] * inner + c[None, :]
+    mask = (tl.arange(0, KP)[:, None] < BLOCK) & (pos[:, None] < L) & (c[None, :] < inner)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0), emax)  # (NI,)
+    out = quant_elements(x, e[None, :], mb, min_exp, max_norm, ROUND)
+    out = tl.where(nan_block[None, :], float("nan"), out)
+    tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# Launch configurations: (blocks per program, warps) along the last axis and (inner columns per program,
+# warps) across it, per block size. Bits never depend on them, only speed. ``DEVICE_CONFIGS`` holds
+# what was measured per device (name substring -> kind -> block size -> config); ``set_tuned`` (called by
+# benchmarks/bench_h200.py after measuring candidates on the current device) overrides both for this process.
+LAST_AXIS_DEFAULT = {16: (128, 4), 32: (64, 4), 64: (32, 4), 128: (16, 4)}
+INNER_DEFAULT = {16: (256, 4), 32: (128, 4), 64: (64, 4), 128: (32, 4)}
+DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, int]]]] = {
+    "H100": {"last": {32: (64, 4)}},   # 97.8% of copy at block 32 (BENCHMARKS.md, 2026-11-23)
+}
+_TUNED: dict[tuple[str, str, int], tuple[int, int]] = {}
+
+
+def launch_config(kind: str, block_size: int, device: torch.device | None = None) -> tuple[int, int]:
+    """(tile parameter, num_warps) for ``kind`` "last" or "inner" at ``block_size`` on ``device``."""
+    name = _device_name(torch.cuda.current_device() if device is None or device.index is None else device.index) \
+        if torch.cuda.is_available() else ""
+    if (name, kind, block_size) in _TUNED:
+        return _TUNED[(name, kind, block_size)]
+    for key, table in DEVICE_CONFIGS.items():
+        if key in name and block_size in table.get(kind, {}):
+            return table[kind][block_size]
+    default = LAST_AXIS_DEFAULT if kind == "last" else INNER_DEFAULT
+    if block_size in default:
+        return default[block_size]
+    kp = triton.next_power_of_2(block_size)
+    return (max(1, 2048 // kp), 4) if kind == "last" else (max(16, 4096 // kp), 4)
+
+
+def set_tuned(kind: str, block_size: int, config: tuple[int, int], device: torch.device | None = None) -> None:
+    """Use ``config`` for ``kind``/``block_size`` on this device for the rest of the process."""
+    index = torch.cuda.current_device() if device is None or device.index is None else device.index
+    _TUNED[(_device_name(index), kind, block_size)] = config
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
 def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
-                nb: int = NB_DEFAULT, num_warps: int = WARPS_DEFAULT) -> torch.Tensor:
-    """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative)."""
-    last = x.dim() - 1 if x.dim() else 0
-    xm = x.reshape(1) if x.dim() == 0 else x
-    xm = (xm.movedim(axis, -1) if axis != last else xm).contiguous()
+                config: tuple[int, int] | None = None) -> torch.Tensor:
+    """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative).
+
+    ``config``: (tile parameter, num_warps) instead of ``launch_config``'s (for tuning).
+    """
+    xm = x.reshape(1) if x.dim() == 0 else x.contiguous()
+    axis = axis if x.dim() else 0
+    L = xm.shape[axis]
+    inner = math.prod(xm.shape[axis + 1:])
+    min_exp = f.min_exp if f.ebits else 0
     y = torch.empty_like(xm)
-    L = xm.shape[-1]
+    ni, warps = config or launch_config("inner", block_size, x.device)
+    if inner > 1 and triton.cdiv(inner, ni) <= 65535:   # blocks across the memory order: tiles read in place
+        outer = xm.numel() // (L * inner)
+        bpc = triton.cdiv(L, block_size)
+        grid = (outer * bpc, triton.cdiv(inner, ni))
+        _mx_kernel_inner[grid](xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
+                               BLOCK=block_size, KP=triton.next_power_of_2(block_size), NI=ni,
+                               ROUND=_ROUND[rounding], num_warps=warps)
+        return y.reshape(x.shape)
+    if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
+        return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding).movedim(-1, axis) \
+            .contiguous().reshape(x.shape)
+    nb, warps = config or launch_config("last", block_size, x.device)
     rows = xm.numel() // L
     blocks_per_row = triton.cdiv(L, block_size)
     n_blocks = rows * blocks_per_row
     kp = triton.next_power_of_2(block_size)
-    nb = max(1, min(nb, 8192 // kp))  # keep a tile at most 8192 elements
+    nb = max(1, min(nb, 16384 // kp))  # keep a tile at most 16384 elements
     contig = L % block_size == 0
     masked = not (contig and kp == block_size and n_blocks % nb == 0)
-    min_exp = f.min_exp if f.ebits else 0
     grid = (triton.cdiv(n_blocks, nb),)
     _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
                      BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
-                     num_warps=num_warps)
-    if axis != last:
-        y = y.movedim(-1, axis).contiguous()
+                     num_warps=warps)
     return y.reshape(x.shape)

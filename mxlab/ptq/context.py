@@ -101,9 +101,10 @@ class BlockContext:
             if got:
                 yield got[0]
 
-    def collect(self, names: list[str], max_tokens: Optional[int] = None) -> dict[str, torch.Tensor]:
+    def collect(self, names: list[str], max_tokens: Optional[int] = None,
+                observe: Optional[Callable[[str, torch.Tensor], None]] = None) -> dict[str, torch.Tensor]:
         """Inputs of several modules in one pass: name -> (n, in) float32 on ``device``, evenly subsampled
-        to at most ``max_tokens`` rows."""
+        to at most ``max_tokens`` rows. ``observe(name, x (n_b, in) float32)`` sees every batch whole."""
         sizes = [h.shape[:-1].numel() for h in self.hidden]
         total = sum(sizes)
         keep = None
@@ -113,6 +114,8 @@ class BlockContext:
         parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
         def fn(name, x, module, b):
+            if observe is not None:
+                observe(name, x.float())
             if keep is not None:
                 idx = keep[(keep >= starts[b]) & (keep < starts[b] + sizes[b])] - starts[b]
                 x = x[idx.to(x.device)]
@@ -135,6 +138,15 @@ class BlockContext:
     def invalidate(self) -> None:
         """Forget captured inputs (the pipeline calls this after every step)."""
         self._cache = (None, None)
+
+    def input_keys(self) -> dict[str, str]:
+        """Linear name -> key of its input: the linears of one scaling group read the same input."""
+        keys = {n: n for n in self.linears}
+        for group in self.groups:
+            for n in group.linears:
+                if n in keys:
+                    keys[n] = f"group:{group.prev}"
+        return keys
 
     # -- quantization helpers
     def spec(self, name: str) -> QuantSpec:

@@ -41,6 +41,7 @@ Quantizer = Callable[[torch.Tensor], torch.Tensor]
 SEARCH_TOKENS = 4096        # tokens (evenly spaced) used to score each alpha; mean|x| uses all of them
 _CHUNK = 8192               # tokens per pass over big calibration inputs
 _CLIP_BATCH_ELEMS = 1 << 24  # bound on (out rows x in_features) per clipping pass
+GRID_BATCH_BYTES = 2 << 30  # bound on the float32 temporaries of one batch of AWQ grid points
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -86,14 +87,19 @@ def scale_candidate(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
 def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequence[Quantizer],
                  aquants: Sequence[Quantizer] | None = None, n_grid: int = 20,
                  max_tokens: int = SEARCH_TOKENS, x_mean: torch.Tensor | None = None,
+                 grid_batch: int = 1, row_local: bool = False,
                  pulse: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, float, list[float]]:
     """Best per-channel scale s (in,) for linears sharing input x (n, in); returns (s, alpha, losses).
 
     ``weights[i]`` (out_i, in) is quantized by ``wquants[i]`` (the target weight format) after
     scaling its columns by s; the input x / s by ``aquants[i]`` (the recipe's activation format,
     identity when None). ``losses[g]`` is the summed output MSE of alpha = g / n_grid. ``x_mean``
-    (in,): mean |x| over all calibration tokens when x is only a sample of them. ``pulse`` is
-    called per grid point and linear (a cancellation point).
+    (in,): mean |x| over all calibration tokens when x is only a sample of them.
+
+    ``grid_batch`` > 1 scores up to that many grid points per batched GEMM (bounded by
+    ``GRID_BATCH_BYTES``); ``row_local`` says the quantizers act on each row alone (MX, per-token or
+    per-row INT; not NVFP4's tensor scale), so the candidates of a batch are quantized in one call.
+    Each candidate's values, products and losses are computed as in the loop (``grid_batch=1``). ``pulse`` is called per batch of grid points (a cancellation point).
     """
     if n_grid < 1:
         raise MxlabError(f"AWQ n_grid must be >= 1, got {n_grid}")
@@ -103,19 +109,61 @@ def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequ
     refs = [xs @ W.to(torch.float32).T for W in weights]    # (t, out_i) float outputs
     losses: list[float] = []
     best = (math.inf, 0.0, torch.ones_like(x_mean))
-    for g in range(n_grid):
-        alpha = g / n_grid
-        s = scale_candidate(x_mean, alpha)
-        loss = 0.0
-        for W, wq, aq, ref in zip(weights, wquants, aquants, refs):
-            pulse()
-            Wq = wq(W.to(torch.float32) * s).to(torch.float32)       # (out, in) on the target grid
-            out = aq(xs / s).to(torch.float32) @ Wq.T                # (t, out)
-            loss += float((out - ref).pow(2).mean())
-        losses.append(loss)
-        if loss < best[0]:
-            best = (loss, alpha, s)
+    per_point = 4 * (xs.numel() + sum(W.numel() + r.numel() for W, r in zip(weights, refs)))  # bytes
+    step = max(1, min(grid_batch, GRID_BATCH_BYTES // max(per_point, 1)))
+    for g0 in range(0, n_grid, step):
+        pulse()
+        alphas = [g / n_grid for g in range(g0, min(g0 + step, n_grid))]
+        cands = [scale_candidate(x_mean, a) for a in alphas]
+        got = _score(xs, cands, weights, wquants, aquants, refs, row_local) if len(cands) > 1 else \
+            [_score_one(xs, cands[0], weights, wquants, aquants, refs)]
+        for alpha, s, loss in zip(alphas, cands, got):
+            losses.append(loss)
+            if loss < best[0]:
+                best = (loss, alpha, s)
     return best[2], best[1], losses
+
+
+def _score_one(xs: torch.Tensor, s: torch.Tensor, weights, wquants, aquants, refs) -> float:
+    """Summed output MSE of one candidate s over the linears (the loop's arithmetic)."""
+    loss = 0.0
+    for W, wq, aq, ref in zip(weights, wquants, aquants, refs):
+        Wq = wq(W.to(torch.float32) * s).to(torch.float32)       # (out, in) on the target grid
+        out = aq(xs / s).to(torch.float32) @ Wq.T                # (t, out)
+        loss += float((out - ref).pow(2).mean())
+    return loss
+
+
+def _stacked(fn: Quantizer, parts: list[torch.Tensor], row_local: bool) -> torch.Tensor:
+    """fn on each (rows, in) part, stacked (G, rows, in) float32: one call when fn is row-local."""
+    if row_local:
+        return fn(torch.cat(parts)).to(torch.float32).reshape(len(parts), *parts[0].shape)
+    return torch.stack([fn(p).to(torch.float32) for p in parts])
+
+
+def _score(xs: torch.Tensor, cands: list[torch.Tensor], weights, wquants, aquants, refs,
+           row_local: bool) -> list[float]:
+    """Losses of several candidates at once: quantize them together, one batched GEMM per linear."""
+    losses = [0.0] * len(cands)
+    acts: dict[int, torch.Tensor] = {}      # aq -> (G, t, in): linears with one activation quantizer share it
+    for W, wq, aq, ref in zip(weights, wquants, aquants, refs):
+        key = id(getattr(aq, "__func__", aq)) if getattr(aq, "__self__", None) is None else \
+            hash(_spec_key(aq.__self__))
+        if key not in acts:
+            acts = {key: _stacked(aq, [xs / s for s in cands], row_local)}
+        Wf = W.to(torch.float32)
+        Wq = _stacked(wq, [Wf * s for s in cands], row_local)   # (G, out, in)
+        out = torch.bmm(acts[key], Wq.transpose(1, 2))             # (G, t, out)
+        del Wq
+        for g in range(len(cands)):
+            losses[g] += float((out[g] - ref).pow(2).mean())
+    return losses
+
+
+def _spec_key(owner) -> tuple:
+    """What an activation quantizer depends on (a QuantLinear's acts spec), to share its result."""
+    spec = getattr(owner, "spec", None)
+    return (spec.acts, spec.block_size, spec.rounding) if spec is not None else (id(owner),)
 
 
 def _pad_groups(W: torch.Tensor, group: int) -> torch.Tensor:
@@ -197,6 +245,29 @@ def _quantized(block: nn.Module, names: Sequence[str]) -> list[str]:
     return [n for n in names if getattr(block.get_submodule(n), "weight_quantized", False)]
 
 
+def mean_and_sample(ctx: BlockContext, name: str, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean |x| (in,) over every calibration token, evenly spaced sample (<= max_tokens, in)) of
+    ``name``'s inputs, from one pass through the block; the same values as ``mean_abs`` and ``ctx.inputs``."""
+    acc: list[torch.Tensor] = []
+    n = [0]
+
+    def observe(_: str, x: torch.Tensor) -> None:
+        s = x.abs().sum(0)
+        acc[:] = [s if not acc else acc[0] + s]
+        n[0] += x.shape[0]
+
+    xs = ctx.collect([name], max_tokens, observe=observe)[name]
+    if not acc:
+        raise MxlabError("AWQ: no calibration inputs to compute mean |x| from")
+    return acc[0] / n[0], xs
+
+
+def _row_local(spec) -> bool:
+    """True when weights and activations are quantized row by row (no per-tensor scale): MX or per-channel INT."""
+    kinds = {FORMATS[canonical_format(f)].kind for f in (spec.weights, spec.acts) if f != "none"}
+    return kinds <= {"mx", "int"}
+
+
 @torch.no_grad()
 def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, config: AWQConfig,
                  record: StepRecord) -> dict[str, dict]:
@@ -210,25 +281,32 @@ def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, confi
     if not targets:
         record.notes.append(f"{group.prev} -> {group.linears}: skipped, no linear with a weight format")
         return {}
-    x_mean = mean_abs(ctx.input_batches(targets[0]))              # (in,) over every calibration token
-    xs = ctx.inputs(targets[0], max_tokens=SEARCH_TOKENS)         # (t, in) evenly spaced sample
+    x_mean, xs = mean_and_sample(ctx, targets[0], SEARCH_TOKENS)  # (in,) over every token; (t, in) sample
     s, alpha, losses = search_scale(
         xs, [ctx.linears[n].weight for n in targets], [ctx.quantizer(n) for n in targets],
         [ctx.linears[n].quantize_input for n in targets], n_grid=config.n_grid, x_mean=x_mean,
+        grid_batch=config.grid_batch, row_local=all(_row_local(ctx.spec(n)) for n in targets),
         pulse=ctx.pulse)
     fold_scales(block, group, s)
     ctx.invalidate()                                              # the block changed: inputs are stale
-    details = {"alpha": alpha, "prev": f"{ctx.prefix}.{group.prev}", "search_loss_plain": losses[0],
+    details = {"alpha": alpha, "grid_batch": config.grid_batch, "prev": f"{ctx.prefix}.{group.prev}", "search_loss_plain": losses[0],
                "search_loss_best": min(losses), "scale_min": float(s.min()), "scale_max": float(s.max())}
     return {n: dict(details) for n in group.linears if n in ctx.linears}
 
 
 @torch.no_grad()
-def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig) -> dict:
-    """Clip one linear's weight in place by the per-block MSE search; returns its details."""
+def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig, grams: dict) -> dict:
+    """Clip one linear's weight in place by the per-block MSE search; returns its details.
+
+    ``grams``: (input key, group) -> C, shared by linears that read one input (clipping one of
+    them does not change the others' input, so the Gram is the same)."""
     lin = ctx.linears[name]
     g = clip_group_size(lin.spec, lin.in_features)
-    C = group_gram(ctx.input_batches(name), g)                    # inputs as the layer now sees them
+    key = (ctx.input_keys()[name], g)
+    if key not in grams:
+        grams.clear()                                             # free the previous input's Gram first
+        grams[key] = group_gram(ctx.input_batches(name), g)       # inputs as the layer now sees them
+    C = grams[key]
     W = lin.weight.data
     max_val = search_clip(W, C, ctx.quantizer(name), g, config.max_shrink, config.clip_grid, pulse=ctx.pulse)
     org_max = _pad_groups(W.to(torch.float32), g).abs().amax(-1)  # (out, n_groups)
@@ -254,11 +332,12 @@ def apply(ctx: BlockContext, config: AWQConfig) -> StepRecord:
             details[n] = got[n]
             seconds[n] = (time.perf_counter() - t0) / len(got)
     if config.clip:
+        grams: dict = {}
         for name, lin in ctx.linears.items():
             if lin.weight_quantized or lin.spec.weights == "none":
                 continue
             t0 = time.perf_counter()
-            details.setdefault(name, {}).update(_clip_linear(ctx, name, config))
+            details.setdefault(name, {}).update(_clip_linear(ctx, name, config, grams))
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         ctx.invalidate()
     record.modules = [ModuleRecord(f"{ctx.prefix}.{n}", "awq", seconds=seconds.get(n, 0.0), details=d)

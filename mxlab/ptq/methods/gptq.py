@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
@@ -36,30 +36,15 @@ from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_e
 from ...records import ModuleRecord, StepRecord
 from ...steps import GPTQConfig
 from ..context import BlockContext
+from .gptq_fused import ColumnRule, column_rule, fused_available, fused_column_block, fused_supports
+from .hessian import hessian
 
 log = logging.getLogger(__name__)
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
 BlockQuantizer = Callable[[torch.Tensor], Quantizer]  # block's weights -> quantizer with its scales fixed
 
-_HESSIAN_CHUNK = 8192  # tokens per X^T X pass: bounds the float32 copy of a bf16 input chunk
 _DAMP_RETRIES = 4      # each retry multiplies the dampening by 10 when H is not positive definite
-
-
-def hessian(x: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
-    """H = 2 X^T X / n (in, in), float32, from inputs x (n_tokens, in) or a stream of (n_b, in) batches."""
-    chunks = (x[i:i + _HESSIAN_CHUNK] for i in range(0, x.shape[0], _HESSIAN_CHUNK)) \
-        if isinstance(x, torch.Tensor) else x
-    H, n = None, 0
-    for c in chunks:
-        c = c.reshape(-1, c.shape[-1]).to(torch.float32)  # (chunk, in)
-        if H is None:
-            H = torch.zeros(c.shape[1], c.shape[1], dtype=torch.float32, device=c.device)
-        H.addmm_(c.T, c)
-        n += c.shape[0]
-    if H is None or n == 0:
-        raise MxlabError("GPTQ: no calibration inputs to build the Hessian from; check the calibration set")
-    return H.mul_(2.0 / n)
 
 
 def proxy_mse(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
@@ -117,7 +102,8 @@ def act_order_permutation(diag: torch.Tensor, block_size: int) -> torch.Tensor:
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, block_size: int = 1,
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
                   microblock: int | None = None, block_quantizer: BlockQuantizer | None = None,
-                  info: dict | None = None, pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
+                  info: dict | None = None, fused: ColumnRule | None = None,
+                  pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Quantize W (out, in) with GPTQ against H (in, in); returns Q (out, in), on the quantizer's grid.
 
     ``quantizer`` maps a slab of columns (out, m) to its fake-quantized values; it is called on
@@ -131,6 +117,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     ``block_quantizer`` (group-wise GPTQ; ``quantizer`` is then unused): called at the start of
     each format block with its updated weights (out, <= block_size), it returns the quantizer of
     that block's columns with the block's scales fixed; columns then go one at a time (b2 = 1).
+
+    ``fused`` (a ``gptq_fused.ColumnRule`` of W, CUDA with triton): the column-wise loop of each outer
+    block runs as one Triton kernel (INT: ``block_size=1``; MX: the column rule, with
+    ``block_quantizer`` given) instead of the torch loop; float32 W only.
     """
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise MxlabError(f"gptq_quantize: W must be (out, in) and H (in, in); got {tuple(W.shape)} "
@@ -162,12 +152,18 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     b1 = max(b2, math.ceil(blocksize / b2) * b2)
     if block_quantizer is not None:
         b2 = 1
+    if fused is not None and (b2 != 1 or dtype != torch.float32 or (fused.kind == "mx") != (block_quantizer is not None)):
+        raise MxlabError("gptq_quantize: fused runs the column-wise float32 loop only (INT, or MX with a block_quantizer)")
     Q = torch.empty_like(W)
     quant = quantizer
     for i1 in range(0, n_cols, b1):
         i2 = min(i1 + b1, n_cols)
         W1 = W[:, i1:i2]          # a view: updates below write into W
         U1 = U[i1:i2, i1:i2]
+        if fused is not None:     # the whole column loop of this outer block in one kernel
+            Q[:, i1:i2], Err1 = fused_column_block(W1, U1, fused)
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            continue
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
         for j in range(0, i2 - i1, b2):
             pulse()                   # a cancellation point per micro-block / column
@@ -188,7 +184,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     if info is not None:
-        info.update(damp=damp, dead_columns=int(dead.sum()))
+        info.update(damp=damp, dead_columns=int(dead.sum()), fused=fused is not None)
     return Q
 
 
@@ -260,14 +256,18 @@ def mx_block_quantizer(spec) -> BlockQuantizer | None:
     return fix
 
 
-def _share_keys(ctx) -> dict[str, str]:
-    """Linear name -> key of its input: linears of one scaling group read the same input (one Hessian)."""
-    keys = {n: n for n in ctx.linears}
-    for group in ctx.groups:
-        for n in group.linears:
-            if n in keys:
-                keys[n] = f"group:{group.prev}"
-    return keys
+def _runs(names: list[str], keys: dict[str, str], ctx: BlockContext, batch: bool) -> list[list[str]]:
+    """Consecutive linears to quantize together: one Hessian, one spec, one dtype (each alone unless ``batch``)."""
+    runs: list[list[str]] = []
+    for n in names:
+        last = runs[-1][-1] if runs else None
+        same = last is not None and keys[last] == keys[n] and ctx.spec(last) == ctx.spec(n) \
+            and ctx.linears[last].weight.dtype == ctx.linears[n].weight.dtype
+        if batch and same:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
 
 
 @torch.no_grad()
@@ -276,32 +276,49 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
 
     Inputs are captured when a linear's turn comes, so later linears see the earlier ones
     already quantized (true-sequential, as the reference's llama.py); q/k/v and gate/up share
-    one Hessian.
+    one Hessian. With ``config.batch_linears`` such linears are stacked row-wise into one GPTQ
+    problem: GPTQ treats rows independently, so each row gets the same updates as alone.
     """
     record = StepRecord("gptq", ctx.index)
-    keys, cached = _share_keys(ctx), (None, None)
+    keys, cached = ctx.input_keys(), (None, None)
+    todo = []
     for name, lin in ctx.linears.items():
         if lin.weight_quantized or lin.spec.weights == "none":
             why = "already quantized by an earlier step" if lin.weight_quantized else "weights 'none'"
             record.notes.append(f"{name}: {why}, skipped")
-            continue
+        else:
+            todo.append(name)
+    fused = config.fused and fused_available()
+    if config.fused and not fused:
+        record.notes.append("fused: the Triton GPTQ kernel needs CUDA and triton; ran the torch path")
+    for names in _runs(todo, keys, ctx, config.batch_linears):
         t0 = time.perf_counter()
-        if cached[0] != keys[name]:
+        if cached[0] != keys[names[0]]:
             cached = (None, None)                                 # free the previous Hessian first
-            cached = (keys[name], hessian(ctx.input_batches(name)))
+            cached = (keys[names[0]], hessian(ctx.input_batches(names[0]), config.hessian_dtype))
         H = cached[1]
-        W = lin.weight.data
-        quantizer, block_size, pack_fn = weight_quantizer(W, lin.spec)
-        block_quantizer = mx_block_quantizer(lin.spec) if config.mx_update == "column" else None
+        Ws = [ctx.linears[n].weight.data for n in names]
+        W = Ws[0] if len(Ws) == 1 else torch.cat(Ws)              # (sum out, in): rows are independent in GPTQ
+        spec = ctx.spec(names[0])
+        quantizer, block_size, _ = weight_quantizer(W, spec)
+        block_quantizer = mx_block_quantizer(spec) if config.mx_update == "column" else None
         info: dict = {}
+        use_fused = fused and fused_supports(spec, config.mx_update)
+        if fused and not use_fused and not any(n.startswith("fused:") for n in record.notes):
+            record.notes.append(f"fused: {spec.weights} with mx_update={config.mx_update!r} has no column loop to "
+                                "fuse (the micro-block rule quantizes whole blocks); ran the torch path")
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
-                          block_quantizer=block_quantizer, info=info, pulse=ctx.pulse)
-        details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
-                   "blocksize": config.blocksize, "mx_update": config.mx_update,
-                   "microblock": 1 if block_quantizer else block_size,
-                   "proxy_mse_rtn": proxy_mse(W, quantizer(W), H), "proxy_mse_gptq": proxy_mse(W, Q, H)}
-        lin.set_quantized_weight(Q, packed=pack_fn(Q))
-        record.modules.append(ModuleRecord(f"{ctx.prefix}.{name}", "gptq",
-                                           seconds=time.perf_counter() - t0, details=details))
+                          block_quantizer=block_quantizer, info=info,
+                          fused=column_rule(W, spec) if use_fused else None, pulse=ctx.pulse)
+        seconds = (time.perf_counter() - t0) / len(names)
+        for n, Wn, Qn in zip(names, Ws, Q.split([w.shape[0] for w in Ws])):
+            quant_n, _, pack_n = weight_quantizer(Wn, spec)       # per-row parameters: the same rows as W's
+            details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
+                       "blocksize": config.blocksize, "mx_update": config.mx_update,
+                       "microblock": 1 if block_quantizer else block_size, "hessian_dtype": config.hessian_dtype,
+                       "batched_with": [m for m in names if m != n], "fused": info.get("fused", False),
+                       "proxy_mse_rtn": proxy_mse(Wn, quant_n(Wn), H), "proxy_mse_gptq": proxy_mse(Wn, Qn, H)}
+            ctx.linears[n].set_quantized_weight(Qn, packed=pack_n(Qn))
+            record.modules.append(ModuleRecord(f"{ctx.prefix}.{n}", "gptq", seconds=seconds, details=details))
     return record

@@ -1,0 +1,68 @@
+"""Run under TRITON_INTERPRET=1 (tests/test_triton_interpret.py): the Triton kernels on CPU tensors give
+the same bits as the torch paths. Prints one line per check; exits 1 on the first mismatch."""
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"
+torch.set_num_threads(1)
+
+from mxlab.formats import FORMATS, kernels, quantize  # noqa: E402
+from mxlab.ptq.methods.gptq import gptq_quantize, mx_block_quantizer, weight_quantizer  # noqa: E402
+from mxlab.ptq.methods.gptq_fused import column_rule  # noqa: E402
+
+g = torch.Generator().manual_seed(0)
+
+
+def heavy(*shape):
+    """Values over many binades (with exact zeros and ties), to exercise every branch of the rounding."""
+    x = torch.randn(shape, generator=g) * torch.exp(torch.randn(shape, generator=g) * 3)
+    x.view(-1)[::17] = 0.0
+    x.view(-1)[5::23] = 2.5
+    return x
+
+
+def check(ok: bool, what: str) -> None:
+    print(("ok   " if ok else "FAIL ") + what, flush=True)
+    if not ok:
+        sys.exit(1)
+
+
+# 1. MX fake-quant kernel: last axis and the in-place axis kernel, against the CPU path, bit for bit
+cases = [((16, 96), 1, 32), ((64, 40), 0, 32), ((40, 24), 0, 16), ((3, 40, 5), 1, 16), ((256, 8), 0, 128),
+         ((24, 64), 0, 64), ((48,), 0, 32)]
+for shape, axis, bs in cases:
+    x = heavy(*shape)
+    for fmt, rnd, dt in [("mxint4", "nearest", torch.float32), ("mxfp4_e2m1", "even", torch.bfloat16),
+                         ("mxfp8_e4m3", "floor", torch.float32), ("mxint8", "even", torch.float16),
+                         ("mxfp6_e3m2", "nearest", torch.bfloat16)]:
+        xd = x.to(dt)
+        got = kernels.mx_quantize(xd, FORMATS[fmt], bs, axis, rnd)
+        ref = quantize(xd, fmt, bs, axis=axis, rounding=rnd)
+        same = torch.equal(got.view(torch.int16 if dt != torch.float32 else torch.int32),
+                           ref.view(torch.int16 if dt != torch.float32 else torch.int32))
+        check(same, f"mx kernel {fmt} {rnd} {dt} shape {shape} axis {axis} block {bs}")
+
+# 2. GPTQ column kernel against the torch column loop
+for fmt, bs, rnd, (out_f, in_f), blocksize in [("int4", 32, "nearest", (24, 80), 32), ("int3", 32, "even", (9, 64), 64),
+                                               ("mxint4", 32, "nearest", (20, 96), 64),
+                                               ("mxfp4_e2m1", 16, "even", (12, 72), 32),
+                                               ("mxint8", 32, "floor", (8, 100), 64),
+                                               ("mxfp6_e2m3", 32, "nearest", (10, 64), 64)]:
+    spec = SimpleNamespace(weights=fmt, block_size=bs, rounding=rnd)
+    W = torch.randn(out_f, in_f, generator=g) * 0.05
+    X = torch.randn(4 * in_f, in_f, generator=g) * torch.linspace(0.2, 3, in_f)
+    H = 2 * X.T @ X / X.shape[0]
+    quantizer, block, _ = weight_quantizer(W, spec)
+    bq = mx_block_quantizer(spec)
+    ref = gptq_quantize(W, H, quantizer, block_size=block, blocksize=blocksize, block_quantizer=bq)
+    info: dict = {}
+    got = gptq_quantize(W, H, quantizer, block_size=block, blocksize=blocksize, block_quantizer=bq,
+                        fused=column_rule(W, spec), info=info)
+    check(info["fused"] and torch.equal(got, ref), f"gptq kernel {fmt} block {bs} {rnd} W {tuple(W.shape)} b1 {blocksize}"
+          f" (equal {float((got == ref).float().mean()):.4f})")
+print("all equal")
