@@ -74,6 +74,7 @@ def run_job(config: dict, run_dir: str, record: str) -> dict[str, Any]:
                   gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
     try:
         _threads()
+        _drop_leftovers(Path(run_dir))
         metrics = _experiment(config, run_dir)
     except Exception as e:  # any failure of one cell is recorded; the sweep goes on
         from ..errors import MxlabError
@@ -89,6 +90,15 @@ def run_job(config: dict, run_dir: str, record: str) -> dict[str, Any]:
         update_record(record, status="cancelled", error="cancelled", seconds=time.time() - started)
         raise
     return update_record(record, status="done", metrics=metrics, seconds=time.time() - started)
+
+
+def _drop_leftovers(run_dir: Path) -> None:
+    """Remove what a killed attempt of this cell left beside its run directory (one job per cell at a time)."""
+    import shutil
+
+    for tmp in run_dir.parent.glob(f".{run_dir.name}.tmp-*"):
+        log.info("removing %s, left by a worker that died", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _experiment(config: dict, run_dir: str) -> dict[str, Any]:
@@ -108,7 +118,6 @@ def _experiment(config: dict, run_dir: str) -> dict[str, Any]:
                              with_kl=config["with_kl"], device=device, allow_pickle=config["allow_pickle"],
                              trust_remote_code=config["trust_remote_code"])
     outcome.info["sweep_cell"] = Path(run_dir).name
-    # a dead worker's temporary directory may remain beside run_dir; atomic_directory makes a fresh one
     export_run(outcome, run_dir, overwrite=True, save_model=config["save_model"])
     peak = getattr(outcome.result, "peak_memory", None)
     return dict(outcome.metrics, peak_memory=peak)
@@ -116,12 +125,9 @@ def _experiment(config: dict, run_dir: str) -> dict[str, Any]:
 
 def cancel_leftovers(sweep_dir: str | os.PathLike, cells: list[str]) -> None:
     """Mark records still 'running' or 'queued' as cancelled (after Ctrl-C), and drop dead temp dirs."""
-    import shutil
-
     for cell in cells:
         path = record_path(sweep_dir, cell)
         rec = read_record(path)
         if rec and rec.get("status") in ("queued", "running"):
             update_record(path, status="cancelled", error="cancelled by the user")
-        for tmp in Path(sweep_dir).glob(f".{cell}.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        _drop_leftovers(Path(sweep_dir) / cell)
