@@ -138,9 +138,8 @@ def test_local_workers_failure_kill_and_rerun(tmp_path):
 @pytest.fixture
 def local_ray():
     ray = pytest.importorskip("ray")
-    import cloudpickle
-
     import _sweep_faults
+    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(_sweep_faults)    # Ray workers do not have tests/ on their path
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import re
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -169,8 +170,9 @@ def run_ray(tasks: list[Task], job_fn: JobFn, on_done: OnDone, *, address: str =
                     record = update_record(task.record, status="failed",
                                            error=f"the worker died {retries + 1} times ({type(e).__name__}); "
                                                  "check the node's memory or run this cell alone")
-                except ray.exceptions.RayError as e:
-                    record = update_record(task.record, status="failed", error=f"{type(e).__name__}: {e}")
+                except ray.exceptions.RayError as e:   # Ray colours its messages: keep plain text
+                    error = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(e).__name__}: {e}")
+                    record = update_record(task.record, status="failed", error=error)
                 on_done(task, record)
     except BaseException:
         for ref in refs:
