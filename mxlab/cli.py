@@ -150,6 +150,8 @@ def _sweep_parser(sub: Any) -> None:
                     "else a local Ray)")
     sw.add_argument("--gpus-per-job", type=float, metavar="G", help="Ray: GPUs per task (default 1 on a GPU "
                     "cluster; a fraction packs several jobs per GPU)")
+    sw.add_argument("--only", metavar="GLOBS", help="run only cells whose names match these comma-separated "
+                    "patterns, e.g. '*method-RTN,*method-GPTQ' (see --dry-run for the names)")
     sw.add_argument("--dry-run", action="store_true", help="show the jobs and the plan, run nothing")
 
 
@@ -289,11 +291,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.file)
     if args.gpus_per_job is not None and not 0 <= args.gpus_per_job <= 64:
         raise MxlabError(f"--gpus-per-job must be in [0, 64], got {args.gpus_per_job}")
-    p = plan(sweep, args.workspace, workers=args.workers, ray=args.ray)
+    only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
+    p = plan(sweep, args.workspace, workers=args.workers, ray=args.ray, only=only)
     print(p.summary(), file=sys.stderr)
     if args.dry_run:
         for cell in sweep.cells:
-            print(f"{'done ' if cell.name in p.finished else 'todo '} {cell.name}")
+            state = "done" if cell.name in p.finished else "todo" if cell.name in p.todo else "skip"
+            print(f"{state}  {cell.name}")
         return EXIT_OK
     bar = _progress(args, f"sweep {sweep.name}")
     try:

@@ -118,7 +118,7 @@ def _check_faults(tmp_path: Path, **executor) -> None:
     table = sweep_table(sweep_dir)
     assert table.shape == (2, 2) and math.isnan(table.loc["short.txt", "64"])
     assert table.loc["tinystories", "16"] == pytest.approx(rows["dataset-tinystories__seq_len-16"]["ppl_quant"])
-    assert "| short.txt | " in (sweep_dir / "table.md").read_text()
+    assert "| short.txt | " in (sweep_dir / "table.md").read_text() and " – |" in (sweep_dir / "table.md").read_text()
     stamps = {c: (sweep_dir / c / "results.json").stat().st_mtime_ns for c in out.done}
 
     (tmp_path / "short.txt").write_text(SHORT_TEXT * 3)        # fix the failing cell, then run again

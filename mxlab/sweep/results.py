@@ -82,7 +82,7 @@ def markdown(table, digits: int = 4) -> str:
 
         def fmt(v: Any) -> str:
             if not isinstance(v, float) or not math.isfinite(v):
-                return "failed"
+                return "–"      # failed or not run: cells.csv and report.html say which
             text = f"{v:.{digits}g}"
             return f"**{text}**" if v == best else text
         lines.append(f"| {label} | " + " | ".join(fmt(v) for v in row) + " |")
@@ -95,7 +95,7 @@ def figure(table, value: str):
 
     ylabels = [" ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in table.index]
     z = table.to_numpy(dtype=float)
-    text = [[("failed" if not math.isfinite(v) else f"{v:.4g}") for v in row] for row in z]
+    text = [[("–" if not math.isfinite(v) else f"{v:.4g}") for v in row] for row in z]
     fig = go.Figure(go.Heatmap(z=z, x=[str(c) for c in table.columns], y=ylabels, text=text,
                                texttemplate="%{text}", colorscale="Viridis", colorbar={"title": value}))
     fig.update_layout(title=f"{value} per cell", yaxis={"autorange": "reversed"}, height=200 + 28 * len(ylabels))
@@ -134,7 +134,7 @@ def write_results(sweep_dir: str | os.PathLike) -> dict[str, Path]:
              f"<script>{get_plotlyjs()}</script></head><body style='font-family:system-ui;max-width:1200px;"
              "margin:2em auto'>", f"<h1>sweep {name}</h1><p>{when}: {done} of {len(status)} cells done, "
              f"{len(failed)} not done</p>", f"<h2>{html.escape(value)}</h2>",
-             table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="failed", border=0),
+             table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="–", border=0),
              fig.to_html(full_html=False, include_plotlyjs=False)]
     if len(failed):
         parts += ["<h2>Cells not done</h2>", failed.to_html(index=False, border=0)]

@@ -7,6 +7,7 @@ run directory; ``DIR/<sweep name>/_jobs/<cell>.json`` its record; ``sweep.json``
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import os
 import time
@@ -44,7 +45,9 @@ class SweepPlan:
         """The lines shown before anything runs: jobs, skips, cost and the memory plan."""
         s = self.sweep
         head = (f"sweep {s.name}: {len(s.cells)} job(s) ({s.excluded} excluded) in {self.sweep_dir}; "
-                f"{len(self.finished)} already finished, {len(self.todo)} to run")
+                f"{len(self.finished)} already finished, {len(self.todo)} to run"
+                + (f", {left} left out by --only" if (left := len(s.cells) - len(self.finished) - len(self.todo))
+                   else ""))
         return head + ("\n" + self.estimate if self.estimate else "")
 
 
@@ -60,14 +63,19 @@ def _finished(sweep_dir: Path, cell: Any) -> bool:
 
 
 def plan(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: int | None = None,
-         ray: str | None = None) -> SweepPlan:
-    """Expand nothing, run nothing: what ``run_sweep`` would do, with the cost and memory plan."""
+         ray: str | None = None, only: list[str] | None = None) -> SweepPlan:
+    """Run nothing: what ``run_sweep`` would do, with the cost and memory plan.
+
+    ``only``: fnmatch patterns on cell names; other cells are left out of this run (not of the table).
+    """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or not 1 <= workers <= MAX_WORKERS):
         raise MxlabError(f"workers must be a whole number in [1, {MAX_WORKERS}], got {workers!r}")
     sweep_dir = Path(workspace).expanduser() / sweep.name
     finished = [c.name for c in sweep.cells if _finished(sweep_dir, c)]
     todo = [c.name for c in sweep.cells if c.name not in finished]
+    if only:
+        todo = [n for n in todo if any(fnmatch.fnmatchcase(n, pat) for pat in only)]
     todo_cells = [c for c in sweep.cells if c.name in todo] or sweep.cells
     estimates = estimate_sweep(todo_cells)
     use_gpu = any(c.config.get("device") in ("auto", "cuda") or str(c.config.get("device")).startswith("cuda")
@@ -109,7 +117,8 @@ class SweepOutcome:
 
 def run_sweep(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: int | None = None,
               ray: str | None = None, gpus_per_job: float | None = None, progress: ProgressFn | None = None,
-              job_fn: JobFn = run_job, sweep_plan: SweepPlan | None = None) -> SweepOutcome:
+              job_fn: JobFn = run_job, sweep_plan: SweepPlan | None = None,
+              only: list[str] | None = None) -> SweepOutcome:
     """Run every unfinished cell (failed ones again), locally or on Ray, then write the table and report.
 
     Args:
@@ -120,8 +129,9 @@ def run_sweep(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: i
         gpus_per_job: Ray only: GPUs each task asks for (default: 1 on a GPU cluster, 0 otherwise).
         progress: ``progress(fraction, message)`` after every finished job; may raise ``Cancelled``.
         job_fn: the function a worker runs per cell (tests substitute one that kills its worker).
+        only: run only the cells whose names match one of these fnmatch patterns.
     """
-    p = sweep_plan or plan(sweep, workspace, workers=workers, ray=ray)
+    p = sweep_plan or plan(sweep, workspace, workers=workers, ray=ray, only=only)
     p.sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_manifest(p)
     cells = {c.name: c for c in sweep.cells}
@@ -173,9 +183,11 @@ def _ray_gpus_per_job(address: str) -> float:
 
 def write_outputs(sweep_dir: str | os.PathLike) -> dict[str, Path]:
     """The sweep's table as CSV and Markdown, its figure and report (skipped without pandas/plotly)."""
+    from .results import write_results
+
     try:
-        from .results import write_results
+        return write_results(sweep_dir)
     except ImportError as e:   # the GPU machine may lack pandas/plotly: the run directories are the result
-        log.warning("cannot write the sweep table (%s); run `python -m mxlab sweep FILE` again elsewhere", e)
+        log.warning("cannot write the sweep table (%s); install pandas and plotly, then run "
+                    "`python -m mxlab sweep FILE` again (finished cells are not recomputed)", e)
         return {}
-    return write_results(sweep_dir)

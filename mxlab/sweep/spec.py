@@ -23,11 +23,14 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import MxlabError
+
+log = logging.getLogger(__name__)
 
 MAX_JOBS = 10_000
 MAX_AXIS_VALUES = 1_000
@@ -160,7 +163,7 @@ def _matches(rule: dict, axes: list[Axis], combo: tuple[AxisValue, ...]) -> bool
     return True
 
 
-def _resolve_recipe(config: dict) -> dict:
+def _resolve_recipe(config: dict, warnings: set[str]) -> dict:
     """The recipe dict of one cell: the preset (if any) with the base's recipe fields on top."""
     from ..recipe import Recipe
 
@@ -174,7 +177,14 @@ def _resolve_recipe(config: dict) -> dict:
             recipe["calib"] = {**recipe.get("calib", {}), **value}
         else:
             recipe[key] = value
-    return Recipe.from_dict(recipe).to_dict()
+    quiet = logging.getLogger("mxlab.recipe")
+    level, quiet.level = quiet.level, logging.ERROR     # 64 cells would repeat the same warning 64 times
+    try:
+        built = Recipe.from_dict(recipe)
+    finally:
+        quiet.setLevel(level)
+    warnings.update(built.warnings)
+    return built.to_dict()
 
 
 def _check_base(base: dict) -> None:
@@ -186,7 +196,7 @@ def _check_base(base: dict) -> None:
         raise MxlabError(f"base.eval must be a mapping with keys {list(EVAL_KEYS)}, got {ev!r}")
 
 
-def _check_cell(config: dict, name: str) -> dict:
+def _check_cell(config: dict, name: str, warnings: set[str]) -> dict:
     """Validate one cell's config, returning it with the recipe resolved (MxlabError names the cell)."""
     try:
         _check_base(config)
@@ -204,7 +214,7 @@ def _check_cell(config: dict, name: str) -> dict:
                 raise MxlabError(f"{key} must be true or false, got {config[key]!r}")
         if config["device"] is not None and not isinstance(config["device"], str):
             raise MxlabError(f"device must be auto, cpu or cuda, got {config['device']!r}")
-        config = dict(config, recipe=_resolve_recipe(config), preset=None)
+        config = dict(config, recipe=_resolve_recipe(config, warnings), preset=None)
     except MxlabError as e:
         raise MxlabError(f"cell {name}: {e}; fix the base/axes or add an `exclude` rule for it") from None
     return config
@@ -240,7 +250,7 @@ def expand(data: dict, name: str = "sweep") -> Sweep:
         total *= len(a.values)
     if total > MAX_JOBS:
         raise MxlabError(f"the axes make {total} jobs; at most {MAX_JOBS}: split the sweep")
-    cells, excluded = [], 0
+    cells, excluded, warnings = [], 0, set()
     for combo in itertools.product(*(a.values for a in axes)):
         if any(_matches(rule, axes, combo) for rule in rules):
             excluded += 1
@@ -251,12 +261,14 @@ def expand(data: dict, name: str = "sweep") -> Sweep:
                 _set(config, path, v)
         labels = {a.name: v.label for a, v in zip(axes, combo)}
         cell_name = "__".join(f"{label_of(a.name.split('.')[-1])}-{v.label}" for a, v in zip(axes, combo)) or "base"
-        cells.append(Cell(cell_name[:200], labels, _check_cell(config, cell_name)))
+        cells.append(Cell(cell_name[:200], labels, _check_cell(config, cell_name, warnings)))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise MxlabError("two cells got the same name (labels too long or equal); give the axis values labels")
     if not cells:
         raise MxlabError("every cell is excluded: nothing to run; loosen the exclude rules")
+    for w in sorted(warnings):
+        log.warning("recipe: %s", w)
     retries = data.get("retries", 2)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
         raise MxlabError(f"retries must be a whole number in [0, 10], got {retries!r}")
