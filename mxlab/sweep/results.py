@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 from datetime import datetime, timezone
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MxlabError
+
+log = logging.getLogger(__name__)
 from .jobs import read_record, record_path
 
 CELLS_CSV, TABLE_CSV, TABLE_MD, FIGURE_HTML, REPORT_HTML = ("cells.csv", "table.csv", "table.md",
@@ -105,7 +108,6 @@ def figure(table, value: str):
 def write_results(sweep_dir: str | os.PathLike) -> dict[str, Path]:
     """Write cells.csv, table.csv, table.md, table.html (figure) and report.html into the sweep directory."""
     import pandas as pd
-    from plotly.offline import get_plotlyjs
 
     from ..atomic import atomic_file
 
@@ -114,7 +116,6 @@ def write_results(sweep_dir: str | os.PathLike) -> dict[str, Path]:
     value = manifest["table"]["value"]
     status = pd.DataFrame(sweep_status(sweep_dir))
     table = sweep_table(sweep_dir)
-    fig = figure(table, value)
     out = {name: sweep_dir / name for name in (CELLS_CSV, TABLE_CSV, TABLE_MD, FIGURE_HTML, REPORT_HTML)}
     with atomic_file(out[CELLS_CSV]) as tmp:
         status.to_csv(tmp, index=False)
@@ -122,6 +123,12 @@ def write_results(sweep_dir: str | os.PathLike) -> dict[str, Path]:
         table.to_csv(tmp)
     with atomic_file(out[TABLE_MD]) as tmp:
         tmp.write_text(markdown(table))
+    try:
+        from plotly.offline import get_plotlyjs
+    except ImportError:
+        log.warning("plotly is not installed: wrote the CSV and Markdown tables, not the figure and report")
+        return {k: v for k, v in out.items() if k in (CELLS_CSV, TABLE_CSV, TABLE_MD)}
+    fig = figure(table, value)
     with atomic_file(out[FIGURE_HTML]) as tmp:
         fig.write_html(tmp, include_plotlyjs=True)
     done = int((status["status"] == "done").sum())
