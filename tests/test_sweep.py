@@ -163,3 +163,14 @@ def test_plan_counts_cost_and_finished_cells(tmp_path):
     assert f"{flops / 1e12:.3g} TFLOP in all" in p.summary()
     with pytest.raises(MxlabError, match="workers"):
         plan(sweep, tmp_path / "ws", workers=0)
+
+
+def test_readme_sweep_example_expands():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Sweeps")[1].split("```yaml\n")[1].split("```")[0]
+    sweep = expand(yaml.safe_load(block))
+    assert sweep.name == "w4-methods" and sweep.excluded == 2 and len(sweep.cells) == 6
+    cell = next(c for c in sweep.cells if c.labels == {"model": "default", "recipe.block_size": "128",
+                                                      "method": "AWQ+GPTQ"})
+    assert cell.config["recipe"]["block_size"] == 128
+    assert [s["name"] for s in cell.config["recipe"]["steps"]] == ["awq", "gptq"]
