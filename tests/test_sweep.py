@@ -174,3 +174,45 @@ def test_readme_sweep_example_expands():
                                                       "method": "AWQ+GPTQ"})
     assert cell.config["recipe"]["block_size"] == 128
     assert [s["name"] for s in cell.config["recipe"]["steps"]] == ["awq", "gptq"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_runs_and_the_rerun_completes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = _grid(tmp_path)
+    grid["axes"] = {"eval.seq_len": [16, 32, 48]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    cmd = [sys.executable, "-m", "mxlab", "-q", "sweep", str(tmp_path / "grid.yaml"), "--workspace",
+           str(tmp_path / "ws"), "--workers", "1"]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sweep_dir = tmp_path / "ws" / "grid"
+
+    def finished_runs() -> list[str]:     # not the hidden temporary directory an export is writing
+        return [p.parent.name for p in sweep_dir.glob("*/results.json") if not p.parent.name.startswith(".")]
+    deadline = time.time() + 240
+    while not finished_runs() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)          # what Ctrl-C in a terminal sends: the whole process group
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    finished = finished_runs()
+    assert 1 <= len(finished) < 3
+    for name in finished:                       # intact: readable, with its metrics
+        assert json.loads((sweep_dir / name / "results.json").read_text())["metrics"]["ppl_quant"] > 1
+    assert not list(sweep_dir.glob(".*.tmp-*"))
+    status = {r["cell"]: r["status"] for r in sweep_status(sweep_dir)}
+    assert all(status[c] == "done" for c in finished)
+    assert {s for c, s in status.items() if c not in finished} <= {"cancelled"}
+
+    again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, timeout=600)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    summary = json.loads(again.stdout)
+    assert (summary["skipped"], summary["done"], summary["failed"]) == (len(finished), 3 - len(finished), 0)
