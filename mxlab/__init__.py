@@ -30,6 +30,8 @@ _EXPORTS = {
     "save_quantized": "checkpoint",
     "load_quantized": "checkpoint",
     "export_run": "rundir",
+    "load_sweep": "sweep",
+    "run_sweep": "sweep",
 }
 
 __all__ = sorted([*_EXPORTS, "MxlabError", "Cancelled", "__version__"])
