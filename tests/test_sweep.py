@@ -114,6 +114,7 @@ def _check_faults(tmp_path: Path, **executor) -> None:
     assert all(rows[c]["attempts"] == 1 for c in rows if c != killed)               # the others untouched
     assert not list(sweep_dir.glob(".*.tmp-*"))                                     # no half-written run left
     good = sweep.cells[0]
+    assert rows[good.name]["progress"] == 1.0 and rows[bad]["status"] == "failed"
     assert rows[good.name]["ppl_quant"] == pytest.approx(_reference_ppl(good.config), rel=1e-6)
     table = sweep_table(sweep_dir)
     assert table.shape == (2, 2) and math.isnan(table.loc["short.txt", "64"])

@@ -69,13 +69,13 @@ def run_job(config: dict, run_dir: str, record: str) -> dict[str, Any]:
     """Run one cell into ``run_dir`` and record the outcome; never raises for a failed experiment."""
     attempts = int((read_record(record) or {}).get("attempts", 0)) + 1
     started = time.time()
-    update_record(record, status="running", attempts=attempts, started=started, host=socket.gethostname(),
+    update_record(record, status="running", attempts=attempts, started=started, host=socket.gethostname(), progress=0.0,
                   pid=os.getpid(), error=None, traceback=None,
                   gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
     try:
         _threads()
         _drop_leftovers(Path(run_dir))
-        metrics = _experiment(config, run_dir)
+        metrics = _experiment(config, run_dir, _record_progress(record))
     except Exception as e:  # any failure of one cell is recorded; the sweep goes on
         from ..errors import MxlabError
 
@@ -101,7 +101,19 @@ def _drop_leftovers(run_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _experiment(config: dict, run_dir: str) -> dict[str, Any]:
+def _record_progress(record: str, every: float = 2.0) -> Callable[[float, str], None]:
+    """A progress callback that writes the job's fraction and message into its record (at most every 2 s)."""
+    last = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.time()
+        if now - last[0] >= every or fraction >= 1.0:
+            last[0] = now
+            update_record(record, progress=round(float(fraction), 4), message=message)
+    return progress
+
+
+def _experiment(config: dict, run_dir: str, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """load -> FP eval -> quantize -> eval -> run directory (the runner's one experiment)."""
     from ..recipe import Recipe
     from ..rundir import export_run
@@ -116,11 +128,11 @@ def _experiment(config: dict, run_dir: str) -> dict[str, Any]:
     outcome = run_experiment(config["model"], Recipe.from_dict(config["recipe"]), eval_dataset=ev["dataset"],
                              max_eval_windows=ev.get("max_windows"), eval_seq_len=ev.get("seq_len"),
                              with_kl=config["with_kl"], device=device, allow_pickle=config["allow_pickle"],
-                             trust_remote_code=config["trust_remote_code"])
+                             trust_remote_code=config["trust_remote_code"], progress=progress)
     outcome.info["sweep_cell"] = Path(run_dir).name
     export_run(outcome, run_dir, overwrite=True, save_model=config["save_model"])
-    peak = getattr(outcome.result, "peak_memory", None)
-    return dict(outcome.metrics, peak_memory=peak)
+    peak = getattr(outcome.result, "peak_memory", None) or {}   # phase -> CUDA bytes (CUDA only)
+    return dict(outcome.metrics, peak_gpu_bytes=max(peak.values()) if peak else None)
 
 
 def cancel_leftovers(sweep_dir: str | os.PathLike, cells: list[str]) -> None:

@@ -31,7 +31,8 @@ def read_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
 
 def sweep_status(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """One row per cell: name, axis labels, status (queued/running/done/failed/cancelled/not run),
-    attempts, error, seconds, run_dir and its metrics (from results.json when the cell is done)."""
+    attempts, progress (0..1) and message of the running job, error, seconds, run_dir and its metrics
+    (from results.json when the cell is done). Cheap to poll: it reads small JSON files only."""
     sweep_dir = Path(sweep_dir)
     rows = []
     for cell in read_manifest(sweep_dir)["cells"]:
@@ -46,6 +47,7 @@ def sweep_status(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
             except (OSError, ValueError):
                 pass
         rows.append({"cell": cell["name"], **cell["labels"], "status": status, "attempts": rec.get("attempts", 0),
+                     "progress": 1.0 if status == "done" else rec.get("progress", 0.0), "message": rec.get("message"),
                      "error": rec.get("error"), "seconds": rec.get("seconds"), "run_dir": str(run_dir),
                      **metrics})
     return rows
@@ -146,7 +148,7 @@ def write_results(sweep_dir: str | os.PathLike) -> dict[str, Path]:
     if len(failed):
         parts += ["<h2>Cells not done</h2>", failed.to_html(index=False, border=0)]
     parts += ["<h2>Runs</h2><ul>", links, "</ul>", "<h2>All cells</h2>",
-              status.drop(columns=["run_dir"]).to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}"),
+              status.drop(columns=["run_dir", "progress", "message"]).to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}"),
               "</body></html>"]
     with atomic_file(out[REPORT_HTML]) as tmp:
         tmp.write_text("\n".join(parts))
