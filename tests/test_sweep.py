@@ -217,3 +217,33 @@ def test_ctrl_c_keeps_finished_runs_and_the_rerun_completes(tmp_path):
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     summary = json.loads(again.stdout)
     assert (summary["skipped"], summary["done"], summary["failed"]) == (len(finished), 3 - len(finished), 0)
+
+
+def test_gpu_slots_and_memory_plan(monkeypatch):
+    from mxlab.sweep.cost import GIB, JobEstimate, ModelShape, estimate_job, jobs_per_gpu
+    from mxlab.sweep.executors import slot_envs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    envs = slot_envs(4, gpus=2)                  # round-robin over the GPUs this process may use
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2", "5"]
+    assert {e["MXLAB_SWEEP_THREADS"] for e in envs} == {"4"}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "CUDA_VISIBLE_DEVICES" not in slot_envs(2, gpus=0)[0]
+
+    # a Llama-3.1-8B-shaped bf16 checkpoint, calibration 128 x 2048, whole-set evaluation at 2048
+    shape = ModelShape(params=8_030_261_248, hidden=4096, intermediate=14336, vocab=128256, context=131072,
+                       bytes_per_param=2.0)
+    config = {"recipe": {"calib": {"n_samples": 128, "seq_len": 2048}, "steps": [{"name": "awq"}, {"name": "gptq"}]},
+              "eval": {"seq_len": None, "max_windows": None}, "with_kl": True}
+    est = estimate_job("c", config, shape)
+    model = 8_030_261_248 * 2 * 2                # weights + the FP reference for KL
+    calib = 128 * 2048 * 4096 * 4 * 4
+    hessian = 14336**2 * 4 * 2
+    logits = 8 * 2048 * 128256 * 4 * 3
+    assert est.memory_bytes == pytest.approx(1.25 * (model + calib + hessian + logits))
+    assert est.memory_bytes / GIB == pytest.approx(88.7, abs=0.1)
+    assert est.flops == pytest.approx(2 * 8_030_261_248 * (128 * 2048 * 3 + 256 * 2048 * 3))
+    assert jobs_per_gpu([est], gpu_bytes=143_771 * 2**20) == 1          # one per H200 (139.8 GiB x 0.9)
+    assert jobs_per_gpu([JobEstimate("s", 1, 1.0, 0.11 * GIB)], gpu_bytes=143_771 * 2**20) == 1143
+    assert jobs_per_gpu([est, JobEstimate("hub", None, None, None)], gpu_bytes=10) is None
