@@ -245,5 +245,5 @@ def test_gpu_slots_and_memory_plan(monkeypatch):
     assert est.memory_bytes / GIB == pytest.approx(88.7, abs=0.1)
     assert est.flops == pytest.approx(2 * 8_030_261_248 * (128 * 2048 * 3 + 256 * 2048 * 3))
     assert jobs_per_gpu([est], gpu_bytes=143_771 * 2**20) == 1          # one per H200 (139.8 GiB x 0.9)
-    assert jobs_per_gpu([JobEstimate("s", 1, 1.0, 0.11 * GIB)], gpu_bytes=143_771 * 2**20) == 1143
+    assert jobs_per_gpu([JobEstimate("s", 1, 1.0, 0.11 * GIB)], gpu_bytes=143_771 * 2**20) == 1148  # 0.9 x 140.4 / 0.11
     assert jobs_per_gpu([est, JobEstimate("hub", None, None, None)], gpu_bytes=10) is None
