@@ -88,7 +88,7 @@ def markdown(table, digits: int = 4) -> str:
         def fmt(v: Any) -> str:
             if not isinstance(v, float) or not math.isfinite(v):
                 return "–"      # failed or not run: cells.csv and report.html say which
-            text = f"{v:.{digits}g}"
+            text = f"{v:#.{digits}g}"
             return f"**{text}**" if v == best else text
         lines.append(f"| {label} | " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
