@@ -1,7 +1,7 @@
 """GPTQ's two MX update rules on the embedded model: the study's micro-block vs group-wise column.
 
 TinyStories perplexity (full eval set) of GPTQ and AWQ+GPTQ at A-MXINT8 with W-MXINT4 / W-MXINT3,
-blocks 32 and 128, calibration 128 x 512 TinyStories tokens (seed 0), as study_table.py:
+blocks 32 and 128, calibration 128 x 512 TinyStories tokens (seed 0), as benchmarks/study_table.yaml:
 
     OMP_NUM_THREADS=1 python benchmarks/gptq_mx_update.py --out benchmarks/results/gptq_mx_update.json
 """

@@ -32,6 +32,8 @@ _EXPORTS = {
     "export_run": "rundir",
     "zero_shot": "zeroshot",
     "export_compressed_tensors": "compressed_tensors",
+    "load_sweep": "sweep",
+    "run_sweep": "sweep",
 }
 
 __all__ = sorted([*_EXPORTS, "MxlabError", "Cancelled", "__version__"])

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default) when the weights take more than half of the GPU's memory")
 
     _mix_parser(sub)
+    _sweep_parser(sub)
 
     ev = sub.add_parser("eval", formatter_class=_Formatter, help="perplexity of a model or an exported checkpoint",
                         description="Perplexity of a model (hub id, local HF dir, embedded default) or of an "
@@ -182,6 +183,36 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                        "shakespeare or a .txt file (default tinystories)")
     calib.add_argument("--calib-samples", type=_positive_int, metavar="N", help="calibration sequences (default 128)")
     calib.add_argument("--calib-seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 512)")
+
+
+SWEEP_EPILOG = """\
+FILE: base (model, eval, recipe or preset) and axes (dotted paths into base, crossed), plus optional
+exclude rules and table {rows, columns, value}; see benchmarks/study_table.yaml.
+Each job is a run directory DIR/<sweep name>/<cell>/; DIR/<sweep name>/ also gets table.csv,
+table.md, report.html. Re-running skips finished cells and retries failed ones.
+
+examples:
+  python -m mxlab sweep benchmarks/study_table.yaml --dry-run       # the jobs, their cost, the memory plan
+  python -m mxlab sweep benchmarks/study_table.yaml --workers 2
+  python -m mxlab sweep grid.yaml --ray auto                          # Ray tasks (a running cluster, else local)
+"""
+
+
+def _sweep_parser(sub: Any) -> None:
+    sw = sub.add_parser("sweep", formatter_class=_Formatter, epilog=SWEEP_EPILOG,
+                        help="run a grid of recipes/models as parallel jobs (local or Ray)",
+                        description="Expand a sweep file into jobs and run them in parallel.")
+    sw.add_argument("file", metavar="FILE", help="the sweep YAML file")
+    sw.add_argument("--workspace", metavar="DIR", default="runs", help="where sweeps go (default ./runs)")
+    sw.add_argument("--workers", type=_positive_int, metavar="N",
+                    help="local worker processes (default: GPUs x jobs per GPU of the memory plan, or cores/4)")
+    sw.add_argument("--ray", metavar="auto|ADDRESS", help="run the jobs as Ray tasks (auto: a running cluster, "
+                    "else a local Ray)")
+    sw.add_argument("--gpus-per-job", type=float, metavar="G", help="Ray: GPUs per task (default 1 on a GPU "
+                    "cluster; a fraction packs several jobs per GPU)")
+    sw.add_argument("--only", metavar="GLOBS", help="run only cells whose names match these comma-separated "
+                    "patterns, e.g. '*method-RTN,*method-GPTQ' (see --dry-run for the names)")
+    sw.add_argument("--dry-run", action="store_true", help="show the jobs and the plan, run nothing")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -427,6 +458,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`sweep`: expand, validate and show the plan, run the jobs, print where the table is."""
+    from .sweep import load_sweep, plan, run_sweep
+
+    sweep = load_sweep(args.file)
+    if args.gpus_per_job is not None and not 0 <= args.gpus_per_job <= 64:
+        raise MxlabError(f"--gpus-per-job must be in [0, 64], got {args.gpus_per_job}")
+    only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
+    p = plan(sweep, args.workspace, workers=args.workers, ray=args.ray, only=only)
+    print(p.summary(), file=sys.stderr)
+    if args.dry_run:
+        for cell in sweep.cells:
+            state = "done" if cell.name in p.finished else "todo" if cell.name in p.todo else "skip"
+            print(f"{state}  {cell.name}")
+        return EXIT_OK
+    bar = _progress(args, f"sweep {sweep.name}")
+    try:
+        out = run_sweep(sweep, args.workspace, workers=args.workers, ray=args.ray, gpus_per_job=args.gpus_per_job,
+                        progress=bar, sweep_plan=p)
+    finally:
+        if bar is not None:
+            bar.close()
+    for cell, error in out.failed.items():
+        print(f"failed {cell}: {error}", file=sys.stderr)
+    print(json.dumps({"sweep_dir": str(out.sweep_dir), "done": len(out.done), "skipped": len(out.skipped),
+                      "failed": len(out.failed), "seconds": round(out.seconds, 1),
+                      "outputs": {k: str(v) for k, v in out.outputs.items()}}, indent=2))
+    return EXIT_OK if not out.failed else EXIT_USAGE
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     """`presets`: one line per named recipe, or one preset as YAML."""
     from .presets import PRESETS, get_preset
@@ -457,8 +518,8 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "mix": cmd_mix, "report": cmd_report,
-            "presets": cmd_presets, "formats": cmd_formats}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "mix": cmd_mix, "sweep": cmd_sweep,
+            "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
