@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 _ROUND = {"nearest": 0, "even": 1, "floor": 2}
+RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "mse": 4}  # the kernel's scale-rule ids
 NB_DEFAULT = 64  # blocks per program (with block 32: 2048 elements)
 WARPS_DEFAULT = 4
 
@@ -34,9 +35,31 @@ def _pow2(k):
 
 
 @triton.jit
-def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm,
+def _elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr):
+    """Quantize a (NB, KP) tile x given its blocks' exponents e (NB,): the values, signed, before NaN blocks."""
+    v = x * _pow2(-e)[:, None]
+    v = tl.minimum(tl.maximum(v, -max_norm), max_norm)  # saturate first: same as clamping after rounding
+    eb = tl.maximum((v.to(tl.int32, bitcast=True) >> 23) & 0xFF, 127 + min_exp)  # biased p
+    t = v * ((254 + mb - eb) << 23).to(tl.float32, bitcast=True)  # v * 2^(mb - p)
+    a = tl.abs(t)
+    if ROUND == 0:  # ties away, as floor(a + 0.5) in float32 (the reference's arithmetic)
+        r = tl.floor(a + 0.5)
+    elif ROUND == 1:  # ties to even, from the same floor(a + 0.5); r - a is exact for a >= 0.5
+        r = tl.floor(a + 0.5)
+        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+        r = tl.where(((r - a) == 0.5) & (a >= 0.5) & odd, r - 1.0, r)
+    else:
+        r = tl.floor(a)
+    out = (r * ((eb - mb) << 23).to(tl.float32, bitcast=True)) * _pow2(e)[:, None]
+    # sign(t) * |.| (-0.0 only from negative t, as the reference), set as a bit: Triton's -x is 0 - x,
+    # which would turn -0.0 into +0.0
+    return (out.to(tl.int32, bitcast=True) | ((t < 0).to(tl.int32) << 31)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
-               CONTIG: tl.constexpr, MASKED: tl.constexpr):
+               CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr):
     pid = tl.program_id(0)
     b = pid.to(tl.int64) * NB + tl.arange(0, NB).to(tl.int64)  # (NB,) block ids
     j = tl.arange(0, KP)  # (KP,) position in the block
@@ -55,27 +78,28 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
     # shared exponent from the integer max of |x| bits: NaN/Inf (exponent 255) beat every finite value
     amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)  # (NB,)
     biased = amax_bits >> 23
-    e = tl.maximum(tl.where(amax_bits == 0, -126, biased - 127) - emax, -127)
+    big = tl.where(amax_bits == 0, -126, biased - 127)
+    if RULE == 0 or RULE == 4:  # floor (and mse's first candidate)
+        e = big - emax
+    else:  # exact E and fraction (subnormal amax normalised); + 1 when the fraction passes the rule's threshold
+        frac = amax_bits & 0x7FFFFF
+        sub = (biased == 0) & (frac != 0)
+        lead = (frac.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2(frac))
+        shift = tl.minimum(tl.maximum(23 - lead, 0), 23)
+        frac = tl.where(sub, (frac << shift) & 0x7FFFFF, frac)
+        e = tl.where(sub, lead - 149, big) - emax + (frac > thresh).to(tl.int32)
+    e = tl.minimum(tl.maximum(e, -127), 127)
     nan_block = biased == 255
     e = tl.where(nan_block, 0, e)
 
-    v = x * _pow2(-e)[:, None]
-    v = tl.minimum(tl.maximum(v, -max_norm), max_norm)  # saturate first: same as clamping after rounding
-    eb = tl.maximum((v.to(tl.int32, bitcast=True) >> 23) & 0xFF, 127 + min_exp)  # biased p
-    t = v * ((254 + mb - eb) << 23).to(tl.float32, bitcast=True)  # v * 2^(mb - p)
-    a = tl.abs(t)
-    if ROUND == 0:  # ties away, as floor(a + 0.5) in float32 (the reference's arithmetic)
-        r = tl.floor(a + 0.5)
-    elif ROUND == 1:  # ties to even, from the same floor(a + 0.5); r - a is exact for a >= 0.5
-        r = tl.floor(a + 0.5)
-        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-        r = tl.where(((r - a) == 0.5) & (a >= 0.5) & odd, r - 1.0, r)
-    else:
-        r = tl.floor(a)
-    out = (r * ((eb - mb) << 23).to(tl.float32, bitcast=True)) * _pow2(e)[:, None]
-    # sign(t) * |.| (-0.0 only from negative t, as the reference), set as a bit: Triton's -x is 0 - x,
-    # which would turn -0.0 into +0.0
-    out = (out.to(tl.int32, bitcast=True) | ((t < 0).to(tl.int32) << 31)).to(tl.float32, bitcast=True)
+    out = _elements(x, e, mb, min_exp, max_norm, ROUND)
+    if RULE == 4:  # mse: e + 1 where it quantizes the block with a smaller squared error (float64 sums)
+        e1 = tl.minimum(e + 1, 127)
+        out1 = _elements(x, e1, mb, min_exp, max_norm, ROUND)
+        d0 = out.to(tl.float64) - x.to(tl.float64)
+        d1 = out1.to(tl.float64) - x.to(tl.float64)
+        better = tl.sum(d1 * d1, axis=1) < tl.sum(d0 * d0, axis=1)
+        out = tl.where(better[:, None], out1, out)
     out = tl.where(nan_block[:, None], float("nan"), out)
     out = out.to(y_ptr.dtype.element_ty)
     if MASKED:
@@ -85,8 +109,10 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
 
 
 def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
-                nb: int = NB_DEFAULT, num_warps: int = WARPS_DEFAULT) -> torch.Tensor:
+                nb: int = NB_DEFAULT, num_warps: int = WARPS_DEFAULT, scale_rule: str = "floor") -> torch.Tensor:
     """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative)."""
+    from .mx import rule_threshold
+
     last = x.dim() - 1 if x.dim() else 0
     xm = x.reshape(1) if x.dim() == 0 else x
     xm = (xm.movedim(axis, -1) if axis != last else xm).contiguous()
@@ -102,8 +128,8 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     min_exp = f.min_exp if f.ebits else 0
     grid = (triton.cdiv(n_blocks, nb),)
     _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
-                     BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
-                     num_warps=num_warps)
+                     rule_threshold(f, scale_rule), BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding],
+                     CONTIG=contig, MASKED=masked, RULE=RULE_IDS[scale_rule], num_warps=num_warps)
     if axis != last:
         y = y.movedim(-1, axis).contiguous()
     return y.reshape(x.shape)

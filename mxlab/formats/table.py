@@ -12,6 +12,8 @@ from torch import Tensor
 from ..errors import MxlabError
 
 ROUNDINGS = ("nearest", "even", "floor")
+# how an MX block's E8M0 exponent follows from its largest magnitude (mx.shared_exponent says how)
+SCALE_RULES = ("floor", "ceil", "even", "rceil", "mse")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class ElementFormat:
     mbits: int = 0     # mantissa bits counting sign and implicit bit (the reference's convention)
     emax: int = 0      # largest element exponent
     max_norm: float = 0.0
+
+    @property
+    def frac_bits(self) -> int:
+        """Fraction (mantissa) bits of an element: e2m1 1, e2m3 3, e4m3 3, mxint8 6, mxint2 0."""
+        return self.mbits - 2
 
     @property
     def min_exp(self) -> int:
@@ -90,9 +97,21 @@ def _check_block(block_size: int) -> None:
         raise MxlabError(f"block_size must be a positive integer (16, 32, 64, 128 are usual); got {block_size!r}")
 
 
-def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str) -> tuple[ElementFormat | None, int]:
+def check_scale_rule(scale_rule: str, f: ElementFormat | None = None) -> str:
+    """``scale_rule`` if it is a known rule (and, for a non-MX format ``f``, the default); else MxlabError."""
+    if scale_rule not in SCALE_RULES:
+        raise MxlabError(f"unknown scale_rule {scale_rule!r}; choose one of: {', '.join(SCALE_RULES)}")
+    if f is not None and f.kind != "mx" and scale_rule != "floor":
+        raise MxlabError(f"scale_rule {scale_rule!r} sets E8M0 block exponents of MX formats; {f.name} has no "
+                         f"E8M0 scales: use scale_rule 'floor' (the default) with it")
+    return scale_rule
+
+
+def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str,
+               scale_rule: str = "floor") -> tuple[ElementFormat | None, int]:
     """Validate quantize/pack arguments; return the format (None for "none") and the non-negative axis."""
     name = canonical_format(fmt)
+    check_scale_rule(scale_rule, FORMATS[name] if name != "none" else None)
     if not isinstance(x, Tensor):
         raise MxlabError(f"expected a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
