@@ -50,9 +50,14 @@ def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def _spec_dict(spec: Any) -> dict[str, Any]:
+def _spec_dict(mod: Any) -> dict[str, Any]:
+    """A QuantLinear's formats, scale rule and online input transform, as config.json records them."""
+    spec = mod.spec
     return {"weights": spec.weights, "acts": spec.acts, "block_size": int(spec.block_size),
-            "rounding": spec.rounding}
+            "rounding": spec.rounding, "scale_rule": spec.scale_rule, "rotation": int(mod.rotation)}
+
+
+INPUT_SCALE_PREFIX = "mxlab_input_scale."  # a rotated layer's per-channel input divisor (scaling after rotate)
 
 
 def _dedup(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -153,7 +158,9 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
         modules: dict[str, dict[str, Any]] = {}
         packed_meta: dict[str, dict[str, str]] = {}
         for i, (name, mod) in enumerate(qmods.items()):
-            modules[name] = _spec_dict(mod.spec)
+            modules[name] = _spec_dict(mod)
+            if mod.input_scale is not None:
+                tensors[INPUT_SCALE_PREFIX + name] = mod.input_scale.float()
             if mod.spec.weights != "none":
                 packed = mod.packed()
                 _check_packed(name, packed, mod.weight)
@@ -209,6 +216,8 @@ def save_dequantized(model: nn.Module, tokenizer: Any, directory: str | os.PathL
         owner, _, leaf = key.rpartition(".")
         if owner in qmods and leaf not in ("weight", "bias"):
             continue
+        if owner in qmods and leaf == "weight" and qmods[owner].has_transform:
+            value = _plain_weight(qmods[owner])
         state[key] = value
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         had_qc = hasattr(model.config, "quantization_config")
@@ -228,6 +237,19 @@ def save_dequantized(model: nn.Module, tokenizer: Any, directory: str | os.PathL
         _save_tokenizer(tokenizer, tmp)
     log.info("dequantized checkpoint written to %s", directory)
     return Path(directory)
+
+
+def _plain_weight(mod: Any) -> torch.Tensor:
+    """The nn.Linear weight equal to a rotated QuantLinear without activation quantization: the layer
+    computes ((x R) / s) W^T, so W_plain = (W / s) R (R symmetric); in the weight's dtype."""
+    from .ptq.rotation import rotate_blocks
+
+    w = mod.weight.detach().float()
+    if mod.input_scale is not None:
+        w = w / mod.input_scale.to(w.device)
+    if mod.rotation:
+        w = rotate_blocks(w, mod.rotation)
+    return w.to(mod.weight.dtype)
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -258,7 +280,7 @@ def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _check_formats(qc: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
     """Validate each module's formats (canonical names) so an unknown one fails before any tensor work."""
-    from .formats import ROUNDINGS, canonical_format
+    from .formats import ROUNDINGS, SCALE_RULES, canonical_format
 
     modules = {}
     for name, spec in qc["modules"].items():
@@ -273,6 +295,17 @@ def _check_formats(qc: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
         if spec.get("rounding", "nearest") not in ROUNDINGS:
             raise MxlabError(f"{path}: module {name} has unknown rounding {spec.get('rounding')!r}; "
                              f"valid: {', '.join(ROUNDINGS)}")
+        if spec.get("scale_rule", "floor") not in SCALE_RULES:
+            raise MxlabError(f"{path}: module {name} has unknown scale_rule {spec.get('scale_rule')!r}; "
+                             f"valid: {', '.join(SCALE_RULES)}")
+        rot = spec.get("rotation", 0)
+        if rot:
+            from .ptq.rotation import check_rotation_size
+
+            try:
+                check_rotation_size(rot)
+            except MxlabError as e:
+                raise MxlabError(f"{path}: module {name}: {e}; export the checkpoint again") from None
         modules[name] = spec
     return modules
 
@@ -358,8 +391,12 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
             linear = model.get_submodule(name)
         except AttributeError as e:
             raise MxlabError(f"{directory}: module {name} in quantization_config is not in the model") from e
-        qspec = QuantSpec(spec["weights"], spec["acts"], int(spec["block_size"]), spec["rounding"])
+        qspec = QuantSpec(spec["weights"], spec["acts"], int(spec["block_size"]), spec["rounding"],
+                          spec.get("scale_rule", "floor"))
         qlin = QuantLinear.from_linear(linear, qspec)
+        qlin.rotation = int(spec.get("rotation", 0))
+        if INPUT_SCALE_PREFIX + name in tensors:
+            qlin.input_scale = tensors.pop(INPUT_SCALE_PREFIX + name).float()
         if name in packed:  # its own tensor: never write into a weight tied to another module
             qlin.weight = nn.Parameter(torch.empty_like(linear.weight), requires_grad=False)
             qlin.set_quantized_weight(packed[name].dequantize().to(linear.weight.dtype), packed=packed[name])

@@ -77,9 +77,11 @@ def _spec_field(spec: Any, name: str) -> Any:
     return spec[name] if isinstance(spec, dict) else getattr(spec, name)
 
 
-def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
-    """E8M0 exponent histogram, saturation and headroom of an MX format on w (out, in), blocks along in."""
-    from ..formats import FORMATS, canonical_format, shared_exponent
+def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int, scale_rule: str = "floor",
+                   rounding: str = "nearest") -> dict:
+    """E8M0 exponent histogram, saturation and headroom of an MX format on w (out, in), blocks along in,
+    with the exponents ``scale_rule`` picks (``rounding`` matters to ``mse`` only)."""
+    from ..formats import FORMATS, canonical_format, search_exponent, shared_exponent
 
     ef = FORMATS[canonical_format(fmt)]
     emax, max_norm = int(ef.emax), float(ef.max_norm)
@@ -89,7 +91,9 @@ def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
     pad = (-in_f) % k
     wb = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, k)  # (out, n_blocks_per_row, k)
     amax = wb.abs().amax(-1)  # (out, nb)
-    e = shared_exponent(amax, ef)  # (out, nb); 128: a block holding Inf/NaN
+    e = shared_exponent(amax, ef, scale_rule)  # (out, nb); 128: a block holding Inf/NaN
+    if scale_rule == "mse":  # search_exponent wants blocks (N, block, 1)
+        e = search_exponent(wb.reshape(-1, k, 1), e.reshape(-1, 1, 1), ef, rounding).reshape(e.shape)
     # Inf/NaN blocks: this table has always reported finite exponents for them (its former frexp
     # reading: NaN as an all-zero block, Inf as frexp's exponent 0, e = -1 - emax); kept unchanged
     e = torch.where(e == 128, torch.where(amax.isnan(), -126, -1) - emax, e).clamp(-127, 127)
@@ -124,5 +128,9 @@ def weight_stats(module: str, block: int, w_fp: torch.Tensor, w_q: torch.Tensor,
                flushed_frac=((w != 0) & (q == 0)).sum().item() / w.numel(),
                n_blocks=None, exp_values=None, exp_counts=None, saturated_frac=None, headroom_bits=None)
     if fmt not in (None, "none") and is_mx(canonical_format(fmt)):
-        out.update(mx_scale_stats(w, fmt, block_size))
+        rule = _spec_field(spec, "scale_rule") if (isinstance(spec, dict) and "scale_rule" in spec) or \
+            hasattr(spec, "scale_rule") else "floor"
+        rounding = _spec_field(spec, "rounding") if (isinstance(spec, dict) and "rounding" in spec) or \
+            hasattr(spec, "rounding") else "nearest"
+        out.update(mx_scale_stats(w, fmt, block_size, rule, rounding), scale_rule=rule)
     return out

@@ -18,6 +18,8 @@ columns at once and correcting the remaining ones optimally (OBS) is
 start of each MX block the block's shared exponents are fixed from the already-updated weights
 (:func:`mx_block_quantizer`), then its columns are quantized one at a time with those scales, each
 column's error fed to all later columns (``block_quantizer`` of :func:`gptq_quantize`).
+``mx_update="static"`` fixes every block's exponents from the weights as they are before the loop
+(as llm-compressor and FP-Quant do), then runs the same column-by-column loop.
 
 :func:`apply` is the thin adapter that the pipeline calls for one decoder block.
 """
@@ -38,7 +40,8 @@ from ..context import BlockContext
 log = logging.getLogger(__name__)
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
-BlockQuantizer = Callable[[torch.Tensor], Quantizer]  # block's weights -> quantizer with its scales fixed
+# (block's current weights (out, m), index of its first column in W's original order) -> its quantizer, scales fixed
+BlockQuantizer = Callable[[torch.Tensor, int], Quantizer]
 
 _HESSIAN_CHUNK = 8192  # tokens per X^T X pass: bounds the float32 copy of a bf16 input chunk
 _DAMP_RETRIES = 4      # each retry multiplies the dampening by 10 when H is not positive definite
@@ -127,8 +130,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     ``info``, if given, receives ``damp`` and ``dead_columns``.
 
     ``block_quantizer`` (group-wise GPTQ; ``quantizer`` is then unused): called at the start of
-    each format block with its updated weights (out, <= block_size), it returns the quantizer of
-    that block's columns with the block's scales fixed; columns then go one at a time (b2 = 1).
+    each format block with its updated weights (out, <= block_size) and the index of its first
+    column in W's original order, it returns the quantizer of that block's columns with the
+    block's scales fixed; columns then go one at a time (b2 = 1).
     """
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise MxlabError(f"gptq_quantize: W must be (out, in) and H (in, in); got {tuple(W.shape)} "
@@ -170,7 +174,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
         for j in range(0, i2 - i1, b2):
             k = min(j + b2, i2 - i1)
             if block_quantizer is not None and j % block_size == 0:  # i1 is a multiple of block_size too
-                quant = block_quantizer(W1[:, j:j + block_size])  # scales of this block, fixed from here on
+                start = i1 + j if perm is None else int(perm[i1 + j])
+                quant = block_quantizer(W1[:, j:j + block_size], start)  # this block's scales, fixed from here on
             Qj = quant(W1[:, j:k]).to(dtype)  # (out, k - j), scales from the updated weights
             D = W1[:, j:k] - Qj
             if k - j == 1:
@@ -197,13 +202,15 @@ def weight_quantizer(W: torch.Tensor, spec) -> tuple[Quantizer, int, Callable]:
     column quantized with the (scale, zero_point) of the original W, block size 1, and pack_fn
     packs with those same parameters so the packed weight dequantizes to GPTQ's result.
     """
-    from ...formats import FORMATS, canonical_format, int_qparams, pack, quantize
+    from ...formats import FORMATS, canonical_format, int_qparams, pack, pack_quantized, quantize
 
     f = FORMATS[canonical_format(spec.weights)]
     kw = dict(rounding=spec.rounding)
     if f.kind == "mx":
-        return (lambda w: quantize(w, f.name, spec.block_size, axis=-1, **kw), spec.block_size,
-                lambda q: pack(q.to(W.dtype), f.name, spec.block_size, axis=-1, **kw))  # grid fits bf16
+        mkw = spec.quant_kwargs(f.name)
+        # packed as it is (pack_quantized): a rule other than floor need not re-derive Q's exponents
+        return (lambda w: quantize(w, f.name, **mkw), spec.block_size,
+                lambda q: pack_quantized(q.to(W.dtype), f.name, spec.block_size, -1, spec.scale_rule))
     if f.kind == "int":
         scale, zero_point = int_qparams(W, f, axis=-1)           # (out,) each, from the whole row
         # packed from float32: affine grid values need not be representable in a bf16 model dtype
@@ -231,27 +238,38 @@ def column_update_supported(f) -> bool:
     return f.kind == "mx" and (f.ebits == 0 or f.max_norm == (2 - 2.0 ** -(f.mbits - 2)) * 2.0 ** f.emax)
 
 
-def mx_block_quantizer(spec) -> BlockQuantizer | None:
-    """Fixed-scale block quantizer of ``spec.weights`` for mx_update="column"; None for per-channel INT.
+def mx_block_quantizer(spec, W: torch.Tensor | None = None) -> BlockQuantizer | None:
+    """Fixed-scale block quantizer of ``spec.weights`` for mx_update="column" (``W`` None) or "static"
+    (exponents of every block fixed from ``W`` (out, in) now); None for per-channel INT.
 
-    The returned function takes one MX block's weights (out, m <= block_size), fixes their shared
-    exponents per row with formats' own rule, and returns a quantizer of any of its columns
-    (out, k) onto that grid: what ``quantize`` does to the block, with the scales held.
+    The returned function takes one MX block's weights (out, m <= block_size) and the index of its
+    first column, fixes the block's exponents per row with ``spec.scale_rule`` (from those weights,
+    or from ``W``'s block when static), and returns a quantizer of any of its columns (out, k) onto
+    that grid: what ``quantize`` does to the block, with the scales held.
     """
-    from ...formats import FORMATS, block_amax, canonical_format, mx_elements, scale_factors, shared_exponent
+    from ...formats import FORMATS, block_amax, canonical_format, mx_elements, scale_factors, search_exponent, \
+        shared_exponent
 
     f = FORMATS[canonical_format(spec.weights)]
     if f.kind == "int":
         return None  # its scale / zero point are per row and fixed already: classic GPTQ either way
     if not column_update_supported(f):
-        raise MxlabError(f"GPTQ mx_update='column' cannot keep {f.name} weights on the format's grid (a block "
-                         "whose max shrinks re-quantizes with a finer scale, where its values can exceed the "
-                         "largest element); use mx_update='microblock' for it")
-    rounding = spec.rounding
+        raise MxlabError(f"GPTQ mx_update='column'/'static' cannot keep {f.name} weights on the format's grid (a "
+                         "block whose max shrinks re-quantizes with a finer scale, where its values can exceed "
+                         "the largest element); use mx_update='microblock' for it")
+    rounding, rule, bs = spec.rounding, spec.scale_rule, spec.block_size
 
-    def fix(Wb: torch.Tensor) -> Quantizer:
+    def exponents(Wb: torch.Tensor) -> torch.Tensor:              # (out, m) -> (out, 1, 1)
         xb = Wb if Wb.dtype in (torch.float32, torch.bfloat16, torch.float16) else Wb.float()
-        e = shared_exponent(block_amax(xb.unsqueeze(-1)), f)    # (out, 1, 1); 128: a NaN block
+        e = shared_exponent(block_amax(xb.unsqueeze(-1)), f, rule)   # 128: a NaN block
+        return search_exponent(xb.unsqueeze(-1), e, f, rounding) if rule == "mse" else e
+
+    fixed = None
+    if W is not None:  # static: the exponents of every block, from the weights before the loop
+        fixed = [exponents(W[:, c:c + bs]) for c in range(0, W.shape[1], bs)]
+
+    def fix(Wb: torch.Tensor, start: int = 0) -> Quantizer:
+        e = exponents(Wb) if fixed is None else fixed[start // bs].to(Wb.device)
         down, up = scale_factors(e, f)                            # 2^-e, 2^e: as quantize's own
 
         def quant(cols: torch.Tensor) -> torch.Tensor:            # (out, k) -> (out, k)
@@ -293,13 +311,14 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         H = cached[1]
         W = lin.weight.data
         quantizer, block_size, pack_fn = weight_quantizer(W, lin.spec)
-        block_quantizer = mx_block_quantizer(lin.spec) if config.mx_update == "column" else None
+        block_quantizer = None if config.mx_update == "microblock" else \
+            mx_block_quantizer(lin.spec, W if config.mx_update == "static" else None)
         info: dict = {}
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
                           block_quantizer=block_quantizer, info=info)
         details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
-                   "blocksize": config.blocksize, "mx_update": config.mx_update,
+                   "blocksize": config.blocksize, "mx_update": config.mx_update, "scale_rule": lin.spec.scale_rule,
                    "microblock": 1 if block_quantizer else block_size,
                    "proxy_mse_rtn": proxy_mse(W, quantizer(W), H), "proxy_mse_gptq": proxy_mse(W, Q, H)}
         lin.set_quantized_weight(Q, packed=pack_fn(Q))
