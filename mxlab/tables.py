@@ -125,6 +125,17 @@ def scale_table(stats: Any):
     return pd.DataFrame(rows, columns=["module", "block", "format", "block_size", "exponent", "count"])
 
 
+SCALE_LAB_COLS = ["module", "format", "block_size", "rounding", "scale_rule", "clipped_block_frac", "flushed_frac",
+                  "weight_mse", "weight_sqnr_db", "output_mse", "output_sqnr_db", "exp_values", "exp_counts"]
+
+
+def scale_lab_table(rows: Iterable[dict]):
+    """The scale lab's rows (``scalelab.scale_lab_model``) as a DataFrame: one row per module x scale rule."""
+    import pandas as pd
+
+    return pd.DataFrame([{c: r.get(c) for c in SCALE_LAB_COLS} for r in rows], columns=SCALE_LAB_COLS)
+
+
 def to_csv(df, path: str | Path) -> Path:
     """Write one table as CSV atomically (temp file + rename); returns the path."""
     import os
