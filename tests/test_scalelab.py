@@ -74,3 +74,14 @@ def test_scale_lab_figure_draws_every_rule():
     assert sum(1 for t in fig.data if t.name.startswith("e (")) == 5
     with pytest.raises(MxlabError, match="no rows"):
         scale_lab_figure(df, "other")
+
+
+def test_pipeline_weight_stats_carry_the_rule_and_clipped_blocks():
+    from mxlab.ptq.statistics import weight_stats
+
+    w = torch.zeros(3, 32)
+    w[0, 0], w[1, 0], w[2, 0] = 7.0, 5.0, 4.0
+    floor = weight_stats("m", 0, w, w, {"weights": "mxfp4", "block_size": 32, "scale_rule": "floor"})
+    rceil = weight_stats("m", 0, w, w, {"weights": "mxfp4", "block_size": 32, "scale_rule": "rceil"})
+    assert floor["clipped_block_frac"] == pytest.approx(1 / 3) and floor["scale_rule"] == "floor"
+    assert rceil["clipped_block_frac"] == 0 and rceil["exp_values"] == [0, 1]

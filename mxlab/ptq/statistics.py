@@ -21,6 +21,8 @@ The pipeline computes two for every quantized Linear; both return plain, JSON-ab
     n_blocks                                   out_features * ceil(in_features / block_size)
     exp_values, exp_counts: list[int]          histogram of the E8M0 shared exponents over blocks
     saturated_frac     fraction of elements with |w| / 2^e > max_norm (clipped to +-max_norm)
+    clipped_block_frac fraction of blocks whose maximum clips (amax / 2^e > max_norm)
+    scale_rule         the rule that chose e (the spec's)
     headroom_bits      mean over nonzero blocks of max(0, log2(max_norm * 2^e / amax)): the bits of
                        range the power-of-two scale leaves unused, against an exact real scale
 """
@@ -100,11 +102,12 @@ def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int, scale_rule: str =
     scale = torch.ldexp(torch.ones_like(amax), e.to(torch.int32))
     scaled = wb.abs() / scale.unsqueeze(-1)  # (out, nb, k) element magnitudes on the element grid
     saturated = (scaled > max_norm).sum().item()
+    clipped_blocks = (amax > max_norm * scale).sum().item()   # blocks whose maximum clips
     nz = amax > 0
     headroom = torch.log2(max_norm * scale[nz] / amax[nz]).clamp(min=0)
     values, counts = torch.unique(e.flatten(), return_counts=True)
     return dict(n_blocks=int(e.numel()), exp_values=values.tolist(), exp_counts=counts.tolist(),
-                saturated_frac=saturated / w.numel(),
+                saturated_frac=saturated / w.numel(), clipped_block_frac=clipped_blocks / max(1, e.numel()),
                 headroom_bits=float(headroom.mean()) if headroom.numel() else 0.0)
 
 
@@ -126,7 +129,8 @@ def weight_stats(module: str, block: int, w_fp: torch.Tensor, w_q: torch.Tensor,
                mse=err / w.numel(),
                sqnr_db=10 * math.log10(sig / err) if err > 0 else float("inf"),
                flushed_frac=((w != 0) & (q == 0)).sum().item() / w.numel(),
-               n_blocks=None, exp_values=None, exp_counts=None, saturated_frac=None, headroom_bits=None)
+               n_blocks=None, exp_values=None, exp_counts=None, saturated_frac=None, headroom_bits=None,
+               clipped_block_frac=None, scale_rule=None)
     if fmt not in (None, "none") and is_mx(canonical_format(fmt)):
         rule = _spec_field(spec, "scale_rule") if (isinstance(spec, dict) and "scale_rule" in spec) or \
             hasattr(spec, "scale_rule") else "floor"
