@@ -65,7 +65,7 @@ def run(args) -> None:
                                     steps=copy.deepcopy(METHODS[method]))
                     t0 = time.perf_counter()
                     result = quantize_model(copy.deepcopy(model), tok, recipe, calib_tokens=calib,
-                                            diagnostic_tokens=1024)
+                                            diagnostic_tokens=1024, device=args.device)
                     ppl = perplexity(result.model, ev, seq_len=args.seq_len)
                     cells.append(dict(config=config, rule=rule, method=method, seed=seed, ppl=ppl,
                                       seconds=time.perf_counter() - t0))
@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where blocks are quantized (cpu, cuda, auto)")
     ap.add_argument("--resume", action="store_true", help="keep the cells already in --out")
     ap.add_argument("--out", type=Path, default=None, help="JSON with every cell (written after each one)")
     ap.add_argument("--markdown", type=Path, default=None, help="print the table of a results JSON and exit")
