@@ -79,13 +79,16 @@ def run(args) -> None:
                             torch=torch.__version__, device="cpu", cells=cells), indent=1))
 
 
-def markdown(path: Path) -> str:
-    """The table: mean perplexity (± std over seeds; RTN has one) per config x method x rule."""
-    data = json.loads(path.read_text())
-    cells = data["cells"]
+def markdown(paths: list[Path]) -> str:
+    """The table: mean perplexity (± std over seeds; RTN has one) per config x method x rule, from one or
+    more results files of the same model and budget (e.g. configs run in parallel)."""
+    data = json.loads(paths[0].read_text())
+    cells = [c for p in paths for c in json.loads(p.read_text())["cells"]]
     rules = [r for r in SCALE_RULES if any(c["rule"] == r for c in cells)]
+    seeds = sorted({c["seed"] for c in cells})
     lines = [f"FP perplexity {data['ppl_fp']:.3f} ({data['model']}, {data['eval_tokens']} TinyStories eval tokens, "
-             f"calibration {data['calib_samples']} x {data['seq_len']} tokens, seeds {data['seeds']}).", ""]
+             f"calibration {data['calib_samples']} x {data['seq_len']} tokens, calibration seeds {seeds}; "
+             f"n = seeds behind each cell).", ""]
     for config in dict.fromkeys(c["config"] for c in cells):
         lines += [f"**{config}** (perplexity, mean ± std over seeds; best per row in bold)", "",
                   "| method | " + " | ".join(rules) + " |", "|---|" + "---|" * len(rules)]
@@ -94,15 +97,15 @@ def markdown(path: Path) -> str:
             for r in rules:
                 v = [c["ppl"] for c in cells if (c["config"], c["method"], c["rule"]) == (config, method, r)]
                 if v:
-                    stats[r] = (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-            best = min(m for m, _ in stats.values())
+                    stats[r] = (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+            best = min(m for m, _, _ in stats.values())
             row = []
             for r in rules:
                 if r not in stats:
                     row.append("")
                     continue
-                m, s = stats[r]
-                txt = f"{m:.3f}" + (f" ± {s:.3f}" if method != "RTN" else "")
+                m, s, n = stats[r]
+                txt = f"{m:.3f}" + (f" ± {s:.3f} (n={n})" if method != "RTN" else "")
                 row.append(f"**{txt}**" if m == best else txt)
             lines.append(f"| {method} | " + " | ".join(row) + " |")
         lines.append("")
@@ -123,7 +126,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="where blocks are quantized (cpu, cuda, auto)")
     ap.add_argument("--resume", action="store_true", help="keep the cells already in --out")
     ap.add_argument("--out", type=Path, default=None, help="JSON with every cell (written after each one)")
-    ap.add_argument("--markdown", type=Path, default=None, help="print the table of a results JSON and exit")
+    ap.add_argument("--markdown", type=Path, nargs="+", default=None,
+                    help="print the table of results JSON file(s) and exit")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(args.markdown))

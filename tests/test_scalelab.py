@@ -85,3 +85,14 @@ def test_pipeline_weight_stats_carry_the_rule_and_clipped_blocks():
     rceil = weight_stats("m", 0, w, w, {"weights": "mxfp4", "block_size": 32, "scale_rule": "rceil"})
     assert floor["clipped_block_frac"] == pytest.approx(1 / 3) and floor["scale_rule"] == "floor"
     assert rceil["clipped_block_frac"] == 0 and rceil["exp_values"] == [0, 1]
+
+
+def test_cli_scale_rule_flag_reaches_the_recipe():
+    from mxlab.cli import build_parser, recipe_from_args
+
+    args = build_parser().parse_args(["run", "--weights", "mxfp4", "--scale-rule", "rceil",
+                                      "--steps", "rotate,gptq", "--out", "x"])
+    r = recipe_from_args(args)
+    assert r.scale_rule == "rceil" and [s.name for s in r.steps] == ["rotate", "gptq"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--scale-rule", "round", "--out", "x"])
