@@ -92,11 +92,12 @@ def activation_channel_table(stats: Any):
 
 
 _WEIGHT_COLS = ["module", "block", "format", "block_size", "out_features", "in_features", "mse", "sqnr_db",
-                "flushed_frac", "n_blocks", "saturated_frac", "headroom_bits"]
+                "flushed_frac", "n_blocks", "saturated_frac", "headroom_bits", "scale_rule", "clipped_block_frac"]
 
 
 def weights_table(stats: Any):
-    """One row per quantized module: weight error, flush-to-zero, saturation and headroom."""
+    """One row per quantized module: weight error, flush-to-zero, saturation, headroom, the scale rule and
+    the fraction of blocks whose maximum clips."""
     import pandas as pd
 
     return pd.DataFrame([{c: s.get(c) for c in _WEIGHT_COLS} for s in _split_stats(stats, "weights")],

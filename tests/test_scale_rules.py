@@ -303,3 +303,15 @@ def test_gpu_kernel_gives_the_cpu_bits_for_every_rule(rule):
                     assert torch.equal(nan, gpu.isnan()) and \
                         torch.equal(cpu.view(torch.int32)[~nan], gpu.view(torch.int32)[~nan]), \
                         (fmt, block, axis, rounding, rule)
+
+
+def test_nvfp4_block_scale_is_clamped_not_flushed():
+    """A block 10^6 below the tensor's maximum: its E4M3 scale (~4e-4 / 6 / ts) underflows; clamped to 2^-9
+    it keeps its values (here on the E2M1 grid at scale 2^-9 ts) instead of turning to zeros."""
+    x = torch.zeros(2, 16)
+    x[0, 0] = 2688.0                        # ts = 2688 / (448 * 6) = 1
+    x[1, :4] = torch.tensor([0.004, -0.002, 0.001, 0.0])
+    q = quantize(x, "nvfp4", 16)
+    unit = 2.0 ** -9                        # the clamped block scale times ts
+    assert torch.equal(q[1, :4], torch.tensor([2 * unit, -unit, 0.5 * unit, 0.0]))   # 2.048, -1.024, 0.512 units
+    assert torch.equal(pack(x, "nvfp4", 16).dequantize(), q)
