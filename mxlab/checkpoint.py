@@ -55,9 +55,14 @@ def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def _spec_dict(spec: Any) -> dict[str, Any]:
+def _spec_dict(mod: Any) -> dict[str, Any]:
+    """A QuantLinear's formats, scale rule and online input transform, as config.json records them."""
+    spec = mod.spec
     return {"weights": spec.weights, "acts": spec.acts, "block_size": int(spec.block_size),
-            "rounding": spec.rounding}
+            "rounding": spec.rounding, "scale_rule": spec.scale_rule, "rotation": int(mod.rotation)}
+
+
+INPUT_SCALE_PREFIX = "mxlab_input_scale."  # a rotated layer's per-channel input divisor (scaling after rotate)
 
 
 def dedup_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -121,7 +126,7 @@ def _save_safetensors(save_file: Any, tensors: dict, path: Path, meta: dict) -> 
         raise OSError(errno.EIO, f"writing {path.name} failed ({' '.join(str(e).split())[:160]})") from e
 
 
-def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+def save_tokenizer(tokenizer: Any, directory: Path) -> None:
     if tokenizer is None:
         log.warning("no tokenizer given: %s will hold no tokenizer files", directory)
         return
@@ -168,7 +173,9 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
         modules: dict[str, dict[str, Any]] = {}
         packed_meta: dict[str, dict[str, str]] = {}
         for i, (name, mod) in enumerate(qmods.items()):
-            modules[name] = _spec_dict(mod.spec)
+            modules[name] = _spec_dict(mod)
+            if mod.input_scale is not None:
+                tensors[INPUT_SCALE_PREFIX + name] = mod.input_scale.float()
             if mod.spec.weights != "none":
                 packed = mod.packed()
                 _check_packed(name, packed, mod.weight)
@@ -201,47 +208,9 @@ def save_quantized(result_or_model: Any, tokenizer: Any, directory: str | os.Pat
         write_json(tmp / CONFIG_FILE, cfg)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(str(tmp))
-        _save_tokenizer(tokenizer, tmp)
+        save_tokenizer(tokenizer, tmp)
         report(progress, 1.0, "saved")
     log.info("packed checkpoint written to %s (%d quantized modules)", directory, len(qmods))
-    return Path(directory)
-
-
-def save_dequantized(model: nn.Module, tokenizer: Any, directory: str | os.PathLike, *,
-                     overwrite: bool = False) -> Path:
-    """Write a plain HF checkpoint: fake-quantized weights as ordinary Linear weights, no mxlab needed.
-
-    Activation quantization cannot be expressed in a plain checkpoint: it reproduces weights only.
-    """
-    qmods = quant_linears(model)
-    acts = sorted({m.spec.acts for m in qmods.values() if m.spec.acts != "none"})
-    if acts:
-        log.warning("activation quantization (%s) is not part of a dequantized checkpoint: "
-                    "it reproduces the quantized weights only", ", ".join(acts))
-    # a QuantLinear may hold extra state (caches, flags); keep only what an nn.Linear has
-    state = {}
-    for key, value in model.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        if owner in qmods and leaf not in ("weight", "bias"):
-            continue
-        state[key] = value
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
-        had_qc = hasattr(model.config, "quantization_config")
-        qc = getattr(model.config, "quantization_config", None)
-        tie = getattr(model.config, "tie_word_embeddings", None)
-        if had_qc:
-            del model.config.quantization_config
-        if embeddings_tied(model) is False and tie:  # the pipeline untied them to quantize only one
-            model.config.tie_word_embeddings = False
-        try:
-            model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
-        finally:
-            if had_qc:
-                model.config.quantization_config = qc
-            if tie is not None:
-                model.config.tie_word_embeddings = tie
-        _save_tokenizer(tokenizer, tmp)
-    log.info("dequantized checkpoint written to %s", directory)
     return Path(directory)
 
 
@@ -353,8 +322,11 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device | No
         if not isinstance(linear, nn.Linear):
             raise MxlabError(f"{directory}: module {short(name)} in quantization_config is not a Linear layer")
         qspec = QuantSpec(spec["weights"], spec.get("acts", "none"), int(spec["block_size"]),
-                          spec.get("rounding", "nearest"))
+                          spec.get("rounding", "nearest"), spec.get("scale_rule", "floor"))
         qlin = QuantLinear.from_linear(linear, qspec)
+        qlin.rotation = int(spec.get("rotation", 0))
+        if INPUT_SCALE_PREFIX + name in tensors:
+            qlin.input_scale = tensors.pop(INPUT_SCALE_PREFIX + name).float()
         if spec["weights"] != "none" and name not in packed:
             raise MxlabError(f"{directory / WEIGHTS_FILE}: module {short(name)} has no packed weight; "
                              "export the checkpoint again")

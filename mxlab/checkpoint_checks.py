@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from .errors import MxlabError
-from .formats import ROUNDINGS, canonical_format
+from .formats import ROUNDINGS, SCALE_RULES, canonical_format
+from .ptq.rotation import check_rotation_size
 from .limits import bound, short
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -105,5 +106,14 @@ def check_formats(qc: dict[str, Any], path: Any) -> dict[str, dict[str, Any]]:
         if spec.get("rounding", "nearest") not in ROUNDINGS:
             raise MxlabError(f"{path}: module {short(name)} has unknown rounding {short(spec.get('rounding'))}; "
                              f"valid: {', '.join(ROUNDINGS)}")
+        if spec.get("scale_rule", "floor") not in SCALE_RULES:
+            raise MxlabError(f"{path}: module {short(name)} has unknown scale_rule {short(spec.get('scale_rule'))}; "
+                             f"valid: {', '.join(SCALE_RULES)}")
+        rot = spec.get("rotation", 0)
+        if rot:
+            try:
+                check_rotation_size(rot)
+            except MxlabError as e:
+                raise MxlabError(f"{path}: module {short(name)}: {e}; export the checkpoint again") from None
         modules[name] = spec
     return modules

@@ -319,3 +319,30 @@ def pareto_chart(runs, x: str = "bits_per_weight", y: str = "ppl", label: str = 
     fig.update_layout(title=title, template=_TEMPLATE, xaxis_title="bits per weight (incl. scales)",
                       yaxis_title="perplexity")
     return fig
+
+
+# ----------------------------------------------------------------------------- scale lab
+def scale_lab_figure(scale_lab, module: str | None = None) -> go.Figure:
+    """One layer, every scale rule side by side (a ``tables.scale_lab_table``): clipped blocks and flushed
+    elements (%), weight and output SQNR (dB), and the block-exponent histogram per rule."""
+    _need(scale_lab, ["module", "scale_rule", "clipped_block_frac", "flushed_frac", "weight_sqnr_db",
+                      "output_sqnr_db", "exp_values", "exp_counts"], "scale_lab_figure")
+    if scale_lab.empty:
+        return _empty("scale lab", "no MX layer to compare")
+    module = module or scale_lab["module"].iloc[0]
+    df = scale_lab[scale_lab["module"] == module]
+    if df.empty:
+        raise MxlabError(f"scale_lab_figure: no rows for module {module!r}; pick one of the table's modules")
+    fig = make_subplots(rows=2, cols=2, subplot_titles=("clipped blocks / flushed elements (%)", "SQNR (dB)",
+                                                        "block exponents", ""),
+                        specs=[[{}, {}], [{"colspan": 2}, None]], vertical_spacing=0.16)
+    rules = df["scale_rule"].tolist()
+    fig.add_bar(x=rules, y=(100 * df["clipped_block_frac"]).tolist(), name="clipped blocks %", row=1, col=1)
+    fig.add_bar(x=rules, y=(100 * df["flushed_frac"]).tolist(), name="flushed elements %", row=1, col=1)
+    fig.add_bar(x=rules, y=df["weight_sqnr_db"].tolist(), name="weight SQNR", row=1, col=2)
+    if df["output_sqnr_db"].notna().any():
+        fig.add_bar(x=rules, y=df["output_sqnr_db"].tolist(), name="output SQNR", row=1, col=2)
+    for _, r in df.iterrows():
+        fig.add_bar(x=list(r["exp_values"]), y=list(r["exp_counts"]), name=f"e ({r['scale_rule']})", row=2, col=1)
+    fig.update_layout(template=_TEMPLATE, barmode="group", title=f"scale rules on {module}", height=620)
+    return fig

@@ -36,6 +36,16 @@ def check_format(name: str, what: str) -> str:
         raise MxlabError(f"{what}: {e}") from None
 
 
+def check_scale_rule(rule: Any, what: str = "scale_rule") -> str:
+    """``rule`` if it names an MX scale rule (floor, ceil, even, rceil, mse); else MxlabError."""
+    from .formats.table import SCALE_RULES  # lazy: keeps `import mxlab.recipe` light
+
+    if rule not in SCALE_RULES:
+        raise MxlabError(f"{what}: unknown scale_rule {rule!r}; choose one of: {', '.join(SCALE_RULES)} "
+                         f"(floor is OCP MX v1.0)")
+    return rule
+
+
 # ----------------------------------------------------------------------------- recipe parts
 @dataclass(frozen=True)
 class QuantSpec:
@@ -45,6 +55,15 @@ class QuantSpec:
     acts: str
     block_size: int = 32
     rounding: str = "nearest"
+    scale_rule: str = "floor"
+
+    def quant_kwargs(self, fmt: str) -> dict[str, Any]:
+        """Keyword arguments of ``formats.quantize``/``pack`` for ``fmt`` (one of this spec's formats): the
+        scale rule goes to MX formats only (per-channel INT and NVFP4 have no E8M0 exponent)."""
+        from .formats import is_mx
+
+        rule = self.scale_rule if fmt != "none" and is_mx(fmt) else "floor"
+        return {"block_size": self.block_size, "axis": -1, "rounding": self.rounding, "scale_rule": rule}
 
 
 @dataclass
@@ -56,23 +75,28 @@ class Override:
         weights: weight format for these modules (None: the recipe's).
         acts: activation format for these modules (None: the recipe's).
         skip: leave these modules in floating point.
+        scale_rule: MX scale rule for these modules (None: the recipe's).
     """
 
     pattern: str
     weights: Optional[str] = None
     acts: Optional[str] = None
     skip: bool = False
+    scale_rule: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.pattern, str) or not self.pattern:
             raise MxlabError(f"override pattern must be a non-empty string, got {short(self.pattern)}")
         if not isinstance(self.skip, bool):
             raise MxlabError(f"override {short(self.pattern)}: skip must be true or false")
-        if self.skip and (self.weights is not None or self.acts is not None):
+        if self.skip and (self.weights is not None or self.acts is not None or self.scale_rule is not None):
             raise MxlabError(f"override {short(self.pattern)}: skip=true leaves the module unquantized; "
-                             f"remove weights/acts or set skip=false")
-        if not self.skip and self.weights is None and self.acts is None:
-            raise MxlabError(f"override {short(self.pattern)} changes nothing: give weights, acts or skip=true")
+                             f"remove weights/acts/scale_rule or set skip=false")
+        if not self.skip and self.weights is None and self.acts is None and self.scale_rule is None:
+            raise MxlabError(f"override {short(self.pattern)} changes nothing: give weights, acts, scale_rule "
+                             "or skip=true")
+        if self.scale_rule is not None:
+            self.scale_rule = check_scale_rule(self.scale_rule, f"override {short(self.pattern)}")
         if self.weights is not None:
             self.weights = check_format(self.weights, f"override {short(self.pattern)} weights")
         if self.acts is not None:
@@ -113,6 +137,8 @@ class Recipe:
         acts: activation format, quantized on the fly at every Linear input (``none``: keep FP).
         block_size: MX block size along in_features (ignored by per-channel ``int*`` formats).
         rounding: ``nearest`` (ties away), ``even`` or ``floor``.
+        scale_rule: how MX block exponents are chosen: ``floor`` (OCP MX v1.0), ``ceil``, ``even``,
+            ``rceil`` or ``mse`` (per-block search); per-channel INT and NVFP4 modules ignore it.
         steps: ordered steps: configs, names (``"awq,gptq"`` or ``["awq", "gptq"]``) or dicts.
             Linears no step quantized are RTN-quantized at the end of each block.
         targets: what is quantized, ``+``-joined from ``decoder`` (every Linear in the decoder
@@ -128,6 +154,7 @@ class Recipe:
     acts: str = "mxint8"
     block_size: int = 32
     rounding: str = "nearest"
+    scale_rule: str = "floor"
     steps: list[StepConfig] = field(default_factory=list)
     targets: str = "decoder"
     overrides: list[Override] = field(default_factory=list)
@@ -173,6 +200,7 @@ class Recipe:
         check_int(self.block_size, "block_size (32 is the MX standard)", limit="block_size")
         if not isinstance(self.rounding, str) or self.rounding not in ROUNDINGS:
             raise MxlabError(f"unknown rounding {short(self.rounding)}; valid: {', '.join(ROUNDINGS)}")
+        check_scale_rule(self.scale_rule)
         check_bool(self.allow_requantize, "allow_requantize")
         check_int(self.seed, "seed", lo=0, limit="seed")
         if not isinstance(self.targets, str) or not self.target_set or self.target_set - set(TARGETS):
@@ -188,6 +216,11 @@ class Recipe:
         warnings = [w for i, step in enumerate(self.steps) for w in step.check(self, i)]
         if self.weights == "none" and self.acts == "none" and not self.overrides:
             warnings.append("weights and acts are both 'none': nothing will be quantized")
+        from .formats import is_mx
+
+        fmts = {self.weights, self.acts, *(o.weights for o in self.overrides), *(o.acts for o in self.overrides)}
+        if self.scale_rule != "floor" and not any(f and f != "none" and is_mx(f) for f in fmts):
+            warnings.append(f"scale_rule {self.scale_rule!r} applies to MX formats only; this recipe has none")
         return list(dict.fromkeys(warnings))
 
     def spec_for(self, module_name: str) -> Optional[QuantSpec]:
@@ -196,15 +229,16 @@ class Recipe:
             if fnmatch.fnmatchcase(module_name, o.pattern):
                 if o.skip:
                     return None
-                return QuantSpec(o.weights or self.weights, o.acts or self.acts, self.block_size, self.rounding)
-        return QuantSpec(self.weights, self.acts, self.block_size, self.rounding)
+                return QuantSpec(o.weights or self.weights, o.acts or self.acts, self.block_size, self.rounding,
+                                 o.scale_rule or self.scale_rule)
+        return QuantSpec(self.weights, self.acts, self.block_size, self.rounding, self.scale_rule)
 
     # -- serialisation
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (YAML/JSON-able); ``Recipe.from_dict`` inverts it."""
         return {
             "weights": self.weights, "acts": self.acts, "block_size": self.block_size,
-            "rounding": self.rounding, "steps": [s.to_dict() for s in self.steps], "targets": self.targets,
+            "rounding": self.rounding, "scale_rule": self.scale_rule, "steps": [s.to_dict() for s in self.steps], "targets": self.targets,
             "overrides": [{k: v for k, v in dataclasses.asdict(o).items() if v not in (None, False)}
                           for o in self.overrides],
             "calib": dataclasses.asdict(self.calib), "seed": self.seed,

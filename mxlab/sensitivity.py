@@ -77,12 +77,12 @@ class _RTN:
     def __enter__(self):
         for _, m, spec in self.members:
             self.saved.append(m.weight.data.clone())
-            kw = dict(block_size=spec.block_size, axis=-1, rounding=spec.rounding)
             if spec.weights not in (None, "none"):
-                m.weight.data = quantize(m.weight.data, spec.weights, **kw)
+                m.weight.data = quantize(m.weight.data, spec.weights, **spec.quant_kwargs(spec.weights))
             if spec.acts not in (None, "none"):
                 self.hooks.append(m.register_forward_pre_hook(
-                    lambda _m, args, f=spec.acts, kw=kw: (quantize(args[0], f, **kw), *args[1:])))
+                    lambda _m, args, f=spec.acts, kw=spec.quant_kwargs(spec.acts): (quantize(args[0], f, **kw),
+                                                                                   *args[1:])))
         return self
 
     def __exit__(self, *exc):

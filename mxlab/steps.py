@@ -148,7 +148,43 @@ class AWQConfig(StepConfig):
         return warnings
 
 
-GPTQ_MX_UPDATES = ("microblock", "column")
+@dataclass
+class RotateConfig(StepConfig):
+    """Block-diagonal Hadamard rotation of every quantized Linear's input space: W -> W R offline,
+    x -> x R online before the activation quantizer, R = blockdiag(H_size / sqrt(size)).
+
+    Args:
+        size: Hadamard block size, a power of two; None (default) is the recipe's MX block size, so
+            each MX block of the rotated input mixes only the channels it covers.
+    """
+
+    name: ClassVar[str] = "rotate"
+    size: Union[int, None] = None
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            from .ptq.rotation import check_rotation_size
+
+            check_rotation_size(self.size)
+
+    def check(self, recipe: "Recipe", index: int) -> list[str]:
+        """Shared rule; the default size needs a power-of-two block size; warns when size != block size."""
+        warnings = super().check(recipe, index)
+        from .ptq.rotation import check_rotation_size
+
+        if self.size is None:
+            try:
+                check_rotation_size(recipe.block_size)
+            except MxlabError:
+                raise MxlabError(f"rotate: the default size is the block size ({recipe.block_size}), which is "
+                                 f"not a power of two; give rotate a size such as 32") from None
+        elif self.size != recipe.block_size:
+            warnings.append(f"rotate size {self.size} differs from the MX block size {recipe.block_size}: "
+                            f"rotated blocks then straddle MX blocks")
+        return warnings
+
+
+GPTQ_MX_UPDATES = ("microblock", "column", "static")
 HESSIAN_DTYPES = ("float32", "tf32", "bf16")  # GPTQ Hessian GEMM precisions (ptq/methods/hessian.py)
 
 
@@ -160,9 +196,11 @@ class GPTQConfig(StepConfig):
         percdamp: damping added to H's diagonal, as a fraction of its mean diagonal.
         blocksize: columns per outer block (b1); a multiple of the recipe's MX block size.
         act_order: process columns in order of decreasing H diagonal.
-        mx_update: "microblock" (the study's Algorithm 1: each MX block quantized at once) or
+        mx_update: "microblock" (the study's Algorithm 1: each MX block quantized at once),
             "column" (group-wise GPTQ: block scales fixed at the block's start, then one column at
-            a time with error feedback); per-channel INT formats are column-wise either way.
+            a time with error feedback) or "static" (every block's scales fixed from the weights
+            before the loop, as llm-compressor and FP-Quant do, then column by column);
+            per-channel INT formats are column-wise either way.
         hessian_dtype: GEMM precision of H = 2 X^T X / n: "float32" (reference), "tf32" or "bf16"
             (tensor cores: inputs rounded, float32 accumulation; see benchmarks/hessian_precision.py).
         batch_linears: quantize linears that share one Hessian (q/k/v, gate/up) as one stacked problem.
@@ -191,7 +229,8 @@ class GPTQConfig(StepConfig):
         check_bool(self.act_order, "gptq: act_order")
         if self.mx_update not in GPTQ_MX_UPDATES:
             raise MxlabError(f"gptq: mx_update must be one of {', '.join(GPTQ_MX_UPDATES)} (\"microblock\": the "
-                             f"study's Algorithm 1; \"column\": group-wise GPTQ), got {short(self.mx_update)}")
+                             f"study's Algorithm 1; \"column\": group-wise GPTQ; \"static\": scales fixed "
+                             f"before the loop), got {short(self.mx_update)}")
 
     def check(self, recipe: "Recipe", index: int) -> list[str]:
         """Shared rule; the outer block must hold whole MX blocks."""
@@ -219,7 +258,8 @@ class RTNConfig(StepConfig):
         return warnings
 
 
-STEP_CONFIGS: dict[str, type[StepConfig]] = {c.name: c for c in (SmoothQuantConfig, AWQConfig, GPTQConfig, RTNConfig)}
+STEP_CONFIGS: dict[str, type[StepConfig]] = {c.name: c for c in (RotateConfig, SmoothQuantConfig, AWQConfig,
+                                                                  GPTQConfig, RTNConfig)}
 ALIASES = {"sq": "smoothquant"}
 
 

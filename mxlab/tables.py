@@ -121,11 +121,12 @@ def activation_channel_table(stats: Any, block: int | None = None, max_channels:
 
 
 _WEIGHT_COLS = ["module", "block", "format", "block_size", "out_features", "in_features", "mse", "sqnr_db",
-                "flushed_frac", "n_blocks", "saturated_frac", "headroom_bits"]
+                "flushed_frac", "n_blocks", "saturated_frac", "headroom_bits", "scale_rule", "clipped_block_frac"]
 
 
 def weights_table(stats: Any):
-    """One row per quantized module: weight error, flush-to-zero, saturation and headroom."""
+    """One row per quantized module: weight error, flush-to-zero, saturation, headroom, the scale rule and
+    the fraction of blocks whose maximum clips."""
     import pandas as pd
 
     return pd.DataFrame([{c: s.get(c) for c in _WEIGHT_COLS} for s in stat_rows(stats, "weights")],
@@ -158,6 +159,17 @@ def scale_table(stats: Any):
             for s in stat_rows(stats, "weights") if s.get("exp_values") is not None
             for v, c in zip(s["exp_values"], s["exp_counts"])]
     return pd.DataFrame(rows, columns=["module", "block", "format", "block_size", "exponent", "count"])
+
+
+SCALE_LAB_COLS = ["module", "format", "block_size", "rounding", "scale_rule", "clipped_block_frac", "flushed_frac",
+                  "weight_mse", "weight_sqnr_db", "output_mse", "output_sqnr_db", "exp_values", "exp_counts"]
+
+
+def scale_lab_table(rows: Iterable[dict]):
+    """The scale lab's rows (``scalelab.scale_lab_model``) as a DataFrame: one row per module x scale rule."""
+    import pandas as pd
+
+    return pd.DataFrame([{c: r.get(c) for c in SCALE_LAB_COLS} for r in rows], columns=SCALE_LAB_COLS)
 
 
 def to_csv(df, path: str | Path) -> Path:

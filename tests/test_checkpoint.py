@@ -16,7 +16,8 @@ import torch
 
 from conftest import make_tiny_model
 from mxlab.errors import Cancelled, MxlabError
-from mxlab.checkpoint import (WEIGHTS_FILE, load_quantized, quant_linears, save_dequantized, save_quantized)
+from mxlab.checkpoint import WEIGHTS_FILE, load_quantized, quant_linears, save_quantized
+from mxlab.dequantized import save_dequantized
 from mxlab.ptq.pipeline import quantize_model
 from mxlab.recipe import Recipe
 

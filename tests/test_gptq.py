@@ -133,10 +133,10 @@ def _recording(block_quantizer, fmt):
     from mxlab.formats import FORMATS, shared_exponent
     fixed = []
 
-    def fix(Wb):
+    def fix(Wb, start):
         amax = Wb.abs().amax(1).float()
         fixed.append(shared_exponent(amax, FORMATS[fmt]))  # (out,)
-        return block_quantizer(Wb)
+        return block_quantizer(Wb, start)
     return fix, fixed
 
 
@@ -322,4 +322,4 @@ def test_mx_update_config_validated_and_round_trips(tmp_path):
 def test_block_quantizer_takes_single_columns():
     with pytest.raises(MxlabError, match="one column at a time"):
         gptq_quantize(torch.zeros(2, 64), torch.eye(64), lambda w: w, block_size=32, microblock=32,
-                      block_quantizer=lambda wb: (lambda w: w))
+                      block_quantizer=lambda wb, start: (lambda w: w))

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_file, check_target
-from ..checkpoint import is_packed_checkpoint, load_quantized, save_dequantized, save_quantized
+from ..checkpoint import is_packed_checkpoint, load_quantized, save_quantized
+from ..dequantized import save_dequantized
 from ..compressed_tensors import export_compressed_tensors
 from ..errors import MxlabError
 from ..evaluate import evaluate_model

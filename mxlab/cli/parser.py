@@ -38,7 +38,7 @@ examples:
   python -m mxlab run --preset paper-awq-gptq-w4a8 --calib-samples 16 --max-eval-windows 8 --out runs/quick
 """
 
-FORMAT_FLAGS = ("weights", "acts", "block_size", "rounding", "steps")
+FORMAT_FLAGS = ("weights", "acts", "block_size", "rounding", "scale_rule", "steps")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -165,8 +165,11 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                         "(default: mxint8)")
     recipe.add_argument("--block-size", type=_positive_int, metavar="N", help="MX block size (default 32)")
     recipe.add_argument("--rounding", choices=("nearest", "even", "floor"), help="rounding mode (default nearest)")
-    recipe.add_argument("--steps", metavar="LIST", help="comma-separated steps in order, from smoothquant, "
-                        "awq, gptq, rtn; e.g. awq,gptq (default: none, plain round-to-nearest MX)")
+    recipe.add_argument("--scale-rule", choices=("floor", "ceil", "even", "rceil", "mse"),
+                        help="how MX block exponents are chosen: floor (OCP MX v1.0, default), ceil, even, "
+                        "rceil, or mse (per-block search)")
+    recipe.add_argument("--steps", metavar="LIST", help="comma-separated steps in order, from rotate, smoothquant, "
+                        "awq, gptq, rtn; e.g. rotate,gptq (default: none, plain round-to-nearest MX)")
     calib = p.add_argument_group("calibration")
     calib.add_argument("--calib", metavar="NAME", help="calibration text: tinystories, wikitext2, "
                        "shakespeare or a .txt file (default tinystories)")
@@ -243,7 +246,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
         data = get_preset(args.preset).to_dict()
     else:
         data = Recipe().to_dict()
-        for key in ("weights", "acts", "block_size", "rounding"):
+        for key in ("weights", "acts", "block_size", "rounding", "scale_rule"):
             if getattr(args, key) is not None:
                 data[key] = getattr(args, key)
         if args.steps is not None:

@@ -17,6 +17,7 @@ from .mx import blocked, round_inplace, unblocked
 from .table import ElementFormat
 
 NVFP4_TENSOR_DIV = 448.0 * 6.0  # tensor scale = amax / (E4M3 max * E2M1 max)
+E4M3_MIN = 2.0 ** -9            # smallest positive FP8 E4M3 value (a subnormal)
 
 
 # ----------------------------------------------------------------------------- int baselines
@@ -76,7 +77,7 @@ def nvfp4_quantize(x: Tensor, block_size: int, axis: int, rounding: str
     """NVFP4: returns (float32 result, E2M1 values q (blocked), E4M3 block scales (blocked), tensor scale).
 
     tensor scale ts = amax / (448 * 6); block scale s8 = fp8_e4m3(amax_block / 6 / ts) (RNE,
-    saturating); elements q = E2M1(x / (s8 * ts)) with the chosen rounding; result q * (s8 * ts).
+    saturating at 448, clamped up to 2^-9 for a nonzero block instead of flushing to 0); elements q = E2M1(x / (s8 * ts)) with the chosen rounding; result q * (s8 * ts).
     """
     xf = x.float()
     amax = xf.abs().amax() if xf.numel() else torch.zeros((), device=x.device)
@@ -85,6 +86,9 @@ def nvfp4_quantize(x: Tensor, block_size: int, axis: int, rounding: str
     xb, pad = blocked(xf, block_size, axis)  # (N, block, inner)
     bamax = xb.abs().amax(dim=1, keepdim=True)
     s8 = (bamax / torch.full_like(bamax, 6.0) / ts).clamp(max=448.0)
+    # a nonzero block whose scale underflows E4M3 gets its smallest scale (2^-9), not 0: NVIDIA clamps
+    # the block scale, so a block far below the tensor's maximum keeps what the elements can hold
+    s8 = torch.where(bamax > 0, s8.clamp(min=E4M3_MIN), s8)
     s8 = s8.masked_fill_(~torch.isfinite(bamax), float("nan")).to(torch.float8_e4m3fn)  # Inf/NaN block -> NaN
     scale = s8.float() * ts  # (N, 1, inner)
     v = torch.where(scale > 0, xb / scale, torch.zeros_like(xb)).clamp_(-6.0, 6.0)

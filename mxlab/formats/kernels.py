@@ -19,7 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .table import rule_threshold
+
 _ROUND = {"nearest": 0, "even": 1, "floor": 2}
+RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "mse": 4}  # the kernels' scale-rule ids
 
 
 def available() -> bool:
@@ -41,10 +44,23 @@ def _pow2(k):
 
 
 @triton.jit
-def block_exponent(amax_bits, emax):
-    """(e, nan_block) from the int32 bits of a block's max |x|: e = floor(log2 amax) - emax >= -127 (0 for NaN)."""
+def block_exponent(amax_bits, emax, thresh, RULE: tl.constexpr):
+    """(e, nan_block) from the int32 bits of a block's max |x| under scale rule RULE (``RULE_IDS``):
+    floor (and mse's first candidate) e = floor(log2 amax) - emax; the others add 1 when amax's exact
+    23-bit fraction (subnormals normalised) passes ``thresh`` (``table.rule_threshold``). e in [-127, 127],
+    0 for a NaN block."""
     biased = amax_bits >> 23
-    e = tl.maximum(tl.where(amax_bits == 0, -126, biased - 127) - emax, -127)
+    big = tl.where(amax_bits == 0, -126, biased - 127)
+    if RULE == 0 or RULE == 4:
+        e = big - emax
+    else:
+        frac = amax_bits & 0x7FFFFF
+        sub = (biased == 0) & (frac != 0)
+        lead = (frac.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2(frac))
+        shift = tl.minimum(tl.maximum(23 - lead, 0), 23)
+        frac = tl.where(sub, (frac << shift) & 0x7FFFFF, frac)
+        e = tl.where(sub, lead - 149, big) - emax + (frac > thresh).to(tl.int32)
+    e = tl.minimum(tl.maximum(e, -127), 127)
     nan_block = biased == 255
     return tl.where(nan_block, 0, e), nan_block
 
@@ -72,9 +88,9 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr):
 
 
 @triton.jit
-def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm,
+def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
-               CONTIG: tl.constexpr, MASKED: tl.constexpr):
+               CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr):
     pid = tl.program_id(0)
     b = pid.to(tl.int64) * NB + tl.arange(0, NB).to(tl.int64)  # (NB,) block ids
     j = tl.arange(0, KP)  # (KP,) position in the block
@@ -91,8 +107,14 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
         x = tl.load(x_ptr + offs).to(tl.float32)
 
     # shared exponent from the integer max of |x| bits: NaN/Inf (exponent 255) beat every finite value
-    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1), emax)  # (NB,)
+    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1), emax, thresh,
+                                  RULE)  # (NB,)
     out = quant_elements(x, e[:, None], mb, min_exp, max_norm, ROUND)
+    if RULE == 4:  # mse: e + 1 where it quantizes the block with a smaller squared error (float64 sums)
+        out1 = quant_elements(x, tl.minimum(e + 1, 127)[:, None], mb, min_exp, max_norm, ROUND)
+        d0 = out.to(tl.float64) - x.to(tl.float64)
+        d1 = out1.to(tl.float64) - x.to(tl.float64)
+        out = tl.where((tl.sum(d1 * d1, axis=1) < tl.sum(d0 * d0, axis=1))[:, None], out1, out)
     out = tl.where(nan_block[:, None], float("nan"), out)
     out = out.to(y_ptr.dtype.element_ty)
     if MASKED:
@@ -102,8 +124,9 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
 
 
 @triton.jit
-def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm,
-                     BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr):
+def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
+                     BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr,
+                     RULE: tl.constexpr):
     """Blocks along the middle axis of a contiguous (outer, L, inner) tensor, read in place: a program
     takes one block position and NI consecutive inner columns, a (KP, NI) tile loaded row by row."""
     ob = tl.program_id(0).to(tl.int64)       # outer index * blocks_per_col + block index along L
@@ -113,8 +136,14 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
     offs = o * L * inner + pos[:, None] * inner + c[None, :]
     mask = (tl.arange(0, KP)[:, None] < BLOCK) & (pos[:, None] < L) & (c[None, :] < inner)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0), emax)  # (NI,)
+    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0), emax, thresh,
+                                  RULE)  # (NI,)
     out = quant_elements(x, e[None, :], mb, min_exp, max_norm, ROUND)
+    if RULE == 4:  # mse, as in _mx_kernel, per column block
+        out1 = quant_elements(x, tl.minimum(e + 1, 127)[None, :], mb, min_exp, max_norm, ROUND)
+        d0 = out.to(tl.float64) - x.to(tl.float64)
+        d1 = out1.to(tl.float64) - x.to(tl.float64)
+        out = tl.where((tl.sum(d1 * d1, axis=0) < tl.sum(d0 * d0, axis=0))[None, :], out1, out)
     out = tl.where(nan_block[None, :], float("nan"), out)
     tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -159,11 +188,12 @@ def _device_name(index: int) -> str:
 
 
 def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
-                config: tuple[int, int] | None = None) -> torch.Tensor:
+                config: tuple[int, int] | None = None, scale_rule: str = "floor") -> torch.Tensor:
     """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative).
 
     ``config``: (tile parameter, num_warps) instead of ``launch_config``'s (for tuning).
     """
+    thresh, rule = rule_threshold(f, scale_rule), RULE_IDS[scale_rule]
     xm = x.reshape(1) if x.dim() == 0 else x.contiguous()
     axis = axis if x.dim() else 0
     L = xm.shape[axis]
@@ -175,12 +205,13 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
         outer = xm.numel() // (L * inner)
         bpc = triton.cdiv(L, block_size)
         grid = (outer * bpc, triton.cdiv(inner, ni))
-        _mx_kernel_inner[grid](xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
+        _mx_kernel_inner[grid](xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm), thresh,
                                BLOCK=block_size, KP=triton.next_power_of_2(block_size), NI=ni,
-                               ROUND=_ROUND[rounding], num_warps=warps)
+                               ROUND=_ROUND[rounding], RULE=rule, num_warps=warps)
         return y.reshape(x.shape)
     if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
-        return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding).movedim(-1, axis) \
+        return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding,
+                           scale_rule=scale_rule).movedim(-1, axis) \
             .contiguous().reshape(x.shape)
     nb, warps = config or launch_config("last", block_size, x.device)
     rows = xm.numel() // L
@@ -192,6 +223,6 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     masked = not (contig and kp == block_size and n_blocks % nb == 0)
     grid = (triton.cdiv(n_blocks, nb),)
     _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
-                     BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
-                     num_warps=warps)
+                     thresh, BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
+                     RULE=rule, num_warps=warps)
     return y.reshape(x.shape)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from .table import FORMATS, ElementFormat, canonical_format
+from .table import FORMATS, ElementFormat, canonical_format, rule_threshold
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,46 @@ def unblocked(y: Tensor, shape: torch.Size, axis: int, pad: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the shared scale
-def shared_exponent(amax: Tensor, f: ElementFormat | str) -> Tensor:
+def shared_exponent(amax: Tensor, f: ElementFormat | str, scale_rule: str = "floor") -> Tensor:
     """Per-block scale exponent e (int32) from amax (float32); 128 marks a NaN block (Inf/NaN inside).
 
-    e = floor(log2(amax)) - emax clamped to >= -127, floor(log2) read from the exponent bits
-    (amax == 0 counts as 2^-126, as in the reference; subnormal amax clamps to -127 anyway).
+    E = floor(log2(amax)) and the fraction f = amax / 2^E are read exactly from the float's bits
+    (subnormal amax normalised; amax == 0 counts as 2^-126, as in the reference). Then
+    ``floor``: e = E - emax (OCP MX v1.0); ``ceil``: + 1 when f > 1; ``even``: + 1 when f rounded to
+    m+1 significant bits is 2; ``rceil``: the smallest e with amax <= max_norm 2^e. e is clamped to
+    [-127, 127]. ``mse`` is a search over element values (``search_exponent``); here it gives floor's e.
     ``f``: an ElementFormat or a format name.
     """
     if isinstance(f, str):
         f = FORMATS[canonical_format(f)]
-    biased = (amax.view(torch.int32) >> 23) & 0xFF  # & 0xFF: a NaN from a reduction may carry a sign bit
-    e = torch.where(amax == 0, -126, biased - 127) - f.emax
-    e.clamp_(min=-127)
+    bits = amax.view(torch.int32) & 0x7FFFFFFF  # a NaN from a reduction may carry a sign bit
+    biased = bits >> 23
+    frac = bits & 0x7FFFFF
+    big = torch.where(amax == 0, -126, biased - 127)
+    if scale_rule in ("floor", "mse"):
+        e = big - f.emax  # a subnormal amax reads as E = -127: clamped below like its exact E
+    else:
+        sub = (biased == 0) & (frac != 0)
+        lead = (frac.float().view(torch.int32) >> 23) - 127  # floor(log2(frac)), exact: frac < 2^24
+        frac = torch.where(sub, (frac << (23 - lead).clamp_(0, 23)) & 0x7FFFFF, frac)
+        e = torch.where(sub, lead - 149, big) - f.emax + (frac > rule_threshold(f, scale_rule)).to(torch.int32)
+    e.clamp_(-127, 127)
     return e.masked_fill_(biased == 255, 128)
+
+
+def search_exponent(xb: Tensor, e: Tensor, f: ElementFormat, rounding: str) -> Tensor:
+    """``mse`` rule: per block of xb (N, block, inner), floor's e or e + 1, whichever quantizes the block
+    with the smaller squared error (float64 sums; a tie keeps e).
+
+    e - 1 is never a candidate: it saturates the block maximum (amax / 2^(e-1) >= 2^(emax+1) > max_norm).
+    """
+    e1 = torch.where(e == 128, e, (e + 1).clamp_(max=127))
+    errs = []
+    for cand in (e, e1):
+        down, up = scale_factors(cand, f)
+        q = mx_elements(xb.float(), down, up, f, rounding)
+        errs.append((q.double() - xb.double()).square_().nan_to_num_(0.0).sum(dim=1, keepdim=True))
+    return torch.where(errs[1] < errs[0], e1, e)
 
 
 def block_amax(xb: Tensor) -> Tensor:
@@ -112,6 +139,13 @@ def scale_factors(e: Tensor, f: ElementFormat) -> tuple[Tensor, Tensor]:
     down = pow2(-ec)  # 2^-e, may be subnormal (e = 127)
     up = pow2(ec - (f.mbits - 2 if f.ebits == 0 else 0)).masked_fill_(nan_block, float("nan"))
     return down, up
+
+
+def element_unit(e: Tensor, f: ElementFormat) -> Tensor:
+    """The ``up`` multiplier that leaves ``mx_elements`` on the element grid (1, or 2^-mb for integer
+    elements); NaN for NaN blocks (e == 128)."""
+    unit = torch.full(e.shape, 2.0 ** -(f.mbits - 2 if f.ebits == 0 else 0), device=e.device)
+    return unit.masked_fill_(e == 128, float("nan"))
 
 
 # ----------------------------------------------------------------------------- elements
@@ -152,14 +186,18 @@ def _pool():
 
 
 def _mx_torch(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str,
-              want_exponents: bool = False) -> tuple[Tensor, Tensor | None]:
+              want_exponents: bool = False, scale_rule: str = "floor") -> tuple[Tensor, Tensor | None]:
     """MX fake quantization in torch ops (any device); optionally also the block exponents e."""
     shape, dtype = x.shape, x.dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         x = x.float()  # e.g. float64: the math is float32
     xb, pad = blocked(x, block_size, axis)  # (N, block, inner)
-    e = shared_exponent(block_amax(xb), f)  # (N, 1, inner), all blocks at once
+    e = shared_exponent(block_amax(xb), f, scale_rule)  # (N, 1, inner), all blocks at once
+    if scale_rule == "mse":
+        e = search_exponent(xb, e, f, rounding)
     down, up = scale_factors(e, f)
+    if want_exponents:  # pack wants element values x / 2^e on the grid (a value that overflows to 2^128 too)
+        up = element_unit(e, f)
     out = torch.empty(xb.shape, dtype=torch.float32 if want_exponents else dtype, device=x.device)
     n = xb.shape[0]
     # CPU: chunks just under torch's 32768-element parallel grain run inline in the calling thread
@@ -181,22 +219,24 @@ def _mx_torch(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding:
     else:
         work((0, n))
     res = unblocked(out, shape, axis, pad)
-    return (res, e) if want_exponents else (res.to(dtype), None)  # pack wants the float32 values
+    return (res, e) if want_exponents else (res.to(dtype), None)
 
 
-def mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str) -> Tensor:
+def mx_quantize(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str,
+                scale_rule: str = "floor") -> Tensor:
     """MX fake quantization of x (same shape and dtype; axis non-negative): Triton on CUDA, else torch."""
     if x.is_cuda:
         kernels = _kernels()
         if kernels is not None:
-            return kernels.mx_quantize(x, f, block_size, axis, rounding)
-    return _mx_torch(x, f, block_size, axis, rounding)[0]
+            return kernels.mx_quantize(x, f, block_size, axis, rounding, scale_rule=scale_rule)
+    return _mx_torch(x, f, block_size, axis, rounding, scale_rule=scale_rule)[0]
 
 
-def mx_quantize_exponents(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str
-                          ) -> tuple[Tensor, Tensor]:
-    """(float32 fake-quantized x, block exponents e (N, 1, inner) of ``blocked``) for packing."""
-    return _mx_torch(x, f, block_size, axis, rounding, want_exponents=True)
+def mx_quantize_exponents(x: Tensor, f: ElementFormat, block_size: int, axis: int, rounding: str,
+                          scale_rule: str = "floor") -> tuple[Tensor, Tensor]:
+    """(float32 element values x / 2^e on the format's grid, block exponents e (N, 1, inner) of ``blocked``)
+    for packing; NaN blocks are NaN."""
+    return _mx_torch(x, f, block_size, axis, rounding, want_exponents=True, scale_rule=scale_rule)
 
 
 _KERNELS_STATE: dict[str, object] = {}

@@ -12,6 +12,8 @@ from torch import Tensor
 from ..errors import MxlabError
 
 ROUNDINGS = ("nearest", "even", "floor")
+# how an MX block's E8M0 exponent follows from its largest magnitude (mx.shared_exponent says how)
+SCALE_RULES = ("floor", "ceil", "even", "rceil", "mse")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class ElementFormat:
     mbits: int = 0     # mantissa bits counting sign and implicit bit (the reference's convention)
     emax: int = 0      # largest element exponent
     max_norm: float = 0.0
+
+    @property
+    def frac_bits(self) -> int:
+        """Fraction (mantissa) bits of an element: e2m1 1, e2m3 3, e4m3 3, mxint8 6, mxint2 0."""
+        return self.mbits - 2
 
     @property
     def min_exp(self) -> int:
@@ -90,9 +97,21 @@ def _check_block(block_size: int) -> None:
         raise MxlabError(f"block_size must be a positive integer (16, 32, 64, 128 are usual); got {block_size!r}")
 
 
-def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str) -> tuple[ElementFormat | None, int]:
+def check_scale_rule(scale_rule: str, f: ElementFormat | None = None) -> str:
+    """``scale_rule`` if it is a known rule (and, for a non-MX format ``f``, the default); else MxlabError."""
+    if scale_rule not in SCALE_RULES:
+        raise MxlabError(f"unknown scale_rule {scale_rule!r}; choose one of: {', '.join(SCALE_RULES)}")
+    if f is not None and f.kind != "mx" and scale_rule != "floor":
+        raise MxlabError(f"scale_rule {scale_rule!r} sets E8M0 block exponents of MX formats; {f.name} has no "
+                         f"E8M0 scales: use scale_rule 'floor' (the default) with it")
+    return scale_rule
+
+
+def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str,
+               scale_rule: str = "floor") -> tuple[ElementFormat | None, int]:
     """Validate quantize/pack arguments; return the format (None for "none") and the non-negative axis."""
     name = canonical_format(fmt)
+    check_scale_rule(scale_rule, FORMATS[name] if name != "none" else None)
     if not isinstance(x, Tensor):
         raise MxlabError(f"expected a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -104,3 +123,21 @@ def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str) -
     if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
         raise MxlabError(f"axis {axis!r} is out of range for a tensor with {x.dim()} dims; use -{ndim}..{ndim - 1}")
     return (FORMATS[name] if name != "none" else None), axis % ndim
+
+
+def rule_threshold(f: ElementFormat, scale_rule: str) -> int:
+    """The 23-bit fraction t above which (``>``) a block's exponent moves up by one under ``scale_rule``.
+
+    With amax = (1 + frac / 2^23) 2^E: ceil bumps when frac > 0; even when the fraction rounded to m+1
+    significant bits reaches 2, i.e. frac >= 2^23 - 2^(22 - m); rceil when amax > max_norm 2^(E - emax),
+    i.e. frac > (max_norm / 2^emax - 1) 2^23 (exact: max_norm has few bits). floor (and mse's start)
+    never: t = 2^23.
+    """
+    m = f.frac_bits
+    if scale_rule == "ceil":
+        return 0
+    if scale_rule == "even":
+        return (1 << 23) - (1 << (22 - m)) - 1
+    if scale_rule == "rceil":
+        return int((f.max_norm / 2.0 ** f.emax - 1.0) * 2 ** 23)
+    return 1 << 23

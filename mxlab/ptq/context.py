@@ -18,6 +18,11 @@ from .diagnostics import measure
 from .qlinear import QuantLinear
 
 
+def layer_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``module``'s weight multiplies: x after a rotated QuantLinear's online transform, else x."""
+    return module.transform_input(x) if getattr(module, "has_transform", False) else x
+
+
 class BlockContext:
     """The current block, its quantized Linears, its scaling groups and its calibration inputs.
 
@@ -60,7 +65,7 @@ class BlockContext:
 
         def make_hook(name: str):
             def hook(module, args, kwargs):
-                x = args[0] if args else kwargs["hidden_states"]
+                x = layer_input(module, args[0] if args else kwargs["hidden_states"])
                 fn(name, x.reshape(-1, x.shape[-1]), module, state["batch"])
                 if name == stop_after:
                     raise StopForward
@@ -87,7 +92,7 @@ class BlockContext:
             got: list[torch.Tensor] = []
 
             def hook(m, args, kwargs):
-                x = args[0] if args else kwargs["hidden_states"]
+                x = layer_input(m, args[0] if args else kwargs["hidden_states"])
                 got.append(x.reshape(-1, x.shape[-1]).float())
                 raise StopForward
 
@@ -125,7 +130,8 @@ class BlockContext:
         return {n: torch.cat(p) for n, p in parts.items()}
 
     def inputs(self, name: str, max_tokens: Optional[int] = None) -> torch.Tensor:
-        """Calibration inputs of ``name`` as captured now: (n_tokens, in) float32 on ``device``.
+        """Calibration inputs of ``name`` as captured now: (n_tokens, in) float32 on ``device`` (after a
+        rotated layer's online transform: the inputs its weight multiplies).
 
         Cached until the block changes. Large models: pass ``max_tokens`` or use ``input_batches``.
         """

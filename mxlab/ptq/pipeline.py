@@ -280,7 +280,8 @@ def _same_mx_spec(extras: list[Target]) -> bool:
     specs = {t.kind: t.spec for t in extras}
     se, sh = specs.get("embedding"), specs.get("lm_head")
     return se is not None and sh is not None and se.weights == sh.weights and se.block_size == sh.block_size \
-        and se.rounding == sh.rounding and se.weights != "none" and is_mx(se.weights)
+        and se.rounding == sh.rounding and se.scale_rule == sh.scale_rule and se.weights != "none" \
+        and is_mx(se.weights)
 
 
 def _quantize_extras(model: nn.Module, extras: list[Target], recipe: Recipe, device: torch.device,
@@ -297,8 +298,7 @@ def _quantize_extras(model: nn.Module, extras: list[Target], recipe: Recipe, dev
     for t in extras:
         if t.kind == "embedding":
             w = emb.weight.data
-            w.copy_(quantize(w.to(device), t.spec.weights, t.spec.block_size, axis=-1,
-                             rounding=t.spec.rounding).to(w.device))
+            w.copy_(quantize(w.to(device), t.spec.weights, **t.spec.quant_kwargs(t.spec.weights)).to(w.device))
             result.records.append(StepRecord("rtn", -1, [ModuleRecord(t.name, "rtn", details={"weight_only": True})]))
         elif t.kind == "lm_head":
             q = QuantLinear.from_linear(head, t.spec)

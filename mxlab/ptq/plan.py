@@ -50,12 +50,13 @@ def _quantizes(spec: Optional[QuantSpec], kind: TargetKind) -> bool:
 def block_targets(block: nn.Module, prefix: str, index: int, recipe: Recipe) -> list[Target]:
     """The Linears of one decoder block that ``recipe`` quantizes (names relative to the block's parent)."""
     out = []
+    rotates = any(s.name == "rotate" for s in recipe.steps)   # a rotation changes even a 'none' layer
     for name, module in block.named_modules():
         if type(module) is not nn.Linear:    # a QuantLinear means the block is already quantized
             continue
         full = f"{prefix}.{name}"
         spec = recipe.spec_for(full)
-        if _quantizes(spec, "linear"):
+        if _quantizes(spec, "linear") or (spec is not None and rotates):
             out.append(Target(full, module, "linear", spec, index, name))
     return out
 

@@ -1,7 +1,9 @@
 """QuantLinear: a Linear whose weight is stored quantized and whose input is quantized on the fly.
 
 Both quantizations use blocks along in_features (axis -1), as the study does: a weight (out, in)
-has blocks along each row, an activation (..., in) along each token's features.
+has blocks along each row, an activation (..., in) along each token's features. A ``rotate`` step
+gives the layer an online input transform (``transform_input``: block Hadamard, then a per-channel
+divisor that scaling steps after the rotation fold into), applied before the activation quantizer.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import MxlabError
-from ..formats import is_mx, pack, quantize
+from ..formats import is_mx, pack, pack_quantized, quantize
 from ..recipe import QuantSpec
 
 
@@ -39,6 +41,8 @@ class QuantLinear(nn.Module):
         self.weight_quantized = False
         self.weight_fp: Optional[torch.Tensor] = None
         self._packed = None
+        self.rotation = 0                               # Hadamard block size of the input (0: none)
+        self.input_scale: Optional[torch.Tensor] = None  # (in,) divisor after the rotation (scaling steps)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, spec: QuantSpec) -> "QuantLinear":
@@ -48,18 +52,33 @@ class QuantLinear(nn.Module):
         q.bias = None if linear.bias is None else nn.Parameter(linear.bias.data, requires_grad=False)
         return q
 
+    @property
+    def has_transform(self) -> bool:
+        """True when the input is rotated and/or rescaled online before quantization."""
+        return self.rotation > 0 or self.input_scale is not None
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input the weight multiplies: ``x`` (..., in) rotated (x R), then divided by ``input_scale``."""
+        if self.rotation:
+            from .rotation import rotate_blocks
+
+            x = rotate_blocks(x, self.rotation)
+        if self.input_scale is not None:
+            x = (x.float() / self.input_scale.to(x.device)).to(x.dtype)
+        return x
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (..., in_features) fake-quantized in ``spec.acts`` (blocks along in_features)."""
+        """``x`` (..., in_features), already transformed, fake-quantized in ``spec.acts`` (blocks along in)."""
         if self.spec.acts == "none":
             return x
-        return quantize(x, self.spec.acts, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+        return quantize(x, self.spec.acts, **self.spec.quant_kwargs(self.spec.acts))
 
     def quantize_weight_rtn(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Round-to-nearest quantization of ``w`` (default: the current weight) in ``spec.weights``."""
         w = self.weight.data if w is None else w
         if self.spec.weights == "none":
             return w
-        return quantize(w, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+        return quantize(w, self.spec.weights, **self.spec.quant_kwargs(self.spec.weights))
 
     @torch.no_grad()
     def keep_fp_reference(self) -> None:
@@ -82,11 +101,11 @@ class QuantLinear(nn.Module):
         if self.weight_quantized:
             return
         if self.spec.weights == "none" or is_mx(self.spec.weights):
-            self.set_quantized_weight(self.quantize_weight_rtn())   # MX: re-packing Q later is exact
+            self.set_quantized_weight(self.quantize_weight_rtn())   # MX: pack_quantized stores Q exactly later
         else:
             # per-channel int/nvfp4 scales of an already-quantized tensor can differ in the last bit:
             # pack the FP weight now and keep the packed form for export
-            p = pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+            p = pack(self.weight.data, self.spec.weights, **self.spec.quant_kwargs(self.spec.weights))
             self.set_quantized_weight(p.dequantize().to(self.weight.device), packed=p)
 
     def unmark_quantized(self) -> None:
@@ -104,12 +123,17 @@ class QuantLinear(nn.Module):
             return self._packed
         if self.spec.weights == "none":
             raise MxlabError("this layer keeps its weights in floating point (weights 'none'): nothing to pack")
-        return pack(self.weight.data, self.spec.weights, self.spec.block_size, axis=-1, rounding=self.spec.rounding)
+        kw = self.spec.quant_kwargs(self.spec.weights)
+        if is_mx(self.spec.weights):  # the weight is on the grid: store it as it is (any scale rule)
+            kw.pop("rounding")
+            return pack_quantized(self.weight.data, self.spec.weights, **kw)
+        return pack(self.weight.data, self.spec.weights, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantize_input(x), self.weight, self.bias)
+        return F.linear(self.quantize_input(self.transform_input(x)), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         s = self.spec
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"weights={s.weights}, acts={s.acts}, block_size={s.block_size}, quantized={self.weight_quantized}")
+                f"weights={s.weights}, acts={s.acts}, block_size={s.block_size}, scale_rule={s.scale_rule}, "
+                f"rotation={self.rotation}, quantized={self.weight_quantized}")

@@ -21,6 +21,8 @@ The pipeline computes two for every quantized Linear; both return plain, JSON-ab
     n_blocks                                   out_features * ceil(in_features / block_size)
     exp_values, exp_counts: list[int]          histogram of the E8M0 shared exponents over blocks
     saturated_frac     fraction of elements with |w| / 2^e > max_norm (clipped to +-max_norm)
+    clipped_block_frac fraction of blocks whose maximum clips (amax / 2^e > max_norm)
+    scale_rule         the rule that chose e (the spec's)
     headroom_bits      mean over nonzero blocks of max(0, log2(max_norm * 2^e / amax)): the bits of
                        range the power-of-two scale leaves unused, against an exact real scale
 """
@@ -78,8 +80,10 @@ def _spec_field(spec: Any, name: str) -> Any:
     return spec[name] if isinstance(spec, dict) else getattr(spec, name)
 
 
-def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
-    """E8M0 exponent histogram, saturation and headroom of an MX format on w (out, in), blocks along in."""
+def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int, scale_rule: str = "floor",
+                   rounding: str = "nearest") -> dict:
+    """E8M0 exponent histogram, saturation and headroom of an MX format on w (out, in), blocks along in,
+    with the exponents ``scale_rule`` picks (``rounding`` matters to ``mse`` only)."""
     ef = FORMATS[canonical_format(fmt)]
     emax, max_norm = int(ef.emax), float(ef.max_norm)
     w = w.detach().to(torch.float32)
@@ -88,18 +92,21 @@ def mx_scale_stats(w: torch.Tensor, fmt: str, block_size: int) -> dict:
     pad = (-in_f) % k
     wb = torch.nn.functional.pad(w, (0, pad)).reshape(out_f, -1, k)  # (out, n_blocks_per_row, k)
     amax = wb.abs().amax(-1)  # (out, nb)
-    e = shared_exponent(amax, ef)  # (out, nb); 128: a block holding Inf/NaN
+    e = shared_exponent(amax, ef, scale_rule)  # (out, nb); 128: a block holding Inf/NaN
+    if scale_rule == "mse":  # search_exponent wants blocks (N, block, 1)
+        e = search_exponent(wb.reshape(-1, k, 1), e.reshape(-1, 1, 1), ef, rounding).reshape(e.shape)
     # Inf/NaN blocks: this table has always reported finite exponents for them (its former frexp
     # reading: NaN as an all-zero block, Inf as frexp's exponent 0, e = -1 - emax); kept unchanged
     e = torch.where(e == 128, torch.where(amax.isnan(), -126, -1) - emax, e).clamp(-127, 127)
     scale = torch.ldexp(torch.ones_like(amax), e.to(torch.int32))
     scaled = wb.abs() / scale.unsqueeze(-1)  # (out, nb, k) element magnitudes on the element grid
     saturated = (scaled > max_norm).sum().item()
+    clipped_blocks = (amax > max_norm * scale).sum().item()   # blocks whose maximum clips
     nz = amax > 0
     headroom = torch.log2(max_norm * scale[nz] / amax[nz]).clamp(min=0)
     values, counts = torch.unique(e.flatten(), return_counts=True)
     return dict(n_blocks=int(e.numel()), exp_values=values.tolist(), exp_counts=counts.tolist(),
-                saturated_frac=saturated / w.numel(),
+                saturated_frac=saturated / w.numel(), clipped_block_frac=clipped_blocks / max(1, e.numel()),
                 headroom_bits=float(headroom.mean()) if headroom.numel() else 0.0)
 
 
@@ -119,7 +126,12 @@ def weight_stats(module: str, block: int, w_fp: torch.Tensor, w_q: torch.Tensor,
                mse=err / w.numel(),
                sqnr_db=10 * math.log10(sig / err) if err > 0 else float("inf"),
                flushed_frac=((w != 0) & (q == 0)).sum().item() / w.numel(),
-               n_blocks=None, exp_values=None, exp_counts=None, saturated_frac=None, headroom_bits=None)
+               n_blocks=None, exp_values=None, exp_counts=None, saturated_frac=None, headroom_bits=None,
+               clipped_block_frac=None, scale_rule=None)
     if fmt not in (None, "none") and is_mx(canonical_format(fmt)):
-        out.update(mx_scale_stats(w, fmt, block_size))
+        rule = _spec_field(spec, "scale_rule") if (isinstance(spec, dict) and "scale_rule" in spec) or \
+            hasattr(spec, "scale_rule") else "floor"
+        rounding = _spec_field(spec, "rounding") if (isinstance(spec, dict) and "rounding" in spec) or \
+            hasattr(spec, "rounding") else "nearest"
+        out.update(mx_scale_stats(w, fmt, block_size, rule, rounding), scale_rule=rule)
     return out

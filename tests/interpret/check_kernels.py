@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from types import SimpleNamespace
+
 
 import torch
 
@@ -14,6 +14,7 @@ torch.set_num_threads(1)
 from mxlab.formats import FORMATS, kernels, quantize  # noqa: E402
 from mxlab.ptq.methods.gptq import gptq_quantize, mx_block_quantizer, weight_quantizer  # noqa: E402
 from mxlab.ptq.methods.gptq_fused import column_rule  # noqa: E402
+from mxlab.recipe import QuantSpec  # noqa: E402
 
 g = torch.Generator().manual_seed(0)
 
@@ -46,6 +47,10 @@ for shape, axis, bs in cases:
         same = torch.equal(got.view(torch.int16 if dt != torch.float32 else torch.int32),
                            ref.view(torch.int16 if dt != torch.float32 else torch.int32))
         check(same, f"mx kernel {fmt} {rnd} {dt} shape {shape} axis {axis} block {bs}")
+    for rule in ("ceil", "even", "rceil", "mse"):       # the scale rules, float32 (bits equal with NaN masked)
+        got = kernels.mx_quantize(x, FORMATS["mxfp4_e2m1"], bs, axis, "even", scale_rule=rule)
+        ref = quantize(x, "mxfp4_e2m1", bs, axis=axis, rounding="even", scale_rule=rule)
+        check(torch.equal(got.view(torch.int32), ref.view(torch.int32)), f"mx kernel scale_rule {rule} shape {shape}")
 
 # 2. GPTQ column kernel against the torch column loop
 for fmt, bs, rnd, (out_f, in_f), blocksize in [("int4", 32, "nearest", (24, 80), 32), ("int3", 32, "even", (9, 64), 64),
@@ -53,7 +58,7 @@ for fmt, bs, rnd, (out_f, in_f), blocksize in [("int4", 32, "nearest", (24, 80),
                                                ("mxfp4_e2m1", 16, "even", (12, 72), 32),
                                                ("mxint8", 32, "floor", (8, 100), 64),
                                                ("mxfp6_e2m3", 32, "nearest", (10, 64), 64)]:
-    spec = SimpleNamespace(weights=fmt, block_size=bs, rounding=rnd)
+    spec = QuantSpec(fmt, "none", bs, rnd)
     W = torch.randn(out_f, in_f, generator=g) * 0.05
     X = torch.randn(4 * in_f, in_f, generator=g) * torch.linspace(0.2, 3, in_f)
     H = 2 * X.T @ X / X.shape[0]

@@ -18,6 +18,8 @@ columns at once and correcting the remaining ones optimally (OBS) is
 start of each MX block the block's shared exponents are fixed from the already-updated weights
 (:func:`mx_block_quantizer`), then its columns are quantized one at a time with those scales, each
 column's error fed to all later columns (``block_quantizer`` of :func:`gptq_quantize`).
+``mx_update="static"`` fixes every block's exponents from the weights as they are before the loop
+(as llm-compressor and FP-Quant do), then runs the same column-by-column loop.
 
 :func:`apply` is the thin adapter that the pipeline calls for one decoder block.
 """
@@ -31,8 +33,8 @@ from typing import Callable
 import torch
 
 from ...errors import MxlabError
-from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_elements, pack, quantize,
-                         scale_factors, shared_exponent)
+from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_elements, pack, pack_quantized,
+                         quantize, scale_factors, search_exponent, shared_exponent)
 from ...records import ModuleRecord, StepRecord
 from ...steps import GPTQConfig
 from ..context import BlockContext
@@ -42,7 +44,8 @@ from .hessian import hessian
 log = logging.getLogger(__name__)
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
-BlockQuantizer = Callable[[torch.Tensor], Quantizer]  # block's weights -> quantizer with its scales fixed
+# (block's current weights (out, m), index of its first column in W's original order) -> its quantizer, scales fixed
+BlockQuantizer = Callable[[torch.Tensor, int], Quantizer]
 
 _DAMP_RETRIES = 4      # each retry multiplies the dampening by 10 when H is not positive definite
 
@@ -115,8 +118,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     ``info``, if given, receives ``damp`` and ``dead_columns``.
 
     ``block_quantizer`` (group-wise GPTQ; ``quantizer`` is then unused): called at the start of
-    each format block with its updated weights (out, <= block_size), it returns the quantizer of
-    that block's columns with the block's scales fixed; columns then go one at a time (b2 = 1).
+    each format block with its updated weights (out, <= block_size) and the index of its first
+    column in W's original order, it returns the quantizer of that block's columns with the
+    block's scales fixed; columns then go one at a time (b2 = 1).
 
     ``fused`` (a ``gptq_fused.ColumnRule`` of W, CUDA with triton): the column-wise loop of each outer
     block runs as one Triton kernel (INT: ``block_size=1``; MX: the column rule, with
@@ -169,7 +173,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
             pulse()                   # a cancellation point per micro-block / column
             k = min(j + b2, i2 - i1)
             if block_quantizer is not None and j % block_size == 0:  # i1 is a multiple of block_size too
-                quant = block_quantizer(W1[:, j:j + block_size])  # scales of this block, fixed from here on
+                start = i1 + j if perm is None else int(perm[i1 + j])
+                quant = block_quantizer(W1[:, j:j + block_size], start)  # this block's scales, fixed from here on
             Qj = quant(W1[:, j:k]).to(dtype)  # (out, k - j), scales from the updated weights
             D = W1[:, j:k] - Qj
             if k - j == 1:
@@ -199,8 +204,10 @@ def weight_quantizer(W: torch.Tensor, spec) -> tuple[Quantizer, int, Callable]:
     f = FORMATS[canonical_format(spec.weights)]
     kw = dict(rounding=spec.rounding)
     if f.kind == "mx":
-        return (lambda w: quantize(w, f.name, spec.block_size, axis=-1, **kw), spec.block_size,
-                lambda q: pack(q.to(W.dtype), f.name, spec.block_size, axis=-1, **kw))  # grid fits bf16
+        mkw = spec.quant_kwargs(f.name)
+        # packed as it is (pack_quantized): a rule other than floor need not re-derive Q's exponents
+        return (lambda w: quantize(w, f.name, **mkw), spec.block_size,
+                lambda q: pack_quantized(q.to(W.dtype), f.name, spec.block_size, -1, spec.scale_rule))
     if f.kind == "int":
         scale, zero_point = int_qparams(W, f, axis=-1)           # (out,) each, from the whole row
         # packed from float32: affine grid values need not be representable in a bf16 model dtype
@@ -228,25 +235,35 @@ def column_update_supported(f) -> bool:
     return f.kind == "mx" and (f.ebits == 0 or f.max_norm == (2 - 2.0 ** -(f.mbits - 2)) * 2.0 ** f.emax)
 
 
-def mx_block_quantizer(spec) -> BlockQuantizer | None:
-    """Fixed-scale block quantizer of ``spec.weights`` for mx_update="column"; None for per-channel INT.
+def mx_block_quantizer(spec, W: torch.Tensor | None = None) -> BlockQuantizer | None:
+    """Fixed-scale block quantizer of ``spec.weights`` for mx_update="column" (``W`` None) or "static"
+    (exponents of every block fixed from ``W`` (out, in) now); None for per-channel INT.
 
-    The returned function takes one MX block's weights (out, m <= block_size), fixes their shared
-    exponents per row with formats' own rule, and returns a quantizer of any of its columns
-    (out, k) onto that grid: what ``quantize`` does to the block, with the scales held.
+    The returned function takes one MX block's weights (out, m <= block_size) and the index of its
+    first column, fixes the block's exponents per row with ``spec.scale_rule`` (from those weights,
+    or from ``W``'s block when static), and returns a quantizer of any of its columns (out, k) onto
+    that grid: what ``quantize`` does to the block, with the scales held.
     """
     f = FORMATS[canonical_format(spec.weights)]
     if f.kind == "int":
         return None  # its scale / zero point are per row and fixed already: classic GPTQ either way
     if not column_update_supported(f):
-        raise MxlabError(f"GPTQ mx_update='column' cannot keep {f.name} weights on the format's grid (a block "
-                         "whose max shrinks re-quantizes with a finer scale, where its values can exceed the "
-                         "largest element); use mx_update='microblock' for it")
-    rounding = spec.rounding
+        raise MxlabError(f"GPTQ mx_update='column'/'static' cannot keep {f.name} weights on the format's grid (a "
+                         "block whose max shrinks re-quantizes with a finer scale, where its values can exceed "
+                         "the largest element); use mx_update='microblock' for it")
+    rounding, rule, bs = spec.rounding, spec.scale_rule, spec.block_size
 
-    def fix(Wb: torch.Tensor) -> Quantizer:
+    def exponents(Wb: torch.Tensor) -> torch.Tensor:              # (out, m) -> (out, 1, 1)
         xb = Wb if Wb.dtype in (torch.float32, torch.bfloat16, torch.float16) else Wb.float()
-        e = shared_exponent(block_amax(xb.unsqueeze(-1)), f)    # (out, 1, 1); 128: a NaN block
+        e = shared_exponent(block_amax(xb.unsqueeze(-1)), f, rule)   # 128: a NaN block
+        return search_exponent(xb.unsqueeze(-1), e, f, rounding) if rule == "mse" else e
+
+    fixed = None
+    if W is not None:  # static: the exponents of every block, from the weights before the loop
+        fixed = [exponents(W[:, c:c + bs]) for c in range(0, W.shape[1], bs)]
+
+    def fix(Wb: torch.Tensor, start: int = 0) -> Quantizer:
+        e = exponents(Wb) if fixed is None else fixed[start // bs].to(Wb.device)
         down, up = scale_factors(e, f)                            # 2^-e, 2^e: as quantize's own
 
         def quant(cols: torch.Tensor) -> torch.Tensor:            # (out, k) -> (out, k)
@@ -301,12 +318,14 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         W = Ws[0] if len(Ws) == 1 else torch.cat(Ws)              # (sum out, in): rows are independent in GPTQ
         spec = ctx.spec(names[0])
         quantizer, block_size, _ = weight_quantizer(W, spec)
-        block_quantizer = mx_block_quantizer(spec) if config.mx_update == "column" else None
+        block_quantizer = None if config.mx_update == "microblock" else \
+            mx_block_quantizer(spec, W if config.mx_update == "static" else None)
         info: dict = {}
         use_fused = fused and fused_supports(spec, config.mx_update)
         if fused and not use_fused and not any(n.startswith("fused:") for n in record.notes):
-            record.notes.append(f"fused: {spec.weights} with mx_update={config.mx_update!r} has no column loop to "
-                                "fuse (the micro-block rule quantizes whole blocks); ran the torch path")
+            record.notes.append(f"fused: {spec.weights} with mx_update={config.mx_update!r} and scale_rule "
+                                f"{spec.scale_rule!r} is not fused (the kernel runs the floor column rule and INT); "
+                                "ran the torch path")
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
                           block_quantizer=block_quantizer, info=info,
@@ -315,7 +334,7 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         for n, Wn, Qn in zip(names, Ws, Q.split([w.shape[0] for w in Ws])):
             quant_n, _, pack_n = weight_quantizer(Wn, spec)       # per-row parameters: the same rows as W's
             details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
-                       "blocksize": config.blocksize, "mx_update": config.mx_update,
+                       "blocksize": config.blocksize, "mx_update": config.mx_update, "scale_rule": spec.scale_rule,
                        "microblock": 1 if block_quantizer else block_size, "hessian_dtype": config.hessian_dtype,
                        "batched_with": [m for m in names if m != n], "fused": info.get("fused", False),
                        "proxy_mse_rtn": proxy_mse(Wn, quant_n(Wn), H), "proxy_mse_gptq": proxy_mse(Wn, Qn, H)}

@@ -32,9 +32,10 @@ class ColumnRule:
 
 def fused_supports(spec, mx_update: str) -> bool:
     """True if the kernel covers GPTQ in ``spec.weights`` with ``mx_update``: per-channel INT, or MX with
-    the column rule (the micro-block rule quantizes whole blocks at once: no column loop to fuse)."""
+    the column rule and the floor scale rule (the micro-block rule quantizes whole blocks at once: no
+    column loop to fuse; static scales and the other scale rules are the torch path's)."""
     kind = FORMATS[canonical_format(spec.weights)].kind
-    return kind == "int" or (kind == "mx" and mx_update == "column")
+    return kind == "int" or (kind == "mx" and mx_update == "column" and getattr(spec, "scale_rule", "floor") == "floor")
 
 
 def fused_available() -> bool:
