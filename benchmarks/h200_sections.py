@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from types import SimpleNamespace
+from mxlab.recipe import QuantSpec  # noqa: E402
 
 import torch
 
@@ -183,7 +183,7 @@ def hessian_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
         del X
         out_f = 256 if quick else 1024
         W = torch.randn(out_f, d, device=dev) * 0.02
-        spec = SimpleNamespace(weights="mxint4", block_size=32, rounding="nearest")
+        spec = QuantSpec("mxint4", "none", 32, "nearest")
         quant, block, _ = weight_quantizer(W, spec)
         Qs = {dt: gptq_quantize(W, H, quant, block_size=block) for dt, H in Hs.items()}
         base = proxy_mse(W, Qs["float32"], Hs["float32"])
@@ -231,7 +231,7 @@ def gptq_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
           "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     res["rows"] = []
     for fmt, rule in rules:
-        spec = SimpleNamespace(weights=fmt, block_size=32, rounding="nearest")
+        spec = QuantSpec(fmt, "none", 32, "nearest")
         fusable = rule == "column" and (dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
         t_torch = t_fused = t_stack = 0.0
         equal_fused = equal_stack = True

@@ -23,11 +23,11 @@ import logging
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mxlab.recipe import QuantSpec  # noqa: E402
 
 from mxlab.ptq.methods.gptq import gptq_quantize, mx_block_quantizer, proxy_mse, weight_quantizer  # noqa: E402
 from mxlab.ptq.methods.hessian import hessian  # noqa: E402
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
         Hs["reordered"] = hessian(X.flip(0))    # control: float32 again, tokens summed in another order
         rel_h = {dt: float((Hs[dt] - Hs["float32"]).norm() / Hs["float32"].norm()) for dt in CHANGED}
         for fmt, rule in RULES:
-            spec = SimpleNamespace(weights=fmt, block_size=32, rounding="nearest")
+            spec = QuantSpec(fmt, "none", 32, "nearest")
             quant, block, _ = weight_quantizer(W, spec)
             bq = mx_block_quantizer(spec) if rule == "column" else None
             Qs = {dt: gptq_quantize(W, H, quant, block_size=block, block_quantizer=bq) for dt, H in Hs.items()}
