@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .errors import MxlabError
 from .data import evaluation_tokens
 from .limits import check_max, short
+from .placement import same_device, streamed_blocks
 from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,9 @@ def _device(model) -> torch.device:
 @contextlib.contextmanager
 def _placed(model, device):
     """Run on ``device``: as it is when the model is there, else streaming its decoder blocks there."""
-    if model is None or device is None or _device(model) == torch.device(device):
+    if model is None or device is None or same_device(_device(model), device):
         yield
         return
-    from .placement import streamed_blocks
-
     with streamed_blocks(model, device):
         yield
 

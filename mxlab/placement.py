@@ -57,6 +57,17 @@ def _move(entries: list[tuple[nn.Module, str, bool]], device: torch.device) -> N
             m._buffers[name] = m._buffers[name].to(device)
 
 
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """True when ``a`` and ``b`` name one device ("cuda" and "cuda:0" do, on device 0)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
 @contextmanager
 def streamed_blocks(model: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
     """Run ``model`` on ``device`` while its decoder blocks stay where they are, one moved in per forward."""
@@ -78,7 +89,7 @@ def streamed_blocks(model: nn.Module, device: str | torch.device) -> Iterator[nn
 
     for b in blocks:
         home = next(iter(b.parameters()), torch.empty(0)).device
-        if home == device:
+        if same_device(home, device):
             continue
         hooks.append(b.register_forward_pre_hook(bring, with_kwargs=True))
         hooks.append(b.register_forward_hook(send_back(home), with_kwargs=True))

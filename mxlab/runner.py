@@ -22,6 +22,7 @@ from .data import calibration_batches
 from .evaluate import evaluate_model
 from .errors import MxlabError
 from .models import check_finite_weights, load_model, resolve_device
+from .placement import same_device
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
 from .zeroshot import parse_tasks, task_cost, zero_shot
@@ -80,7 +81,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                   progress=_stage(progress, "load"), stream=stream)
     seconds_load = time.perf_counter() - t0
-    streamed = next(model.parameters()).device != target
+    streamed = not same_device(next(model.parameters()).device, target)
     report(progress, _STAGES["load"][1], "checking the weights")   # a cancellation point between heavy calls
     check_finite_weights(model)
     if calib_tokens is None and "decoder" in recipe.target_set:
