@@ -30,9 +30,12 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_directory
 from .checkpoint import config_dict, dedup_tensors, is_packed_checkpoint, load_quantized, quant_linears
-from .jsonable import write_json
 from .errors import MxlabError
+from .formats import FORMATS, canonical_format, shared_exponent
+from .formats.mx import pow2
+from .jsonable import write_json
 from .progress import ProgressFn, report
+
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,6 @@ def _args(bits: int, dynamic: bool) -> dict[str, Any]:
 
 def check_exportable(name: str, spec: Any) -> None:
     """Raise MxlabError naming why ``spec`` of module ``name`` has no compressed-tensors layout."""
-    from .formats import canonical_format
-
     w, a = canonical_format(spec.weights), canonical_format(spec.acts)
     if w not in WEIGHT_LAYOUTS:
         raise MxlabError(f"{name}: weight format {w} has no compressed-tensors layout (it has MXFP4, MXFP6 E2M3 "
@@ -100,9 +101,6 @@ def pack_fp6(values: torch.Tensor) -> torch.Tensor:
 
 def module_tensors(name: str, weight: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     """The compressed-tensors tensors of one Linear whose ``weight`` (out, in) is on ``fmt``'s MX grid."""
-    from .formats import FORMATS, shared_exponent
-    from .formats.mx import pow2
-
     out_f, in_f = weight.shape
     if in_f % BLOCK or (fmt == "mxfp6_e2m3" and in_f % 4):
         raise MxlabError(f"{name}: in_features {in_f} is not a multiple of {BLOCK}, which compressed-tensors' "
@@ -126,8 +124,6 @@ def module_tensors(name: str, weight: torch.Tensor, fmt: str) -> dict[str, torch
 
 def quantization_config(specs: dict[str, Any], ignore: list[str], weights_only: bool) -> dict[str, Any]:
     """The ``quantization_config`` of config.json: one config group per (weights, acts) pair."""
-    from .formats import canonical_format
-
     groups: dict[tuple[str, str], list[str]] = {}
     for name, spec in specs.items():
         acts = "none" if weights_only else canonical_format(spec.acts)
@@ -202,7 +198,6 @@ def export_compressed_tensors(source: str | os.PathLike, directory: str | os.Pat
                               weights_only: bool = False, overwrite: bool = False,
                               progress: ProgressFn | None = None) -> Path:
     """Export a packed mxlab checkpoint or a run directory (its model/) as a compressed-tensors checkpoint."""
-
     src = Path(source)
     if not is_packed_checkpoint(src) and is_packed_checkpoint(src / "model"):
         src = src / "model"

@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .architectures import decoder_blocks
+
 log = logging.getLogger(__name__)
 
 STREAM_FRACTION = 0.5   # stream blocks when the weights take more than this share of the accelerator
@@ -71,8 +73,6 @@ def same_device(a: str | torch.device, b: str | torch.device) -> bool:
 @contextmanager
 def streamed_blocks(model: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
     """Run ``model`` on ``device`` while its decoder blocks stay where they are, one moved in per forward."""
-    from .architectures import decoder_blocks
-
     device = torch.device(device)
     _, blocks = decoder_blocks(model)
     shell = _outside_blocks(model, blocks)

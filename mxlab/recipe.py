@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import MxlabError
-from .formats import ROUNDINGS, canonical_format
+from .formats import ROUNDINGS, canonical_format, is_mx
+from .formats.table import SCALE_RULES
 from .limits import bound, check_file_size, check_max, short
 from .steps import StepConfig, check_bool, check_int, step_config
+
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def check_format(name: str, what: str) -> str:
 
 def check_scale_rule(rule: Any, what: str = "scale_rule") -> str:
     """``rule`` if it names an MX scale rule (floor, ceil, even, rceil, mse); else MxlabError."""
-    from .formats.table import SCALE_RULES  # lazy: keeps `import mxlab.recipe` light
-
     if rule not in SCALE_RULES:
         raise MxlabError(f"{what}: unknown scale_rule {rule!r}; choose one of: {', '.join(SCALE_RULES)} "
                          f"(floor is OCP MX v1.0)")
@@ -50,7 +50,6 @@ def check_scale_rule(rule: Any, what: str = "scale_rule") -> str:
 @dataclass(frozen=True)
 class QuantSpec:
     """What one Linear gets: weight format, activation format, MX block size, rounding."""
-
     weights: str
     acts: str
     block_size: int = 32
@@ -60,7 +59,6 @@ class QuantSpec:
     def quant_kwargs(self, fmt: str) -> dict[str, Any]:
         """Keyword arguments of ``formats.quantize``/``pack`` for ``fmt`` (one of this spec's formats): the
         scale rule goes to MX formats only (per-channel INT and NVFP4 have no E8M0 exponent)."""
-        from .formats import is_mx
 
         rule = self.scale_rule if fmt != "none" and is_mx(fmt) else "floor"
         return {"block_size": self.block_size, "axis": -1, "rounding": self.rounding, "scale_rule": rule}
@@ -216,7 +214,6 @@ class Recipe:
         warnings = [w for i, step in enumerate(self.steps) for w in step.check(self, i)]
         if self.weights == "none" and self.acts == "none" and not self.overrides:
             warnings.append("weights and acts are both 'none': nothing will be quantized")
-        from .formats import is_mx
 
         fmts = {self.weights, self.acts, *(o.weights for o in self.overrides), *(o.acts for o in self.overrides)}
         if self.scale_rule != "floor" and not any(f and f != "none" and is_mx(f) for f in fmts):

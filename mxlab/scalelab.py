@@ -12,10 +12,14 @@ import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from .errors import MxlabError
+from .formats import FORMATS, SCALE_RULES, canonical_format, is_mx, pack
 from .progress import ProgressFn, report
+from .ptq.plan import plan
+from .recipe import Recipe
+import torch.nn as nn
+
 
 MAX_TOKENS = 2048   # calibration tokens per layer for the output error
 
@@ -31,7 +35,6 @@ def scale_rule_rows(w: torch.Tensor, fmt: str, block_size: int = 32, rounding: s
     """One row per scale rule for weight w (out, in), blocks along in: clipped_block_frac, flushed_frac,
     exp_values / exp_counts, weight_mse / weight_sqnr_db, and output_mse / output_sqnr_db when the
     layer's inputs x (n, in) are given (NaN otherwise)."""
-    from .formats import FORMATS, SCALE_RULES, canonical_format, is_mx, pack
 
     if not is_mx(fmt):
         raise MxlabError(f"the scale lab compares MX scale rules; {fmt} has no E8M0 block scales (pick an mx* format)")
@@ -73,8 +76,6 @@ def scale_lab_model(model: nn.Module, fmt: str, block_size: int = 32, rounding: 
                     progress: Optional[ProgressFn] = None) -> list[dict]:
     """Rows of ``scale_rule_rows`` for every decoder Linear of the (floating-point) model, or those named
     in ``layers`` (full names); ``tokens`` (N, L) token ids give each layer's inputs for the output error."""
-    from .ptq.plan import plan
-    from .recipe import Recipe
 
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1_000_000:
         raise MxlabError(f"max_tokens must be an integer in [1, 1000000], got {max_tokens!r}")

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .errors import MxlabError
 from .limits import check_max, short
+from .ptq.rotation import check_rotation_size
+
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -163,14 +165,11 @@ class RotateConfig(StepConfig):
 
     def __post_init__(self) -> None:
         if self.size is not None:
-            from .ptq.rotation import check_rotation_size
-
             check_rotation_size(self.size)
 
     def check(self, recipe: "Recipe", index: int) -> list[str]:
         """Shared rule; the default size needs a power-of-two block size; warns when size != block size."""
         warnings = super().check(recipe, index)
-        from .ptq.rotation import check_rotation_size
 
         if self.size is None:
             try:
@@ -246,7 +245,6 @@ class GPTQConfig(StepConfig):
 @dataclass
 class RTNConfig(StepConfig):
     """Round to nearest: quantize each weight directly in its format (no calibration needed)."""
-
     name: ClassVar[str] = "rtn"
     kind: ClassVar[str] = "quantizing"
 

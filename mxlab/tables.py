@@ -23,7 +23,9 @@ from typing import Any, Iterable
 
 import torch
 
+from .compact import compact_activation_row, compact_weight_row
 from .jsonable import to_jsonable
+
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -93,7 +95,6 @@ def activation_channel_table(stats: Any, block: int | None = None, max_channels:
     """
     import pandas as pd
 
-    from .compact import compact_activation_row
 
     frames = []
     for s in _rows_of_block(stat_rows(stats, "activations"), block):
@@ -137,7 +138,6 @@ def weight_channel_table(stats: Any, block: int | None = None, max_channels: int
     """Long table, one row per module x output channel (or channel bin): the channel's weight range."""
     import pandas as pd
 
-    from .compact import compact_weight_row
 
     frames = []
     for s in _rows_of_block(stat_rows(stats, "weights"), block):

@@ -139,3 +139,35 @@ def test_files_read_in_one_sitting():
     long = {str(p.relative_to(ROOT.parent)): n for p in ROOT.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}
+
+
+# modules that import an optional heavy package (plotly, yaml, triton) when imported: a function-local
+# import of them keeps `import mxlab` and the GPU machine (no plotly) working
+HEAVY = {"mxlab.plots", "mxlab.report", "mxlab.mix.figures", "mxlab.safe_yaml", "mxlab.formats.kernels",
+         "mxlab.ptq.methods.gptq_kernel", "mxlab.compare"}
+
+
+def _local_project_imports(path: Path) -> list[str]:
+    """Project imports inside functions (not under TYPE_CHECKING), as 'line: module'."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.ImportFrom) and sub.level:
+                base = package.split(".")
+                base = base[: len(base) - (sub.level - 1)]
+                mod = ".".join(base + ([sub.module] if sub.module else []))
+                targets = [f"{mod}.{a.name}" if _exists(f"{mod}.{a.name}") else mod for a in sub.names]
+                if not all(_deepest(t) in HEAVY for t in targets):
+                    found.append(f"{sub.lineno}: {mod}")
+    return found
+
+
+def test_project_imports_sit_at_the_top():
+    """House rule: function-local imports only for optional heavy packages (and modules that pull them)."""
+    local = {str(p.relative_to(ROOT.parent)): found for p in sorted(ROOT.rglob("*.py"))
+             if (found := _local_project_imports(p))}
+    assert local == {}

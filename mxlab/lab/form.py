@@ -11,8 +11,10 @@ from typing import Any, Optional, Sequence
 
 from ..errors import MxlabError
 from ..formats import bits_per_element
+from ..limits import check_file_size
 from ..recipe import Recipe
 from ..steps import STEP_CONFIGS, step_config
+
 
 DEFAULT_SOURCE = "embedded default (stories260K)"
 # what the app shows first: the study's best 4-bit recipe, calibration sized for the embedded model
@@ -214,7 +216,6 @@ def read_upload(path: str) -> str:
     """The text of an uploaded recipe file: at most the recipe size limit, UTF-8; MxlabError otherwise."""
     from pathlib import Path
 
-    from ..limits import check_file_size
 
     p = Path(path)
     if not p.is_file():

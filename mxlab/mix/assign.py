@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MxlabError
+from ..formats import FORMATS
+from ..recipe import Recipe
 from .probe import Sensitivity
 from .solver import Option, Unit
+
 
 GROUP_PRESETS = {"qkv": ("*q_proj", "*k_proj", "*v_proj"), "gate_up": ("*gate_proj", "*up_proj")}
 MAX_GROUPS = 16
@@ -61,8 +64,6 @@ class Constraints:
 
 def element_bits(fmt: str) -> int:
     """Bits of one element code (mxint4 -> 4, mxfp6_e2m3 -> 6, nvfp4 -> 4)."""
-    from ..formats import FORMATS
-
     return FORMATS[fmt].bits
 
 
@@ -107,8 +108,6 @@ def assignment(units: list[Unit], choice: tuple[int, ...]) -> dict[str, str]:
 
 def mixed_recipe(base: Any, assign: dict[str, str], acts: dict[str, str] | None = None) -> Any:
     """``base`` with the most common format as ``weights`` and one exact-name override per other module."""
-    from ..recipe import Recipe
-
     common = Counter(assign.values()).most_common(1)[0][0]
     overrides = []
     for name, f in assign.items():

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MxlabError
+from ..recipe import check_format
 from .assign import Constraints, assignment, build_units, mixed_recipe
 from .probe import Sensitivity
 from .solver import Point, Unit, best_within, pareto_frontier
+
 
 MAX_BUDGET = 64.0
 
@@ -18,7 +20,6 @@ MAX_BUDGET = 64.0
 @dataclass
 class Frontier:
     """Solver output over one sensitivity table: units, Pareto points and measured points."""
-
     sensitivity: Sensitivity
     base: Any                       # the base Recipe
     constraints: Constraints
@@ -64,8 +65,6 @@ class Frontier:
 
     def uniform(self, fmt: str) -> dict[str, str]:
         """Every module in ``fmt`` (aliases such as ``mxfp4`` resolved)."""
-        from ..recipe import check_format
-
         fmt = check_format(fmt, "uniform")
         if fmt not in self.sensitivity.formats:
             raise MxlabError(f"{fmt} was not probed; candidates: {', '.join(self.sensitivity.formats)}")

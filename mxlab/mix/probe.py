@@ -30,8 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_file
 from ..errors import MxlabError
+from ..formats import pack, quantize
+from ..jsonable import to_jsonable
 from ..progress import ProgressFn, report, scaled
+from ..ptq.pipeline import quantize_model
+from ..ptq.plan import plan
+from ..recipe import Recipe, check_format
+
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,6 @@ _CACHE: dict[str, "Sensitivity"] = {}
 @dataclass
 class Sensitivity:
     """Per module x format: predicted KL and exact storage bits; plus the constant offset."""
-
     formats: list[str]
     modules: list[dict]                # name, block, local, n_weights, acts
     kl: dict[str, dict[str, float]]    # module -> format -> KL(FP || only this module quantized)
@@ -88,7 +94,6 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def _check(formats: list[str], windows: torch.Tensor, method: str, recipe: Any) -> list[str]:
-    from ..recipe import check_format
 
     if not formats or len(formats) > MAX_FORMATS:
         raise MxlabError(f"give 1 to {MAX_FORMATS} candidate formats, got {len(formats)}")
@@ -127,9 +132,6 @@ def _kl(logp_fp: torch.Tensor, logp_q: torch.Tensor) -> float:
 
 def _recipe_weights(model, tokenizer, recipe, fmts, targets, calib_tokens, progress) -> dict[str, dict[str, torch.Tensor]]:
     """Quantized weights per module and format from the recipe's own steps, one uniform run per format."""
-    from ..ptq.pipeline import quantize_model
-    from ..recipe import Recipe
-
     if calib_tokens is None:
         raise MxlabError("method='recipe' needs calibration tokens (calib_tokens)")
     out: dict[str, dict[str, torch.Tensor]] = {t.name: {} for t in targets}
@@ -147,9 +149,6 @@ def format_sensitivity(model: nn.Module, recipe: Any, formats: list[str], window
                        batch_size: int = 4, cache_dir: str | Path | None = None,
                        progress: ProgressFn | None = None) -> Sensitivity:
     """KL of each (module, candidate format) alone on ``windows`` (N, L), with exact storage bits; cached."""
-    from ..formats import pack, quantize
-    from ..ptq.plan import plan
-
     windows = windows.long()
     fmts = _check(list(formats), windows, method, recipe)
     settings = dict(method=method, formats=fmts, n_windows=int(windows.shape[0]), seq_len=int(windows.shape[1]))
@@ -203,8 +202,6 @@ def format_sensitivity(model: nn.Module, recipe: Any, formats: list[str], window
 
 def _acts_offset(model, targets, windows, logp_fp, batch_size) -> float:
     """KL with every planned module's input quantized (weights FP): the part no weight choice changes."""
-    from ..formats import quantize
-
     hooks = []
     for t in targets:
         s = t.spec
@@ -242,8 +239,5 @@ def _cache_get(key: str, cache_dir) -> Sensitivity | None:
 def _cache_put(key: str, result: Sensitivity, cache_dir) -> None:
     _CACHE[key] = Sensitivity.from_dict(copy.deepcopy(result.to_dict()))
     if cache_dir is not None:
-        from ..atomic import atomic_file
-        from ..jsonable import to_jsonable
-
         with atomic_file(Path(cache_dir) / f"sensitivity-{key}.json") as tmp:
             tmp.write_text(json.dumps(to_jsonable(result.to_dict())))

@@ -14,11 +14,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_directory
+from ..data import calibration_batches
 from ..errors import MxlabError
+from ..jsonable import to_jsonable
+from ..models import load_model
 from ..progress import ProgressFn, report, scaled
+from ..runner import run_experiment
 from .assign import Constraints
 from .frontier import Frontier, build_frontier
 from .probe import MAX_SEQ_LEN, MAX_WINDOWS, format_sensitivity
+
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +35,6 @@ def mix_frontier(source: str | os.PathLike | None, recipe: Any, formats: list[st
                  trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None,
                  progress: ProgressFn | None = None) -> tuple[Frontier, Any]:
     """Load ``source``, probe every module x format on calibration windows, solve: (frontier, tokenizer)."""
-    from ..data import calibration_batches
-    from ..models import load_model
-
     if not 1 <= probe_windows <= MAX_WINDOWS or not 2 <= probe_seq_len <= MAX_SEQ_LEN:
         raise MxlabError(f"probe windows must be 1..{MAX_WINDOWS} and probe seq_len 2..{MAX_SEQ_LEN}")
     report(progress, 0.0, "loading model")
@@ -52,8 +55,6 @@ def write_mix(frontier: Frontier, budget: float, out_dir: str | os.PathLike, *, 
               trust_remote_code: bool = False, progress: ProgressFn | None = None) -> dict:
     """Write frontier.json/.html and recipe.yaml for ``budget`` into ``out_dir`` (atomically); ``run``
     also runs the chosen recipe into ``out_dir/run`` and adds the measured point. Returns the summary."""
-    from ..atomic import atomic_directory
-    from ..jsonable import to_jsonable
 
     point = frontier.at_budget(budget)
     recipe = frontier.recipe(point)
@@ -63,8 +64,6 @@ def write_mix(frontier: Frontier, budget: float, out_dir: str | os.PathLike, *, 
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         if run:
-            from ..runner import run_experiment
-
             outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, out_dir=tmp / "run",
                                      max_eval_windows=max_eval_windows, eval_seq_len=eval_seq_len, device=device,
                                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import MxlabError
 from ..formats import is_mx, pack, pack_quantized, quantize
 from ..recipe import QuantSpec
+from .rotation import rotate_blocks
+import torch.nn as nn
+import torch.nn.functional as F
+
 
 
 class QuantLinear(nn.Module):
@@ -60,8 +62,6 @@ class QuantLinear(nn.Module):
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input the weight multiplies: ``x`` (..., in) rotated (x R), then divided by ``input_scale``."""
         if self.rotation:
-            from .rotation import rotate_blocks
-
             x = rotate_blocks(x, self.rotation)
         if self.input_scale is not None:
             x = (x.float() / self.input_scale.to(x.device)).to(x.dtype)

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 from .jobs import run_job
+from .results import read_manifest, sweep_status, sweep_table
 from .run import SweepOutcome, SweepPlan, plan, run_sweep, write_outputs
 from .spec import Cell, Sweep, expand, load_sweep
 
 __all__ = ["Cell", "Sweep", "SweepOutcome", "SweepPlan", "expand", "load_sweep", "plan", "run_job", "run_sweep",
            "write_outputs", "sweep_status", "sweep_table"]
-
-
-def __getattr__(name: str):
-    if name in ("sweep_status", "sweep_table", "read_manifest"):   # pandas/plotly stay lazy
-        from . import results
-
-        return getattr(results, name)
-    raise AttributeError(f"module 'mxlab.sweep' has no attribute {name!r}")

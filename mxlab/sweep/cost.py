@@ -18,6 +18,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ..models import DEFAULT_MODEL_DIR
+
 log = logging.getLogger(__name__)
 
 GIB = 2**30
@@ -28,7 +30,6 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I1
 @dataclasses.dataclass
 class ModelShape:
     """What the estimates need from a checkpoint, read without loading its weights."""
-
     params: int
     hidden: int
     intermediate: int
@@ -40,7 +41,6 @@ class ModelShape:
 @dataclasses.dataclass
 class JobEstimate:
     """One job's estimated cost; None where the model could not be inspected (e.g. a hub id offline)."""
-
     cell: str
     params: int | None
     flops: float | None
@@ -49,8 +49,6 @@ class JobEstimate:
 
 def _model_dir(source: str | None) -> Path | None:
     if source is None:
-        from ..models import DEFAULT_MODEL_DIR
-
         return Path(DEFAULT_MODEL_DIR)
     p = Path(source).expanduser()
     return p if p.is_dir() else None

@@ -19,7 +19,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import MxlabError
 from .jobs import JobFn, update_record
+
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One job to run: the cell's name and config, its run directory and its record file."""
-
     cell: str
     config: dict[str, Any]
     run_dir: str
@@ -145,8 +146,6 @@ def run_ray(tasks: list[Task], job_fn: JobFn, on_done: OnDone, *, address: str =
     try:
         import ray  # noqa: F401
     except ImportError:
-        from ..errors import MxlabError
-
         raise MxlabError("--ray needs Ray: pip install 'ray>=2.9' (or run without --ray for local workers)") from None
     ray = _ray_init(address)
     import mxlab

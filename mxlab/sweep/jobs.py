@@ -16,6 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import MxlabError
+from ..jsonable import to_jsonable
+from ..recipe import Recipe
+from ..rundir import export_run
+from ..runner import run_experiment
+
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
@@ -39,8 +45,6 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Replace a job record atomically (readers never see half a file)."""
-    from ..jsonable import to_jsonable
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
@@ -77,7 +81,6 @@ def run_job(config: dict, run_dir: str, record: str) -> dict[str, Any]:
         _drop_leftovers(Path(run_dir))
         metrics = _experiment(config, run_dir, _record_progress(record))
     except Exception as e:  # any failure of one cell is recorded; the sweep goes on
-        from ..errors import MxlabError
 
         oom = "out of memory" in str(e).lower()
         error = f"{type(e).__name__}: {e}" if not isinstance(e, MxlabError) else str(e)
@@ -115,10 +118,6 @@ def _record_progress(record: str, every: float = 2.0) -> Callable[[float, str], 
 
 def _experiment(config: dict, run_dir: str, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """load -> FP eval -> quantize -> eval -> run directory (the runner's one experiment)."""
-    from ..recipe import Recipe
-    from ..rundir import export_run
-    from ..runner import run_experiment
-
     ev = config["eval"]
     device = config.get("device")
     if device == "auto":

@@ -11,10 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
 from ..errors import MxlabError
+from .jobs import read_record, record_path
+
 
 log = logging.getLogger(__name__)
-from .jobs import read_record, record_path
 
 CELLS_CSV, TABLE_CSV, TABLE_MD, FIGURE_HTML, REPORT_HTML = ("cells.csv", "table.csv", "table.md",
                                                             "table.html", "report.html")
@@ -111,7 +113,6 @@ def write_results(sweep_dir: str | os.PathLike) -> dict[str, Path]:
     """Write cells.csv, table.csv, table.md, table.html (figure) and report.html into the sweep directory."""
     import pandas as pd
 
-    from ..atomic import atomic_file
 
     sweep_dir = Path(sweep_dir)
     manifest = read_manifest(sweep_dir)

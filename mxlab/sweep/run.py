@@ -14,12 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
 from ..errors import MxlabError
+from ..jsonable import write_json
 from ..progress import ProgressFn, report
 from .cost import describe, estimate_sweep, gpu_memory, jobs_per_gpu
-from .executors import Task, run_local, run_ray, slot_envs
+from .executors import Task, _ray_init, run_local, run_ray, slot_envs
 from .jobs import JobFn, cancel_leftovers, read_record, record_path, run_job, write_record
+from .results import write_results
 from .spec import Sweep
+
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,6 @@ CPU_SLOT = 4   # cores per local CPU worker by default
 @dataclasses.dataclass
 class SweepPlan:
     """What a sweep will do: where, which cells run, which are already finished, with how many workers."""
-
     sweep: Sweep
     sweep_dir: Path
     todo: list[str]
@@ -92,8 +95,6 @@ def plan(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: int | 
 
 
 def _write_manifest(p: SweepPlan) -> None:
-    from ..atomic import atomic_file
-    from ..jsonable import write_json
 
     s = p.sweep
     manifest = {"name": s.name, "axes": [{"name": a.name, "labels": [v.label for v in a.values]} for a in s.axes],
@@ -106,7 +107,6 @@ def _write_manifest(p: SweepPlan) -> None:
 @dataclasses.dataclass
 class SweepOutcome:
     """After a sweep: which cells finished now, were finished before, failed (with their errors)."""
-
     sweep_dir: Path
     done: list[str]
     skipped: list[str]
@@ -175,7 +175,6 @@ def run_sweep(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: i
 
 
 def _ray_gpus_per_job(address: str) -> float:
-    from .executors import _ray_init
 
     ray = _ray_init(address)
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -183,8 +182,6 @@ def _ray_gpus_per_job(address: str) -> float:
 
 def write_outputs(sweep_dir: str | os.PathLike) -> dict[str, Path]:
     """The sweep's table as CSV and Markdown, its figure and report (skipped without pandas/plotly)."""
-    from .results import write_results
-
     try:
         return write_results(sweep_dir)
     except ImportError as e:   # the GPU machine may lack pandas/plotly: the run directories are the result

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MxlabError
+from ..presets import get_preset
+from ..recipe import Recipe
+
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,6 @@ _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 @dataclasses.dataclass(frozen=True)
 class AxisValue:
     """One value of an axis: its label (used in cell names and tables) and the paths it sets."""
-
     label: str
     sets: tuple[tuple[str, Any], ...]
 
@@ -57,7 +59,6 @@ class AxisValue:
 @dataclasses.dataclass(frozen=True)
 class Axis:
     """A named axis and its values, in the file's order."""
-
     name: str
     values: tuple[AxisValue, ...]
 
@@ -65,7 +66,6 @@ class Axis:
 @dataclasses.dataclass
 class Cell:
     """One job: its name (a directory name), the axis labels that made it and its full config."""
-
     name: str
     labels: dict[str, str]
     config: dict[str, Any]
@@ -79,7 +79,6 @@ class Cell:
 @dataclasses.dataclass
 class Sweep:
     """An expanded sweep: its name, axes, cells (after exclusions) and how to tabulate the results."""
-
     name: str
     axes: list[Axis]
     cells: list[Cell]
@@ -165,12 +164,8 @@ def _matches(rule: dict, axes: list[Axis], combo: tuple[AxisValue, ...]) -> bool
 
 def _resolve_recipe(config: dict, warnings: set[str]) -> dict:
     """The recipe dict of one cell: the preset (if any) with the base's recipe fields on top."""
-    from ..recipe import Recipe
-
     recipe = {}
     if config.get("preset"):
-        from ..presets import get_preset
-
         recipe = get_preset(config["preset"]).to_dict()
     for key, value in (config.get("recipe") or {}).items():
         if key == "calib" and isinstance(value, dict):
