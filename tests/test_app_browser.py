@@ -102,9 +102,11 @@ def _type_order(page, text: str) -> None:
 def _run_and_wait(page, marker: str = "finished", timeout: int = 120_000) -> str:
     before = _text(page, "#status-run")
     page.locator("#run-btn").click()
-    page.wait_for_function(f"(() => {{ const t = document.querySelector('#status-run')?.innerText || '';"
-                           f" return t !== {before!r} && (t.includes({marker!r}) || t.includes('Error')); }})()",
-                           timeout=timeout)
+    page.wait_for_function("document.querySelector('#status-run .wrap:not(.hide), #status-run .progress-text')",
+                           timeout=30_000)                      # the run's progress overlay appeared
+    page.wait_for_function(f"(() => {{ const el = document.querySelector('#status-run'); const t = el?.innerText || '';"
+                           f" return !el.querySelector('.progress-text, .eta-bar') && !t.includes('%') && t !== {before!r}"
+                           f" && (t.includes({marker!r}) || t.includes('Error')); }})()", timeout=timeout)
     return _text(page, "#status-run")
 
 
