@@ -122,6 +122,16 @@ def run_recipe(*args, progress=gr.Progress()):
     return (_status(message), views.runs_rows(state), *_run_pickers(state), state)
 
 
+def run_yaml(recipe_yaml: str, eval_dataset: str, max_eval_windows: float, name: str, state: SessionState,
+             progress=gr.Progress()):
+    """API 'run': a recipe as YAML (every field), on the session's model; same outputs as the Run button."""
+    try:
+        values = form.widget_values(form.recipe_values(form.parse_yaml(recipe_yaml))) + [recipe_yaml]
+    except MxlabError as err:
+        return (_status(_error(err)), views.runs_rows(state), *_run_pickers(state), state)
+    return run_recipe(*values, eval_dataset, max_eval_windows, name, state, progress=progress)
+
+
 def cancel_run(state: SessionState):
     """Ask this session's running job to stop at its next progress report."""
     if state.request_cancel():
@@ -459,7 +469,10 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         demo.load(refresh_runs, state, [runs_df, *pickers, run_model_md], api_name="runs")
 
         run_btn.click(run_recipe, [*recipe_inputs, eval_ds, eval_windows, run_name, state],
-                      [run_md, runs_df, *pickers, state], api_name="run", concurrency_id="runs")
+                      [run_md, runs_df, *pickers, state], api_name="run_form", concurrency_id="runs")
+        api_run = gr.Button(visible=False)      # api "run": a recipe as YAML in, metrics and the runs table out
+        api_run.click(run_yaml, [yaml_box, eval_ds, eval_windows, run_name, state], [run_md, runs_df, *pickers, state],
+                      api_name="run", concurrency_id="runs")
         cancel_btn.click(cancel_run, state, run_md, queue=False, api_name="cancel")
         for btn, action in ((rename_btn, "rename"), (tag_btn, "tag"), (delete_btn, "delete")):
             btn.click(lambda p, t, s, a=action: manage_run(a, p, t, s), [manage_pick, manage_text, state],
