@@ -109,7 +109,7 @@ def metrics_markdown(entry: RunEntry) -> str:
 # ---------------------------------------------------------------------------- inspect
 def run_layers(entry: RunEntry) -> list[str]:
     """The decoder layers a run has records for: ['layer 0', 'layer 1', ...]."""
-    blocks = {int(r.block) for r in entry.records}
+    blocks = {int(r["block"] if isinstance(r, dict) else r.block) for r in entry.records}
     blocks |= {int(s["block"]) for s in entry.stats.get("weights", [])}
     return [f"layer {b}" for b in sorted(blocks)]
 
