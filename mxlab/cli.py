@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--calib-samples", type=_positive_int, metavar="N", help="calibration sequences (default 128)")
     calib.add_argument("--calib-seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 512)")
     _eval_args(run)
-    run.add_argument("--out", metavar="DIR", help="write results.json, report.html, recipe.yaml, model/ here")
+    run.add_argument("--out", metavar="DIR", help="write results.json, report.html, recipe.yaml, model/ here "
+                     "(default: a new run directory in the workspace)")
+    run.add_argument("--workspace", metavar="DIR", help="the workspace folder the app lists "
+                     "(default ./mxlab-runs or $MXLAB_WORKSPACE)")
+    run.add_argument("--name", metavar="NAME", default="", help="a display name for the run (app, `runs`)")
     run.add_argument("--overwrite", action="store_true", help="replace DIR if it already exists")
     run.add_argument("--no-kl", action="store_true", help="skip KL/top-1 (saves one FP model copy in memory)")
 
@@ -118,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", metavar="DIR", help="a directory written by `run --out`")
     rep.add_argument("--output", metavar="FILE", help="where to write the HTML (default DIR/report.html)")
 
+    runs = sub.add_parser("runs", formatter_class=_Formatter, help="list the runs of a workspace",
+                          description="List the workspace's runs: id, name, model, recipe, metrics, date.")
+    runs.add_argument("--workspace", metavar="DIR", help="the workspace folder (default ./mxlab-runs)")
+    runs.add_argument("--json", action="store_true", help="print one JSON list")
     pre = sub.add_parser("presets", help="list the named recipes", formatter_class=_Formatter)
     pre.add_argument("--show", metavar="NAME", help="print one preset as YAML (a starting point for --recipe)")
     fmt = sub.add_parser("formats", help="table of element formats with their bits per element",
@@ -188,23 +196,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_experiment
 
     recipe = recipe_from_args(args)
-    if args.out is None:   # an existing --out is refused by run_experiment before any work
-        log.warning("no --out given: nothing will be written (pass --out DIR to keep the results)")
     bar = _progress(args, "mxlab run")
     try:
         outcome = run_experiment(args.model, recipe, eval_dataset=args.eval, out_dir=args.out,
                                  max_eval_windows=args.max_eval_windows, progress=bar, with_kl=not args.no_kl,
                                  device=args.device, eval_seq_len=args.eval_seq_len, overwrite=args.overwrite,
-                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                                 workspace=None if args.out else resolve_workspace(args.workspace),
+                                 name=args.name, origin="cli")
     finally:
         if bar is not None:
             bar.close()
     from .jsonable import to_jsonable
 
     print(json.dumps(to_jsonable(outcome.metrics), indent=2))
-    if args.out:
-        log.info("results in %s (report: %s)", args.out, Path(args.out) / "report.html")
+    log.info("results in %s (report: %s)", outcome.out_dir, Path(outcome.out_dir) / "report.html")
     return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """`runs`: the workspace's runs, oldest first, as a table or one JSON list."""
+    from .jsonable import to_jsonable
+    from .workspace import list_runs
+
+    rows = [r.row() for r in list_runs(resolve_workspace(args.workspace))]
+    if args.json:
+        print(json.dumps(to_jsonable(rows), indent=2))
+        return EXIT_OK
+    for r in rows:
+        ppl = "-" if r["ppl_quant"] is None else f"{r['ppl_fp']:.4g} -> {r['ppl_quant']:.4g}"
+        print(f"{r['id']:<28} {r['name'][:24]:<24} {r['model'][-24:]:<24} {r['recipe']:<32} ppl {ppl:<18} "
+              f"{r['created']}")
+    if not rows:
+        print(f"no runs in {resolve_workspace(args.workspace)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def resolve_workspace(path: str | None) -> Path:
+    """--workspace DIR (or the default), created if missing."""
+    from .workspace import resolve
+
+    return resolve(path)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -289,7 +321,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}
+COMMANDS = {"run": cmd_run, "runs": cmd_runs, "eval": cmd_eval, "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from .models import check_finite_weights, load_model
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
 from .progress import ProgressFn, report, scaled
+from .workspace import check_name, new_run_dir, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,16 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    progress: ProgressFn | None = None, with_kl: bool = True, device: str | None = None,
                    eval_seq_len: int | None = None, calib_tokens: Any = None,
                    overwrite: bool = False, allow_pickle: bool = False,
-                   trust_remote_code: bool = False) -> RunOutcome:
-    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it."""
+                   trust_remote_code: bool = False, workspace: str | os.PathLike | None = None,
+                   name: str = "", origin: str = "api") -> RunOutcome:
+    """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it.
+
+    With ``workspace`` (and no ``out_dir``) the run gets a fresh directory there, named ``name``.
+    """
+    if workspace is not None and out_dir is None:
+        out_dir = new_run_dir(workspace, name)
+    if name:
+        check_name(name)
     if out_dir is not None:                 # fail before any work, not after the whole run
         check_target(Path(out_dir), overwrite)
     report(progress, 0.0, "loading model")
@@ -104,6 +113,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     if out_dir is not None:
         report(progress, _STAGES["export"][0], "exporting")
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
+        write_meta(outcome.out_dir, name=name, origin=origin)
     report(progress, 1.0, "done")
     return outcome
 

@@ -25,8 +25,8 @@ EVAL_WINDOWS = 8
 
 
 @pytest.fixture(scope="module")
-def url():
-    with running_app() as address:
+def url(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("ws")) as address:
         yield address
 
 
@@ -39,7 +39,7 @@ def client(url, tmp_path_factory):
 def first_run(client):
     """One AWQ+GPTQ run, shared by the tests that read its results."""
     start = time.perf_counter()
-    out = client.predict("", RECIPE.to_yaml(), "tinystories", EVAL_WINDOWS, api_name="/run")
+    out = client.predict(RECIPE.to_yaml(), "tinystories", EVAL_WINDOWS, "client", api_name="/run")
     return out, time.perf_counter() - start
 
 
@@ -49,7 +49,7 @@ def _rows(table) -> list[dict]:
 
 
 def test_load_default_model_shows_architecture_and_layers(client):
-    message, layers = client.predict("", RECIPE.to_yaml(), api_name="/load_model")
+    message, _, layers, _ = client.predict("", RECIPE.to_yaml(), api_name="/load_model")
     assert "LlamaForCausalLM" in message and "parameters" in message
     rows = _rows(layers)
     # stories260K: 5 decoder blocks x 7 Linears (q, k, v, o, gate, up, down), all W-mxint4 / A-mxint8
@@ -62,7 +62,8 @@ def test_run_awq_gptq_gives_metrics(first_run):
     (message, runs, *_), seconds = first_run
     assert message.startswith("**Done"), message
     (row,) = _rows(runs)
-    assert row["steps"] == "awq+gptq" and row["weights"] == "mxint4" and row["bits/elem"] == 4.25
+    assert row["recipe"] == "W-mxint4 A-mxint8 b32 awq+gptq" and row["name"] == "client"
+    assert 4.25 <= row["bits/weight"] < 4.27                      # packed: 4 + 8/32, plus a few padded blocks
     ppl_fp, ppl_q, kl, top1 = row["ppl FP"], row["ppl quant"], row["KL"], row["top-1"]
     assert all(math.isfinite(v) for v in (ppl_fp, ppl_q, kl, top1))
     # 4-bit weights cost something, but AWQ+GPTQ keeps the tiny model close to FP
@@ -90,31 +91,31 @@ def test_export_downloads(client, first_run):
 def test_inspect_and_compare(client, first_run):
     (_, runs, *_), _ = first_run
     label = _rows(runs)[0]["run"]
-    note, layer, heatmap, scales, waterfall, sens, table = client.predict(label, "all layers", api_name="/inspect")
+    note, layer, heatmap, scales, waterfall, sens, table = client.predict(label, "all layers", "output SQNR (dB)", api_name="/inspect")
     assert heatmap is not None and scales is not None and waterfall is not None
     assert {r["step"] for r in _rows(table)} >= {"awq", "gptq"}
-    message, *_ = client.predict([label], api_name="/compare")
+    message, *_ = client.predict([label], None, api_name="/compare")
     assert "two or more" in message                                    # one run is not a comparison
     rtn = Recipe(weights="mxint4", acts="mxint8", steps=["rtn"], calib=dict(n_samples=4, seq_len=64)).to_yaml()
-    _, runs, *_ = client.predict("", rtn, "tinystories", EVAL_WINDOWS, api_name="/run")
+    _, runs, *_ = client.predict(rtn, "tinystories", EVAL_WINDOWS, "", api_name="/run")
     labels = [r["run"] for r in _rows(runs)]
     assert len(labels) == 2 and labels[1].endswith("rtn")
-    message, layers, pareto = client.predict(labels, api_name="/compare")
+    message, table, layers, pareto = client.predict(labels, None, api_name="/compare")
     assert message == "" and layers is not None and pareto is not None
     rtn_row, awq_row = _rows(runs)[1], _rows(runs)[0]
     assert awq_row["ppl quant"] < rtn_row["ppl quant"]                # the study's ranking holds here too
 
 
 def test_bad_input_shows_message_and_app_keeps_working(client):
-    message, _ = client.predict("no-such-org/no-such-model", RECIPE.to_yaml(), api_name="/load_model")
+    message, *_ = client.predict("no-such-org/no-such-model", RECIPE.to_yaml(), api_name="/load_model")
     assert message.startswith("**Error") and "no-such-org/no-such-model" in message
     *_, check = client.predict("weights: [", api_name="/import_yaml")
     assert check.startswith("**Error") and "YAML" in check
     *_, check = client.predict("steps: [gptq, awq]", api_name="/import_yaml")
     assert check.startswith("**Error") and "already quantized" in check
-    message, *_ = client.predict("", "weights: [", "tinystories", EVAL_WINDOWS, api_name="/run")
+    message, *_ = client.predict("weights: [", "tinystories", EVAL_WINDOWS, "", api_name="/run")
     assert message.startswith("**Error")
-    message, _ = client.predict("", RECIPE.to_yaml(), api_name="/load_model")
+    message, *_ = client.predict("", RECIPE.to_yaml(), api_name="/load_model")
     assert message.startswith("**")                                   # still loads the default
 
 
@@ -130,7 +131,7 @@ def test_cancel_mid_run_then_run_again(url, tmp_path):
     assert runs["data"] == [] or runs["data"] == [[]] or not any(runs["data"])
     # the session is usable: a cheap RTN run now finishes
     rtn = Recipe(weights="mxint4", acts="mxint8", steps=["rtn"], calib=dict(n_samples=4, seq_len=64)).to_yaml()
-    message, runs, *_ = client.predict("", rtn, "tinystories", 2, api_name="/run")
+    message, runs, *_ = client.predict(rtn, "tinystories", 2, "", api_name="/run")
     assert message.startswith("**Done") and len(_rows(runs)) == 1
 
 

@@ -92,7 +92,7 @@ def _records(scale: float = 1.0) -> list[StepRecord]:
 
 def test_error_waterfall_steps_chain_to_the_final_error():
     df = tables.records_table(_records())
-    fig = plots.error_waterfall(df)
+    fig = plots.error_waterfall(df, metric="mse")
     names = [t.name for t in fig.data]
     assert names == ["before steps", "awq", "gptq", "final"]
     before, awq, gptq, final = fig.data
