@@ -9,6 +9,7 @@ widgets and wires them; handlers that need widgets close over the components of 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from typing import Any
 
@@ -21,7 +22,7 @@ from mxlab.formats import FORMATS, ROUNDINGS
 from mxlab import compare
 from mxlab import workspace as ws
 from mxlab.lab import form, session, views
-from mxlab.lab.server import POLICY
+from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
 from mxlab.models import load_model
@@ -71,6 +72,21 @@ def _status(message: str):
     return gr.update(value=message, elem_classes=form.message_classes(message))
 
 
+def _plain(fn, n_outputs: int):
+    """``fn`` as an API endpoint: its first ``n_outputs`` outputs, each ``gr.update`` replaced by its value.
+
+    UI handlers return widget updates (a status's colour, a picker's choices); an API client wants the
+    values themselves, and an update without a value ("leave it") becomes None."""
+    @functools.wraps(fn)           # keeps the signature: gradio reads parameter names and gr.Progress from it
+    def endpoint(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        values = [o.get("value") if isinstance(o, dict) and o.get("__type__") == "update" else o
+                  for o in out[:n_outputs]]
+        return values[0] if n_outputs == 1 else tuple(values)
+    return endpoint
+
+
 def _model_line(state: SessionState) -> str:
     name = state.model_source or form.DEFAULT_SOURCE
     return f"Model for the next run: **{name}** (change it on tab 1 · Model). Workspace: `{state.workspace}`"
@@ -93,11 +109,12 @@ def load_model_info(source: str, recipe_yaml: str, state: SessionState):
         del model
     except Exception as err:  # noqa: BLE001 - shown to the user, app stays usable
         previous = state.model_source or form.DEFAULT_SOURCE
+        rows = views.summary_rows(state.model_summary) if state.model_summary else gr.update()
         return (_status(_error(err) + f" The previous model, **{previous}**, stays selected."),
-                gr.update(value=state.model_source or ""), gr.update(), _model_line(state), state)
+                state.model_source or "", rows, _model_line(state))
     state.model_source, state.model_summary = src, summary
-    return (_status(views.summary_markdown(summary, name) + note), gr.update(), views.summary_rows(summary),
-            _model_line(state), state)
+    return (_status(views.summary_markdown(summary, name) + note), src or "", views.summary_rows(summary),
+            _model_line(state))
 
 
 def check_recipe(*values):
@@ -116,16 +133,16 @@ def run_recipe(*args, progress=gr.Progress(), source: str | None = None):
         windows = int(max_eval_windows) if max_eval_windows else None
         if windows is not None and not 0 < windows <= 10_000:
             raise MxlabError(f"Eval windows must be between 0 (all) and 10000, got {windows}.")
-        entry = session.execute_run(state, state.model_source if source is None else source, recipe, eval_dataset=eval_dataset,
-                                    max_eval_windows=windows, report=lambda f, msg: progress(f, desc=msg),
-                                    name=name or "")
-        message = views.metrics_markdown(entry) + f" Workspace: {POLICY.workspace_bytes() / 2**20:.1f} MB."
+        model = state.model_source if source is None else source
+        entry = session.execute_run(state, model, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
+                                    report=lambda f, msg: progress(f, desc=msg), name=name or "")
+        message = views.metrics_markdown(entry) + f" Workspace: {tree_bytes(state.workspace) / 2**20:.1f} MB."
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
         gr.Info(str(err))
     except Exception as err:  # noqa: BLE001
         message = _error(err).replace("**Error:**", "**Error: the run did not start or failed:**")
-    return (_status(message), views.runs_rows(state), *_run_pickers(state), state)
+    return (_status(message), views.runs_rows(state), *_run_pickers(state))
 
 
 def run_yaml(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows: float, name: str,
@@ -135,7 +152,7 @@ def run_yaml(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows:
     try:
         values = form.widget_values(form.recipe_values(form.parse_yaml(recipe_yaml))) + [recipe_yaml]
     except MxlabError as err:
-        return (_status(_error(err)), views.runs_rows(state), *_run_pickers(state), state)
+        return (_status(_error(err)), views.runs_rows(state), *_run_pickers(state))
     src = form.normalize_source(source) if source and source.strip() else None
     return run_recipe(*values, eval_dataset, max_eval_windows, name, state, progress=progress, source=src)
 
@@ -148,11 +165,12 @@ def cancel_run(state: SessionState):
 
 
 def refresh_runs(state: SessionState):
-    """The workspace's runs (at page load and after any change): table and pickers."""
-    return (views.runs_rows(state), *_run_pickers(state), _model_line(state))
+    """The workspace's runs (at page load and after any change): table, model line, then the run pickers."""
+    return (views.runs_rows(state), _model_line(state), *_run_pickers(state))
 
 
 def _run_pickers(state: SessionState):
+    """The five run pickers (inspect, compare, export, manage, baseline): every run's label, the latest picked."""
     labels = state.labels()
     latest = labels[-1] if labels else None
     return (gr.update(choices=labels, value=latest), gr.update(choices=labels, value=labels[-2:]),
@@ -173,7 +191,7 @@ def manage_run(action: str, label: str, text: str, state: SessionState):
         message = f"Run **{key}**: {'deleted' if action == 'delete' else 'saved'}."
     except Exception as err:  # noqa: BLE001
         message = _error(err)
-    return (_status(message), *refresh_runs(state)[:-1])
+    return (_status(message), views.runs_rows(state), *_run_pickers(state))
 
 
 def edit_order(action: str, order: str, selected: str, method: str):
@@ -281,17 +299,20 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
     formats = ["none", *sorted(FORMATS)]
     classes = form.step_classes()
     root = ws.resolve(workspace)
+    # run pickers list the runs' labels and also take a bare run id (what API clients send)
+    run_picker = dict(allow_custom_value=True)
 
     # delete_cache: Gradio's cached files (uploads, downloads) older than an hour go, checked every 10 min
     with gr.Blocks(title="mxlab", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
-        state = gr.State(lambda: SessionState(root), delete_callback=lambda s: s.close())
+        # gradio deep-copies the value for each session (SessionState.__deepcopy__: a fresh one)
+        state = gr.State(SessionState(root), delete_callback=lambda s: s.close())
         gr.Markdown(HELP)
         with gr.Tabs():
             with gr.Tab("1 · Model", id="model"):
                 gr.Markdown("A Hugging Face hub id, a local model directory, or empty for the embedded default. "
                             "Only safetensors checkpoints load (no pickles).")
                 with gr.Row():
-                    source = gr.Textbox(label="Model", placeholder=form.DEFAULT_SOURCE, scale=4,
+                    source = gr.Textbox("", label="Model", placeholder=form.DEFAULT_SOURCE, scale=4,
                                         elem_id="model-source")
                     load_btn = gr.Button("Load", variant="primary", scale=1, elem_id="load-model")
                 model_md = gr.Markdown(elem_id="status-model")
@@ -366,7 +387,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                     eval_windows = gr.Number(form.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
                                              info="of 512 tokens; 0: the whole set", minimum=0, maximum=10_000,
                                              elem_id="eval-windows")
-                    run_name = gr.Textbox(label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
+                    run_name = gr.Textbox("", label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn", scale=3)
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
@@ -375,7 +396,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                                        "the CLI and the API)", interactive=False, elem_id="runs-table", wrap=False)
                 with gr.Accordion("Rename, tag or delete a run", open=False):
                     with gr.Row():
-                        manage_pick = gr.Dropdown([], label="Run", scale=3, elem_id="manage-run")
+                        manage_pick = gr.Dropdown([], label="Run", scale=3, elem_id="manage-run", **run_picker)
                         manage_text = gr.Textbox(label="New name, or tags (comma-separated)", scale=2,
                                                  elem_id="manage-text")
                         rename_btn = gr.Button("Rename", size="sm", elem_id="rename-btn")
@@ -384,8 +405,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
 
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
-                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer")
+                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **run_picker)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", **run_picker)
                     metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
                                               label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
@@ -402,8 +423,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
             with gr.Tab("5 · Compare", id="compare"):
                 with gr.Row():
                     compare_pick = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)", scale=4,
-                                               elem_id="compare-pick")
-                    baseline_pick = gr.Dropdown([], label="Baseline", scale=2, elem_id="baseline-pick")
+                                               elem_id="compare-pick", **run_picker)
+                    baseline_pick = gr.Dropdown([], label="Baseline", scale=2, elem_id="baseline-pick", **run_picker)
                 with gr.Row():
                     compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
                     compare_export_btn = gr.Button("Export comparison (HTML)", elem_id="compare-export")
@@ -419,7 +440,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                             "records, a self-contained HTML report to send around, and the recipe to rerun it "
                             "(`python -m mxlab run --recipe recipe.yaml`).")
                 with gr.Row():
-                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3)
+                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, **run_picker)
                     export_btn = gr.Button("Prepare downloads", variant="primary", elem_id="export-btn", scale=1)
                 export_md = gr.Markdown(elem_classes=["mx-status"])
                 with gr.Row():
@@ -456,15 +477,15 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
 
         # always_last: a keystroke typed while the previous check runs is not dropped (the last value wins)
         gr.on([w.input for w in recipe_widgets], check_recipe, recipe_inputs, [yaml_box, check_md],
-              api_name="build_recipe", queue=False, trigger_mode="always_last")
+              api_name=False, queue=False, trigger_mode="always_last")
         order.input(order_picker, [order, picked], picked, queue=False, api_name=False, trigger_mode="always_last")
         for btn, action in ((add_btn, "add"), (remove_btn, "remove"), (up_btn, "up"), (down_btn, "down")):
             btn.click(lambda o, p, m, a=action: edit_order(a, o, p, m), [order, picked, method],
                       [order, picked, check_md], queue=False, api_name=False
                       ).then(check_recipe, recipe_inputs, [yaml_box, check_md], queue=False, api_name=False)
-        preset.input(apply_preset, preset, [*form_outputs, preset_md], api_name="preset",
+        preset.input(apply_preset, preset, [*form_outputs, preset_md], api_name=False,
                      queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
-        import_btn.click(import_yaml, yaml_box, form_outputs, api_name="import_yaml",
+        import_btn.click(import_yaml, yaml_box, form_outputs, api_name=False,
                          queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
         def upload_yaml(path: str):
             """An uploaded recipe file (size-capped, UTF-8) into the widgets."""
@@ -478,38 +499,57 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                          ).then(order_picker, [order, picked], picked, queue=False, api_name=False)
         yaml_dl_btn.click(download_recipe, [yaml_box, state], [check_md, yaml_dl], api_name=False)
 
-        model_outputs = [model_md, source, layers_df, run_model_md, state]
-        load_btn.click(load_model_info, [source, yaml_box, state], model_outputs, api_name="load_model")
+        model_outputs = [model_md, source, layers_df, run_model_md]
+        load_btn.click(load_model_info, [source, yaml_box, state], model_outputs, api_name=False)
         source.submit(load_model_info, [source, yaml_box, state], model_outputs, api_name=False)
         pickers = [inspect_pick, compare_pick, export_pick, manage_pick, baseline_pick]
         demo.load(load_model_info, [source, yaml_box, state], model_outputs, api_name=False)
-        demo.load(refresh_runs, state, [runs_df, *pickers, run_model_md], api_name="runs")
+        demo.load(refresh_runs, state, [runs_df, run_model_md, *pickers], api_name=False)
 
         # many may enter: each is validated at once, then waits in POLICY.gate (fair across sessions)
-        run_btn.click(run_recipe, [*recipe_inputs, eval_ds, eval_windows, run_name, state],
-                      [run_md, runs_df, *pickers, state], api_name="run_form",
-                      concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="runs")
-        api_run = gr.Button(visible=False)      # api "run": a model + a recipe as YAML in, metrics and runs out
-        api_run.click(run_yaml, [source, yaml_box, eval_ds, eval_windows, run_name, state],
-                      [run_md, runs_df, *pickers, state], api_name="run",
-                      concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="runs")
-        cancel_btn.click(cancel_run, state, run_md, queue=False, api_name="cancel")
+        runs = dict(concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="runs")
+        run_inputs = [*recipe_inputs, eval_ds, eval_windows, run_name, state]
+        run_btn.click(run_recipe, run_inputs, [run_md, runs_df, *pickers], api_name=False, **runs)
+        cancel_btn.click(cancel_run, state, run_md, queue=False, api_name=False)
         for btn, action in ((rename_btn, "rename"), (tag_btn, "tag"), (delete_btn, "delete")):
             btn.click(lambda p, t, s, a=action: manage_run(a, p, t, s), [manage_pick, manage_text, state],
                       [run_md, runs_df, *pickers], api_name=False)
 
-        inspect_args = dict(fn=inspect_run, inputs=[inspect_pick, layer_pick, metric_pick, state],
-                            outputs=[inspect_md, layer_pick, heatmap, scales, waterfall, sens_plot, module_df])
-        inspect_pick.change(**inspect_args, api_name="inspect")
-        layer_pick.input(**inspect_args, api_name=False)
-        metric_pick.input(**inspect_args, api_name=False)
-        sens_btn.click(sensitivity, inspect_args["inputs"], inspect_args["outputs"], api_name="sensitivity")
+        inspect_inputs = [inspect_pick, layer_pick, metric_pick, state]
+        inspect_outputs = [inspect_md, layer_pick, heatmap, scales, waterfall, sens_plot, module_df]
+        for event in (inspect_pick.change, layer_pick.input, metric_pick.input):
+            event(inspect_run, inspect_inputs, inspect_outputs, api_name=False)
+        sens_btn.click(sensitivity, inspect_inputs, inspect_outputs, api_name=False)
         compare_btn.click(compare_runs, [compare_pick, baseline_pick, state],
-                          [compare_md, compare_df, overlay, pareto], api_name="compare")
+                          [compare_md, compare_df, overlay, pareto], api_name=False)
         compare_export_btn.click(export_comparison, [compare_pick, baseline_pick, state], [compare_md, compare_file],
-                                 api_name="export_comparison")
-        export_btn.click(export_run, [export_pick, state],
-                         [export_md, f_model, f_results, f_records, f_report, f_recipe], api_name="export")
+                                 api_name=False)
+        export_outputs = [export_md, f_model, f_results, f_records, f_report, f_recipe]
+        export_btn.click(export_run, [export_pick, state], export_outputs, api_name=False)
+
+        # ---- the API (gradio_client, /?view=api): the same handlers with plain values out (_plain), on a
+        # hidden trigger. Run pickers take a run id or a picker label (allow_custom_value).
+        api = gr.Button(visible=False, elem_id="api-trigger")
+
+        def endpoint(name: str, fn, inputs, outputs: list, **kw):
+            api.click(_plain(fn, len(outputs)), inputs, outputs, api_name=name, **kw)
+
+        endpoint("build_recipe", check_recipe, recipe_inputs, [yaml_box, check_md], queue=False)
+        endpoint("preset", apply_preset, preset, [*form_outputs, preset_md], queue=False)
+        endpoint("import_yaml", import_yaml, yaml_box, form_outputs, queue=False)
+        endpoint("load_model", load_model_info, [source, yaml_box, state], model_outputs)
+        endpoint("runs", refresh_runs, state, [runs_df, run_model_md])
+        endpoint("run_form", run_recipe, run_inputs, [run_md, runs_df], **runs)
+        # 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field)
+        endpoint("run", run_yaml, [source, yaml_box, eval_ds, eval_windows, run_name, state], [run_md, runs_df], **runs)
+        endpoint("cancel", cancel_run, state, [run_md], queue=False)
+        endpoint("inspect", inspect_run, inspect_inputs, inspect_outputs)
+        endpoint("sensitivity", sensitivity, inspect_inputs, inspect_outputs)
+        endpoint("compare", compare_runs, [compare_pick, baseline_pick, state],
+                 [compare_md, compare_df, overlay, pareto])
+        endpoint("export_comparison", export_comparison, [compare_pick, baseline_pick, state],
+                 [compare_md, compare_file])
+        endpoint("export", export_run, [export_pick, state], export_outputs)
     return demo
 
 

@@ -19,10 +19,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(workspace: Optional[Path] = None) -> Iterator[str]:
-    """The app over ``workspace`` served from a background thread; yields its URL and closes it afterwards."""
+    """The app over ``workspace`` served from a background thread; yields its URL and closes it afterwards.
+
+    As ``app.main``: the server policy's workspace (session scratch folders, allowed root) is the runs' one."""
     sys.path.insert(0, str(REPO))
     import app
+    from mxlab.lab.server import POLICY
 
+    if workspace is not None:
+        POLICY.configure([], concurrency=1, workspace=workspace)
     demo = app.build(workspace=str(workspace) if workspace else None)
     demo.queue(default_concurrency_limit=2)
     port = free_port()

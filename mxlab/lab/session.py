@@ -104,9 +104,10 @@ class SessionState:
 
     @property
     def workdir(self) -> Path:
-        """The session's scratch folder for downloads (created on first use, deleted with the session)."""
+        """The session's scratch folder for downloads, ``mxlab-session-*`` in the workspace (created on first
+        use, deleted with the session; ``POLICY.shutdown`` removes any left over)."""
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=POLICY.workspace))
+            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=self.workspace))
         return self._workdir
 
     def runs(self) -> list[ws.RunInfo]:
