@@ -24,28 +24,64 @@ def scaled(progress: Optional[ProgressFn], start: float, stop: float) -> Optiona
     return lambda f, msg: report(progress, start + (stop - start) * f, msg)
 
 
-def pulse(progress: Optional[ProgressFn], fraction: float, message: str,
-          every: float = 0.2) -> Callable[[], None]:
-    """A no-argument callable for inner loops: reports ``fraction`` at most every ``every`` seconds.
+Pulse = Callable[..., None]
+"""``beat()`` or ``beat(done)``: a cancellation point inside a long loop; ``done`` in [0, 1] says how far it is."""
+
+
+def pulse(progress: Optional[ProgressFn], fraction: float, message: str, every: float = 0.2,
+          stop: Optional[float] = None) -> Pulse:
+    """A callable for inner loops that reports at most every ``every`` seconds.
 
     Long loops (AWQ grid points, GPTQ columns, evaluation windows) call it once per iteration, so a
     callback that raises ``Cancelled`` stops them within about ``every`` seconds plus one iteration.
+    Without ``stop`` it reports ``fraction``. With ``stop`` the loop passes ``done`` (0..1), which maps
+    onto [fraction, stop], and the message gets how far and how long is left at the rate so far:
+    ``"block 2/5: awq 40%, ~12 s left"``.
     """
     if progress is None:
-        return _noop
-    last = [time.monotonic()]
+        return no_pulse
+    t0 = time.monotonic()
+    last, state = [t0], [0.0]
 
-    def beat() -> None:
+    def beat(done: Optional[float] = None) -> None:
+        if done is not None:
+            state[0] = min(max(float(done), 0.0), 1.0)
         now = time.monotonic()
         if now - last[0] >= every:
             last[0] = now
-            report(progress, fraction, message)
+            if stop is None:
+                report(progress, fraction, message)
+            else:
+                report(progress, fraction + (stop - fraction) * state[0], message + eta_text(state[0], now - t0))
 
     return beat
 
 
-def _noop() -> None:
-    return None
+def part(beat: Pulse, start: float, stop: float) -> Pulse:
+    """The pulse of one part of a loop: the part's own ``done`` (0..1) maps onto [start, stop] of ``beat``'s."""
+    return lambda done=None: beat(None if done is None else start + (stop - start) * done)
+
+
+def spans(costs: list[float]) -> list[tuple[float, float]]:
+    """[start, stop) of each part of a loop, sized by its (estimated) cost: spans([1, 3]) -> [(0, .25), (.25, 1)]."""
+    total, at, out = float(sum(costs)) or 1.0, 0.0, []
+    for c in costs:
+        out.append((at / total, (at + c) / total))
+        at += c
+    return out
+
+
+def eta_text(done: float, elapsed: float) -> str:
+    """' 40%, ~12 s left' from the share done and the seconds it took (no estimate before 2 % or 1 s)."""
+    text = f" {done:.0%}"
+    if 0.02 <= done < 1.0 and elapsed >= 1.0:
+        left = elapsed * (1.0 - done) / done
+        text += f", ~{left:.0f} s left" if left < 120 else f", ~{left / 60:.0f} min left"
+    return text
+
+
+def no_pulse(done: Optional[float] = None) -> None:
+    """A pulse that does nothing (no progress callback: loops run uninterrupted)."""
 
 
 class TqdmProgress:

@@ -35,6 +35,7 @@ from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_e
                          scale_factors, shared_exponent)
 from ...records import ModuleRecord, StepRecord
 from ...steps import GPTQConfig
+from ...progress import Pulse, no_pulse, part, spans
 from ..context import BlockContext
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def act_order_permutation(diag: torch.Tensor, block_size: int) -> torch.Tensor:
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, block_size: int = 1,
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
                   microblock: int | None = None, block_quantizer: BlockQuantizer | None = None,
-                  info: dict | None = None, pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
+                  info: dict | None = None, pulse: Pulse = no_pulse) -> torch.Tensor:
     """Quantize W (out, in) with GPTQ against H (in, in); returns Q (out, in), on the quantizer's grid.
 
     ``quantizer`` maps a slab of columns (out, m) to its fake-quantized values; it is called on
@@ -126,7 +127,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     blocks and ``quantize(Q) == Q``. For per-channel INT formats pass ``block_size=1`` and a
     quantizer with the scale/zero point of the original W. ``blocksize`` is b1 (rounded up to a
     multiple of the micro-block). Computes in float32 (float64 if W is float64) on W's device.
-    ``info``, if given, receives ``damp`` and ``dead_columns``.
+    ``info``, if given, receives ``damp`` and ``dead_columns``. ``pulse(done)`` is called per micro-block
+    or column with the share of columns done (a cancellation point).
 
     ``block_quantizer`` (group-wise GPTQ; ``quantizer`` is then unused): called at the start of
     each format block with its updated weights (out, <= block_size), it returns the quantizer of
@@ -170,7 +172,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
         U1 = U[i1:i2, i1:i2]
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
         for j in range(0, i2 - i1, b2):
-            pulse()                   # a cancellation point per micro-block / column
+            pulse((i1 + j) / n_cols)  # a cancellation point per micro-block / column
             k = min(j + b2, i2 - i1)
             if block_quantizer is not None and j % block_size == 0:  # i1 is a multiple of block_size too
                 quant = block_quantizer(W1[:, j:j + block_size])  # scales of this block, fixed from here on
@@ -280,11 +282,15 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
     """
     record = StepRecord("gptq", ctx.index)
     keys, cached = _share_keys(ctx), (None, None)
+    todo = [n for n, lin in ctx.linears.items() if not lin.weight_quantized and lin.spec.weights != "none"]
     for name, lin in ctx.linears.items():
-        if lin.weight_quantized or lin.spec.weights == "none":
+        if name not in todo:
             why = "already quantized by an earlier step" if lin.weight_quantized else "weights 'none'"
             record.notes.append(f"{name}: {why}, skipped")
-            continue
+    # each linear's share of the step's progress: its column loop costs about out x in^2
+    shares = spans([ctx.linears[n].weight.numel() * ctx.linears[n].in_features for n in todo])
+    for name, (start, stop) in zip(todo, shares):
+        lin = ctx.linears[name]
         t0 = time.perf_counter()
         if cached[0] != keys[name]:
             cached = (None, None)                                 # free the previous Hessian first
@@ -296,7 +302,7 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         info: dict = {}
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
-                          block_quantizer=block_quantizer, info=info, pulse=ctx.pulse)
+                          block_quantizer=block_quantizer, info=info, pulse=part(ctx.pulse, start, stop))
         details = {"damp": info["damp"], "dead_columns": info["dead_columns"], "act_order": config.act_order,
                    "blocksize": config.blocksize, "mx_update": config.mx_update,
                    "microblock": 1 if block_quantizer else block_size,
