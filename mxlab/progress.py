@@ -29,30 +29,34 @@ Pulse = Callable[..., None]
 
 
 def pulse(progress: Optional[ProgressFn], fraction: float, message: str, every: float = 0.2,
-          stop: Optional[float] = None) -> Pulse:
+          stop: Optional[float] = None, since: Optional[tuple[float, float]] = None,
+          clock: Callable[[], float] = time.monotonic) -> Pulse:
     """A callable for inner loops that reports at most every ``every`` seconds.
 
     Long loops (AWQ grid points, GPTQ columns, evaluation windows) call it once per iteration, so a
     callback that raises ``Cancelled`` stops them within about ``every`` seconds plus one iteration.
     Without ``stop`` it reports ``fraction``. With ``stop`` the loop passes ``done`` (0..1), which maps
-    onto [fraction, stop], and the message gets how far and how long is left at the rate so far:
-    ``"block 2/5: awq 40%, ~12 s left"``.
+    onto [fraction, stop], and the message gets ``done`` in percent and the time left until ``progress``
+    reaches 1, at the rate since ``since`` = (``clock()`` then, fraction then; default: this pulse's
+    start): ``"block 2/5: awq 40% · ~12 s left"``.
     """
     if progress is None:
         return no_pulse
-    t0 = time.monotonic()
-    last, state = [t0], [0.0]
+    start = clock()
+    t0, f0 = since or (start, fraction)
+    last, state = [start], [0.0]
 
     def beat(done: Optional[float] = None) -> None:
         if done is not None:
             state[0] = min(max(float(done), 0.0), 1.0)
-        now = time.monotonic()
+        now = clock()
         if now - last[0] >= every:
             last[0] = now
             if stop is None:
                 report(progress, fraction, message)
             else:
-                report(progress, fraction + (stop - fraction) * state[0], message + eta_text(state[0], now - t0))
+                f = fraction + (stop - fraction) * state[0]
+                report(progress, f, f"{message} {state[0]:.0%}{eta_text(f - f0, 1.0 - f0, now - t0)}")
 
     return beat
 
@@ -71,13 +75,12 @@ def spans(costs: list[float]) -> list[tuple[float, float]]:
     return out
 
 
-def eta_text(done: float, elapsed: float) -> str:
-    """' 40%, ~12 s left' from the share done and the seconds it took (no estimate before 2 % or 1 s)."""
-    text = f" {done:.0%}"
-    if 0.02 <= done < 1.0 and elapsed >= 1.0:
-        left = elapsed * (1.0 - done) / done
-        text += f", ~{left:.0f} s left" if left < 120 else f", ~{left / 60:.0f} min left"
-    return text
+def eta_text(done: float, total: float, elapsed: float) -> str:
+    """' · ~12 s left': ``done`` of ``total`` took ``elapsed`` seconds; '' before 2 % or 1 s (too early to tell)."""
+    if total <= 0 or not 0.02 <= done / total < 1.0 or elapsed < 1.0:
+        return ""
+    left = elapsed * (total - done) / done
+    return f" · ~{left:.0f} s left" if left < 120 else f" · ~{left / 60:.0f} min left"
 
 
 def no_pulse(done: Optional[float] = None) -> None:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from conftest import make_tiny_model
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import quantize
-from mxlab.progress import eta_text
+from mxlab.progress import eta_text, pulse
 from mxlab.ptq import pipeline
 from mxlab.ptq.pipeline import quantize_model
 from mxlab.ptq.qlinear import QuantLinear
@@ -225,7 +225,7 @@ def test_long_steps_report_how_far_they_are(random_tokens, monkeypatch, step):
     assert len(inside) >= 15                                     # awq: 4 groups x 10 alphas + clipping; gptq: 7 linears
     assert all(a < b for a, b in zip(inside, inside[1:]))        # strictly increasing within the step
     assert inside[0] == pytest.approx(1 / 6) and 1 / 6 + 0.8 / 6 < inside[-1] < 1 / 3
-    assert all(re.fullmatch(rf"block 1/2: {step.name} \d+%(, ~\d+ s left)?", msg) for _, msg in reports)
+    assert all(re.fullmatch(rf"block 1/2: {step.name} \d+%( · ~\d+ s left)?", msg) for _, msg in reports)
 
 
 def test_cancel_from_the_callback_stops_inside_the_awq_step(random_tokens, monkeypatch):
@@ -245,7 +245,13 @@ def test_cancel_from_the_callback_stops_inside_the_awq_step(random_tokens, monke
     assert seen[-1].startswith("block 2/2: awq ") and not any("outputs" in m for m in seen[-5:])
 
 
-def test_eta_text_extrapolates_the_rate_so_far():
-    assert eta_text(0.25, 10.0) == " 25%, ~30 s left"
-    assert eta_text(0.5, 300.0) == " 50%, ~5 min left"
-    assert eta_text(0.01, 10.0) == " 1%" and eta_text(0.5, 0.2) == " 50%"    # too early to tell
+def test_eta_extrapolates_the_rate_so_far():
+    assert eta_text(0.25, 1.0, 10.0) == " · ~30 s left" and eta_text(0.5, 1.0, 300.0) == " · ~5 min left"
+    assert eta_text(0.1, 0.5, 10.0) == " · ~40 s left"                  # 0.1 of 0.5 in 10 s: 0.4 more in 40 s
+    assert eta_text(0.01, 1.0, 10.0) == "" and eta_text(0.5, 1.0, 0.2) == ""   # too early to tell
+    seen, clock = [], iter([100.0, 105.0, 110.0])                # pulse made at t=100, reports at 105 and 110
+    beat = pulse(lambda f, m: seen.append((f, m)), 0.5, "awq", every=0.0, stop=0.75,
+                 since=(95.0, 0.25), clock=lambda: next(clock))
+    beat(0.5), beat(1.0)
+    # 0.625 reached 10 s after 0.25: 0.375 more takes 10 s; then 0.75 after 15 s: 0.25 more takes 7.5 s
+    assert seen == [(0.625, "awq 50% · ~10 s left"), (0.75, "awq 100% · ~8 s left")]

@@ -91,6 +91,7 @@ class _Loop:
     timer: _Timer
     progress: Optional[ProgressFn]
     n_blocks: int
+    t0: float = field(default_factory=time.monotonic)    # when the block loop started (for the ETA)
 
     def tick(self, i: int, fraction: float, message: str) -> None:
         """Progress ``fraction`` of the way through block ``i``."""
@@ -232,7 +233,7 @@ def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
         # the step's loops report how far they are (done 0..1): mapped onto this step's share of the block
         ctx.pulse = pulse(loop.progress, (ctx.index + (k + 1) / n_stages) / loop.n_blocks,
                           f"block {ctx.index + 1}/{loop.n_blocks}: {cfg.name}", every=PULSE_EVERY,
-                          stop=(ctx.index + (k + 2) / n_stages) / loop.n_blocks)
+                          stop=(ctx.index + (k + 2) / n_stages) / loop.n_blocks, since=(loop.t0, 0.0))
         if loop.recipe.allow_requantize:
             for q in linears.values():
                 q.unmark_quantized()
