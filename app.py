@@ -413,7 +413,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 inspect_md = gr.Markdown()
                 with gr.Row():
                     heatmap = gr.Plot(label="Activation outliers (channels x layers)", elem_id="plot-heatmap")
-                    scales = gr.Plot(label="MX scale exponents", elem_id="plot-scales")
+                    scales = gr.Plot(label="MX scale exponents (weights, activations)", elem_id="plot-scales")
                 with gr.Row():
                     waterfall = gr.Plot(label="Error by step", elem_id="plot-waterfall")
                     sens_plot = gr.Plot(label="Sensitivity (one module quantized at a time)",

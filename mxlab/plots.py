@@ -119,26 +119,38 @@ def outlier_ratio_chart(activations) -> go.Figure:
 # ----------------------------------------------------------------------------- weights and scales
 
 
+def _last_stage(scales):
+    """Weight rows, and of each module's activation rows those of its last recorded stage: the inputs after
+    every scaling step, which the quantized layer's activation format actually sees."""
+    acts = scales["tensor"] == "activations"
+    last = scales[acts].groupby("module", sort=False)["stage"].last()
+    return scales[~acts | (scales["stage"] == scales["module"].map(last))]
+
+
 def scale_histogram(scales) -> go.Figure:
-    """Histogram of E8M0 shared exponents, one bar series per layer, one panel per format."""
-    _need(scales, ["block", "format", "exponent", "count"], "scale_histogram")
+    """Histogram of E8M0 shared exponents, one bar series per layer, one panel per tensor (weights, then
+    activations at their last stage) and format."""
+    _need(scales, ["tensor", "block", "stage", "format", "exponent", "count"], "scale_histogram")
     title = "MX shared-scale exponents (E8M0) per layer"
     if not len(scales):
-        return _empty(title, "no MX-quantized weights (scale statistics exist for MX formats only)")
-    agg = scales.groupby(["format", "block", "exponent"], as_index=False)["count"].sum()
-    formats = list(dict.fromkeys(scales["format"]))  # first-seen order, as the recipe lists them
-    fig = make_subplots(rows=len(formats), cols=1, subplot_titles=[f"weights: {f}" for f in formats],
-                        vertical_spacing=0.12)
-    for r, fmt in enumerate(formats, start=1):
-        for block, g in agg[agg["format"] == fmt].groupby("block"):
+        return _empty(title, "no MX formats (scale statistics exist for MX weights and activations only)")
+    scales = _last_stage(scales)
+    agg = scales.groupby(["tensor", "format", "block", "exponent"], as_index=False, sort=False)["count"].sum()
+    panels = sorted(dict.fromkeys(zip(scales["tensor"], scales["format"])), key=lambda p: p[0] != "weights")
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[f"{t}: {f}" for t, f in panels],
+                        vertical_spacing=0.3 / len(panels))
+    for r, (tensor, fmt) in enumerate(panels, start=1):
+        for block, g in agg[(agg["tensor"] == tensor) & (agg["format"] == fmt)].groupby("block"):
+            g = g.sort_values("exponent")
             share = g["count"] / g["count"].sum()
             fig.add_trace(go.Bar(x=g["exponent"], y=g["count"], name=f"layer {block}", legendgroup=str(block),
-                                 showlegend=r == 1, customdata=share,
-                                 hovertemplate=f"layer {block}<br>2^%{{x}}: %{{y}} blocks "
+                                 showlegend=r == 1, customdata=share, marker_color=_TEMPLATE.layout.colorway[
+                                     int(block) % len(_TEMPLATE.layout.colorway)],
+                                 hovertemplate=f"layer {block} {tensor}<br>2^%{{x}}: %{{y}} blocks "
                                                "(%{customdata:.1%})<extra>" + fmt + "</extra>"), row=r, col=1)
         fig.update_xaxes(title_text="shared exponent e (scale 2^e)", dtick=1, row=r, col=1)
         fig.update_yaxes(title_text="blocks", row=r, col=1)
-    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", height=320 * len(formats) + 80)
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", height=320 * len(panels) + 80)
     return fig
 
 

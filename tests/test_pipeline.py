@@ -40,6 +40,9 @@ def test_rtn_w8a8_quantizes_every_decoder_linear(random_tokens):
     out = _logits(model, random_tokens)
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
     assert len(result.stats["weights"]) == 14 and len(result.stats["activations"]) == 14
+    for s in result.stats["activations"]:     # the shared exponents of every MX activation block (mxint8, 32)
+        assert s["format"] == "mxint8" and s["n_blocks"] == s["n_tokens"] * s["in_features"] // 32
+        assert sum(s["exp_counts"]) == s["n_blocks"]
 
 
 def test_smoothquant_then_rtn_records_and_recaptured_inputs(random_tokens):

@@ -274,9 +274,11 @@ def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
 
 
 def _activation_stats(ctx: BlockContext, stage: str, xs: dict[str, torch.Tensor], result: QuantResult) -> None:
-    """Append one activation-statistics row per linear from its sampled inputs ``xs[name]`` (n, in)."""
+    """Append one activation-statistics row per linear from its sampled inputs ``xs[name]`` (n, in), with the
+    shared exponents its MX activation format would use on them."""
     for n, x in xs.items():
-        result.stats["activations"].append(statistics.activation_stats(f"{ctx.prefix}.{n}", ctx.index, stage, x))
+        result.stats["activations"].append(statistics.activation_stats(f"{ctx.prefix}.{n}", ctx.index, stage, x,
+                                                                       spec=ctx.linears[n].spec))
 
 
 def _same_mx_spec(extras: list[Target]) -> bool:
