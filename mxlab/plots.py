@@ -138,7 +138,7 @@ def scale_histogram(scales) -> go.Figure:
     agg = scales.groupby(["tensor", "format", "block", "exponent"], as_index=False, sort=False)["count"].sum()
     panels = sorted(dict.fromkeys(zip(scales["tensor"], scales["format"])), key=lambda p: p[0] != "weights")
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[f"{t}: {f}" for t, f in panels],
-                        vertical_spacing=0.3 / len(panels))
+                        vertical_spacing=min(0.2, 0.5 / len(panels)))
     for r, (tensor, fmt) in enumerate(panels, start=1):
         for block, g in agg[(agg["tensor"] == tensor) & (agg["format"] == fmt)].groupby("block"):
             g = g.sort_values("exponent")
@@ -148,8 +148,9 @@ def scale_histogram(scales) -> go.Figure:
                                      int(block) % len(_TEMPLATE.layout.colorway)],
                                  hovertemplate=f"layer {block} {tensor}<br>2^%{{x}}: %{{y}} blocks "
                                                "(%{customdata:.1%})<extra>" + fmt + "</extra>"), row=r, col=1)
-        fig.update_xaxes(title_text="shared exponent e (scale 2^e)", dtick=1, row=r, col=1)
+        fig.update_xaxes(dtick=1, row=r, col=1)
         fig.update_yaxes(title_text="blocks", row=r, col=1)
+    fig.update_xaxes(title_text="shared exponent e (scale 2^e)", row=len(panels), col=1)
     fig.update_layout(title=title, template=_TEMPLATE, barmode="group", height=320 * len(panels) + 80)
     return fig
 

@@ -113,7 +113,7 @@ def _run_and_wait(page, marker: str = "finished", timeout: int = 120_000) -> str
 def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     raw = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(raw))
+    page.screenshot(path=str(raw), style=".toast-wrap {display: none !important;}")   # an earlier test's toast
     if os.environ.get("MXLAB_UPDATE_SCREENSHOT"):
         from PIL import Image
 
