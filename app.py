@@ -299,8 +299,9 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
     formats = ["none", *sorted(FORMATS)]
     classes = form.step_classes()
     root = ws.resolve(workspace)
-    # run pickers list the runs' labels and also take a bare run id (what API clients send)
-    run_picker = dict(allow_custom_value=True)
+    # the pickers the page fills per session (runs, layers) also take a value an API client sends as is:
+    # a bare run id or 'layer 3' (the handlers check it: ws.get_run refuses anything but a run of the workspace)
+    any_value = dict(allow_custom_value=True)
 
     # delete_cache: Gradio's cached files (uploads, downloads) older than an hour go, checked every 10 min
     with gr.Blocks(title="mxlab", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
@@ -396,7 +397,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                                        "the CLI and the API)", interactive=False, elem_id="runs-table", wrap=False)
                 with gr.Accordion("Rename, tag or delete a run", open=False):
                     with gr.Row():
-                        manage_pick = gr.Dropdown([], label="Run", scale=3, elem_id="manage-run", **run_picker)
+                        manage_pick = gr.Dropdown([], label="Run", scale=3, elem_id="manage-run", **any_value)
                         manage_text = gr.Textbox(label="New name, or tags (comma-separated)", scale=2,
                                                  elem_id="manage-text")
                         rename_btn = gr.Button("Rename", size="sm", elem_id="rename-btn")
@@ -405,8 +406,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
 
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
-                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **run_picker)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", **run_picker)
+                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **any_value)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", **any_value)
                     metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
                                               label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
@@ -423,8 +424,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
             with gr.Tab("5 · Compare", id="compare"):
                 with gr.Row():
                     compare_pick = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)", scale=4,
-                                               elem_id="compare-pick", **run_picker)
-                    baseline_pick = gr.Dropdown([], label="Baseline", scale=2, elem_id="baseline-pick", **run_picker)
+                                               elem_id="compare-pick", **any_value)
+                    baseline_pick = gr.Dropdown([], label="Baseline", scale=2, elem_id="baseline-pick", **any_value)
                 with gr.Row():
                     compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
                     compare_export_btn = gr.Button("Export comparison (HTML)", elem_id="compare-export")
@@ -440,7 +441,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                             "records, a self-contained HTML report to send around, and the recipe to rerun it "
                             "(`python -m mxlab run --recipe recipe.yaml`).")
                 with gr.Row():
-                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, **run_picker)
+                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, **any_value)
                     export_btn = gr.Button("Prepare downloads", variant="primary", elem_id="export-btn", scale=1)
                 export_md = gr.Markdown(elem_classes=["mx-status"])
                 with gr.Row():
