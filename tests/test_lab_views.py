@@ -28,6 +28,7 @@ def test_runs_rows_and_metrics_text(tmp_path):
                             12.35, 13.99, 13.3, 0.01235, 0.91]
     text = views.metrics_markdown(state.get("r1"))
     assert "12.35" in text and "13.99" in text and "KL" in text and "4.257 bits per weight" in text
+    assert "quantized in 1.5 s" in text and "evaluated" not in text   # results.json 'seconds': quantization only
 
 
 def test_small_formatters():

@@ -94,8 +94,11 @@ def runs_rows(state: SessionState) -> list[list]:
 def metrics_markdown(entry: RunEntry) -> str:
     """One line summarising a finished run."""
     m = entry.metrics
-    parts = [f"**Done.** Run **{entry.id}** ({entry.info.model_short}, {entry.info.summary}) finished in "
-             f"{entry.seconds:.1f} s:",
+    run = entry.info.run
+    took = f"quantized in {run.get('seconds_quantize', entry.seconds):.1f} s"
+    if run.get("seconds_eval") is not None:
+        took += f", evaluated (FP and quantized) in {run['seconds_eval']:.1f} s"
+    parts = [f"**Done.** Run **{entry.id}** ({entry.info.model_short}, {entry.info.summary}) {took}",
              f"perplexity FP **{_fmt(m.get('ppl_fp'))}** -> quantized **{_fmt(m.get('ppl_quant'))}**"]
     if m.get("kl") is not None:
         parts.append(f"KL(FP||quant) {_fmt(m.get('kl'))}")
