@@ -99,7 +99,7 @@ def _type_order(page, text: str) -> None:
     box.press_sequentially(text, delay=60)            # human speed: every keystroke fires an input event
 
 
-def _run_and_wait(page, marker: str = "finished", timeout: int = 120_000) -> str:
+def _run_and_wait(page, marker: str = "Done.", timeout: int = 120_000) -> str:
     before = _text(page, "#status-run")
     page.locator("#run-btn").click()
     page.wait_for_function("document.querySelector('#status-run .wrap:not(.hide), #status-run .progress-text')",
@@ -281,7 +281,7 @@ def test_two_sessions_cannot_cancel_each_other_and_start_recipe_is_fast(browser,
         a.wait_for_function("document.querySelector('.progress-text, .eta-bar, .progress-level')", timeout=30_000)
         b.locator("#cancel-btn").click()
         _wait_text(b, "#status-run", "Nothing of this session is running")
-        _wait_text(a, "#status-run", "finished", timeout=120_000)
+        _wait_text(a, "#status-run", "Done.", timeout=120_000)
         seconds = time.perf_counter() - start
         assert "awq+gptq" in _text(a, "#status-run")
         assert seconds < 60, seconds          # < 30 s on an idle 2-core machine; shared CI cores get slack
