@@ -9,6 +9,7 @@ widgets and wires them; handlers that need widgets close over the components of 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from typing import Any
 
@@ -18,8 +19,10 @@ from mxlab.data import DATASETS
 from mxlab.atomic import clean_stale_exports
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS
+from mxlab import compare
+from mxlab import workspace as ws
 from mxlab.lab import form, session, views
-from mxlab.lab.server import POLICY
+from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
 from mxlab.models import load_model
@@ -34,6 +37,11 @@ Quantize a causal LM into **MX formats** (MXINT, MXFP) or INT/NVFP4 baselines, c
 **Model -> Recipe -> Run -> Inspect / Compare -> Export**. The embedded model (stories260K) runs offline in seconds."""
 
 CSS = """
+.mx-bad, .mx-bad * {color: var(--error-text-color, #c92a2a) !important;}
+.mx-bad {border-left: 4px solid #e03131; padding-left: 8px;}
+.mx-warn {border-left: 4px solid #f59f00; padding-left: 8px;}
+.mx-ok {border-left: 4px solid #2f9e44; padding-left: 8px;}
+#order-tools button {max-width: 110px;}
 .gradio-container {max-width: 1280px !important; margin: auto;}
 #status-run, #status-model, #recipe-check {min-height: 2.2em;}
 .step-box {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px;}
@@ -47,74 +55,143 @@ def _oneline(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-def _error(err: Exception) -> str:
-    """A message for the UI; unexpected errors are logged with their traceback."""
+def _error(err: Exception, toast: bool = True) -> str:
+    """A message for the UI (and a toast); unexpected errors are logged with their traceback."""
     if isinstance(err, MxlabError):
-        return f"**Error:** {_oneline(err)}"
-    log.exception("unexpected error")
-    return f"**Error:** unexpected {type(err).__name__}: {_oneline(err)}"
+        text = _oneline(err)
+    else:
+        log.exception("unexpected error")
+        text = f"unexpected {type(err).__name__}: {_oneline(err)}"
+    if toast:
+        gr.Warning(text, duration=10)
+    return f"**Error:** {text}"
+
+
+def _status(message: str):
+    """A status Markdown update coloured by what the message says (error, warnings, ok)."""
+    return gr.update(value=message, elem_classes=form.message_classes(message))
+
+
+def _plain(fn, n_outputs: int):
+    """``fn`` as an API endpoint: its first ``n_outputs`` outputs, each ``gr.update`` replaced by its value.
+
+    UI handlers return widget updates (a status's colour, a picker's choices); an API client wants the
+    values themselves, and an update without a value ("leave it") becomes None."""
+    @functools.wraps(fn)           # keeps the signature: gradio reads parameter names and gr.Progress from it
+    def endpoint(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        values = [o.get("value") if isinstance(o, dict) and o.get("__type__") == "update" else o
+                  for o in out[:n_outputs]]
+        return values[0] if n_outputs == 1 else tuple(values)
+    return endpoint
+
+
+def _model_line(state: SessionState) -> str:
+    name = state.model_source or form.DEFAULT_SOURCE
+    return f"Model for the next run: **{name}** (change it on tab 1 · Model). Workspace: `{state.workspace}`"
 
 
 def load_model_info(source: str, recipe_yaml: str, state: SessionState):
-    """Load a model (None -> embedded default) and describe it and the layers the recipe quantizes."""
+    """Load a model (None -> embedded default) and describe it; on failure the previous model stays selected."""
     src = form.normalize_source(source)
     name = src or form.DEFAULT_SOURCE
+    note = ""
     try:
         recipe = form.parse_yaml(recipe_yaml)
+    except MxlabError as err:  # a broken YAML box must not block loading a model
+        recipe, note = Recipe.from_dict(form.START_RECIPE), f"\n\n(The recipe YAML does not parse: {_oneline(err)} " \
+                                                            "The table uses the start recipe.)"
+    try:
         session.check_sources(src, None, None)      # a client may read only the allowed roots
         model, _ = load_model(src)
         summary = views.model_summary(model, recipe)
         del model
     except Exception as err:  # noqa: BLE001 - shown to the user, app stays usable
-        return _error(err) + "\n\nThe previous model stays selected.", gr.update(), state
+        previous = state.model_source or form.DEFAULT_SOURCE
+        rows = views.summary_rows(state.model_summary) if state.model_summary else gr.update()
+        return (_status(_error(err) + f" The previous model, **{previous}**, stays selected."),
+                state.model_source or "", rows, _model_line(state))
     state.model_source, state.model_summary = src, summary
-    return views.summary_markdown(summary, name), views.summary_rows(summary), state
+    return (_status(views.summary_markdown(summary, name) + note), src or "", views.summary_rows(summary),
+            _model_line(state))
 
 
 def check_recipe(*values):
     """Build the recipe from the widgets: (YAML, validation message). Live, on every edit."""
     yaml_text, message = form.recipe_check(**form.form_kwargs(values))
-    return (yaml_text if yaml_text is not None else gr.update()), message
+    return (yaml_text if yaml_text is not None else gr.update()), _status(message)
 
 
-def build_for_run(*values):
-    """The recipe for a run; raises gr.Error so the chained run does not start on a bad recipe."""
-    yaml_text, message = form.recipe_check(**form.form_kwargs(values))
-    if yaml_text is None:
-        raise gr.Error(message.replace("**", ""))
-    return yaml_text, message
+def run_recipe(*args, progress=gr.Progress(), source: str | None = None):
+    """Build the recipe from the form (all its fields) and run it into the workspace; errors land in the status.
 
-
-def run_recipe(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows: float,
-               state: SessionState, progress=gr.Progress()):
-    """Run one experiment in the queue; append it to the session's runs table."""
-    src = form.normalize_source(source)
+    ``source``: a model other than the session's loaded one (the API's model argument), checked like a load."""
+    *values, eval_dataset, max_eval_windows, name, state = args
     try:
-        recipe = form.parse_yaml(recipe_yaml)
+        recipe = form.build_recipe(**form.form_kwargs(values))
         windows = int(max_eval_windows) if max_eval_windows else None
-        entry = session.execute_run(state, src, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
-                                    report=lambda f, msg: progress(f, desc=msg))
-        message = "**Done.** " + views.metrics_markdown(entry) + \
-            f" Workspace: {POLICY.workspace_bytes() / 2**20:.1f} MB."
+        if windows is not None and not 0 < windows <= 10_000:
+            raise MxlabError(f"Eval windows must be between 0 (all) and 10000, got {windows}.")
+        model = state.model_source if source is None else source
+        entry = session.execute_run(state, model, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
+                                    report=lambda f, msg: progress(f, desc=msg), name=name or "")
+        message = views.metrics_markdown(entry) + f" Workspace: {tree_bytes(state.workspace) / 2**20:.1f} MB."
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
+        gr.Info(str(err))
     except Exception as err:  # noqa: BLE001
-        message = _error(err)
-    return (message, views.runs_rows(state), *_run_pickers(state), state)
+        message = _error(err).replace("**Error:**", "**Error: the run did not start or failed:**")
+    return (_status(message), views.runs_rows(state), *_run_pickers(state))
+
+
+def run_yaml(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows: float, name: str,
+             state: SessionState, progress=gr.Progress()):
+    """API 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field); same outputs as
+    the Run button."""
+    try:
+        values = form.widget_values(form.recipe_values(form.parse_yaml(recipe_yaml))) + [recipe_yaml]
+    except MxlabError as err:
+        return (_status(_error(err)), views.runs_rows(state), *_run_pickers(state))
+    src = form.normalize_source(source) if source and source.strip() else None
+    return run_recipe(*values, eval_dataset, max_eval_windows, name, state, progress=progress, source=src)
 
 
 def cancel_run(state: SessionState):
     """Ask this session's running job to stop at its next progress report."""
     if state.request_cancel():
-        return "**Cancelling** at the next step..."
-    return "Nothing is running."
+        return _status("**Cancelling** at the next progress step...")
+    return _status("Nothing of this session is running.")
+
+
+def refresh_runs(state: SessionState):
+    """The workspace's runs (at page load and after any change): table, model line, then the run pickers."""
+    return (views.runs_rows(state), _model_line(state), *_run_pickers(state))
 
 
 def _run_pickers(state: SessionState):
+    """The five run pickers (inspect, compare, export, manage, baseline): every run's label, the latest picked."""
     labels = state.labels()
     latest = labels[-1] if labels else None
     return (gr.update(choices=labels, value=latest), gr.update(choices=labels, value=labels[-2:]),
-            gr.update(choices=labels, value=latest))
+            gr.update(choices=labels, value=latest), gr.update(choices=labels, value=latest),
+            gr.update(choices=labels, value=labels[-2] if len(labels) > 1 else latest))
+
+
+def manage_run(action: str, label: str, text: str, state: SessionState):
+    """Rename, tag or delete a workspace run."""
+    try:
+        key = session.run_key(label)
+        if action == "rename":
+            ws.rename_run(state.workspace, key, text)
+        elif action == "tag":
+            ws.tag_run(state.workspace, key, text)
+        else:
+            ws.delete_run(state.workspace, key)
+        message = f"Run **{key}**: {'deleted' if action == 'delete' else 'saved'}."
+    except Exception as err:  # noqa: BLE001
+        message = _error(err)
+    return (_status(message), views.runs_rows(state), *_run_pickers(state))
 
 
 def edit_order(action: str, order: str, selected: str, method: str):
@@ -130,9 +207,9 @@ def edit_order(action: str, order: str, selected: str, method: str):
             else:
                 steps, index = form.move_step(steps, index, -1 if action == "up" else 1)
     except MxlabError as err:
-        return gr.update(), gr.update(), _error(err)
+        return gr.update(), gr.update(), _status(_error(err))
     choices = form.order_choices(steps)
-    return form.format_order(steps), gr.update(choices=choices, value=choices[index] if choices else None), None
+    return form.format_order(steps), gr.update(choices=choices, value=choices[index] if choices else None), gr.update()
 
 
 def order_picker(order: str, selected: str):
@@ -141,70 +218,102 @@ def order_picker(order: str, selected: str):
     return gr.update(choices=choices, value=selected if selected in choices else (choices[-1] if choices else None))
 
 
-def inspect_run(run_label: str, layer: str, state: SessionState):
+def inspect_run(run_label: str, layer: str, metric: str, state: SessionState):
     """Figures and the per-module table for one run (and one layer)."""
+    empty = (gr.update(), None, None, None, None, None)
     if not run_label:
-        return ("Run a recipe first; its figures appear here.", gr.update(), None, None, None, None, None)
+        return ("Run a recipe first (tab 3); its figures appear here.", *empty)
     try:
         entry = state.get(run_label)
         layers = views.run_layers(entry)
         layer = layer if layer in layers else views.ALL_LAYERS
-        figs = views.run_figures(entry, layer)
+        figs = views.run_figures(entry, layer, metric="mse" if metric.startswith("output MSE") else "sqnr")
         table = views.module_table(entry, layer)
     except Exception as err:  # noqa: BLE001
-        return (_error(err), gr.update(), None, None, None, None, None)
+        return (_error(err), *empty)
     note = "" if figs["sensitivity"] is not None else "Press **Compute sensitivity** for the ranking."
     return (note, gr.update(choices=[views.ALL_LAYERS, *layers], value=layer), figs["heatmap"], figs["scales"],
             figs["waterfall"], figs["sensitivity"], table)
 
 
-def sensitivity(run_label: str, layer: str, state: SessionState, progress=gr.Progress()):
-    """Quantize one module at a time (RTN) and rank them by KL to the FP model; then redraw."""
+def sensitivity(run_label: str, layer: str, metric: str, state: SessionState, progress=gr.Progress()):
+    """Quantize one module at a time (RTN), rank by KL; saved into the run (and its report), then redraw."""
     try:
-        session.compute_sensitivity(state.get(run_label), report=lambda f, msg: progress(f, desc=msg))
+        session.compute_sensitivity(state, state.get(run_label), report=lambda f, msg: progress(f, desc=msg))
     except Exception as err:  # noqa: BLE001
         return (_error(err), gr.update(), None, None, None, None, None)
-    return inspect_run(run_label, layer, state)
+    return inspect_run(run_label, layer, metric, state)
 
 
-def compare_runs(labels: list[str], state: SessionState):
-    """Overlay the per-layer errors of the chosen runs and place them on perplexity vs bits."""
+def compare_runs(labels: list[str], baseline: str, state: SessionState):
+    """Metrics with deltas against the baseline, per-layer SQNR differences, perplexity vs bits."""
     try:
-        entries = [state.get(label) for label in (labels or [])]
-        figs = views.compare_figures(entries)
+        view = views.compare_view(state, labels, baseline)
     except Exception as err:  # noqa: BLE001
-        return _error(err), None, None
-    return "", figs["layers"], figs["pareto"]
+        return _status(_error(err)), None, None, None
+    message = view["note"] if not view["warn"] else "**Not comparable:** " + view["note"]
+    if view["warn"]:
+        gr.Warning(view["note"].replace("**", ""), duration=10)
+    return (gr.update(value=message, elem_classes=["mx-status", "mx-warn" if view["warn"] else "mx-ok"]),
+            view["table"], view["layers"], view["pareto"])
+
+
+def export_comparison(labels: list[str], baseline: str, state: SessionState):
+    """One self-contained HTML comparison report of the picked runs."""
+    try:
+        view = views.compare_view(state, labels, baseline)
+        path = state.workdir / f"comparison-{'-vs-'.join(label.split(' ', 1)[0] for label in labels)[:120]}.html"
+        path.write_text(compare.comparison_html(view["runs"], view["baseline"]), encoding="utf-8")
+    except Exception as err:  # noqa: BLE001
+        return _status(_error(err)), None
+    return _status(f"Comparison of {len(labels)} runs ready to download."), str(path)
 
 
 def export_run(run_label: str, state: SessionState):
     """The run's downloadable files: packed model (zip), results JSON, records CSV, report, recipe."""
     try:
-        files = session.export_files(state.get(run_label))
+        files = session.export_files(state, state.get(run_label))
     except Exception as err:  # noqa: BLE001
-        return (_error(err), *[None] * 5)
+        return (_status(_error(err)), *[None] * 5)
     paths = [str(files[k]) if k in files else None for k in ("model", "results", "records", "report", "recipe")]
-    return (f"**Ready:** the files of run {run_label}.", *paths)
+    return (_status(f"**Ready:** the files of run {session.run_key(run_label)}."), *paths)
+
+
+def download_recipe(yaml_text: str, state: SessionState):
+    """The recipe YAML box as a file named after the recipe (what the Recipe tab exports)."""
+    try:
+        recipe = form.parse_yaml(yaml_text)
+    except MxlabError as err:
+        return _status(_error(err)), None
+    steps = "-".join(s.name for s in recipe.steps) or "rtn"
+    path = state.workdir / f"recipe-w-{recipe.weights}-a-{recipe.acts}-b{recipe.block_size}-{steps}.yaml"
+    path.write_text(recipe.to_yaml(), encoding="utf-8")
+    return gr.update(), str(path)
 
 
 # ----------------------------------------------------------------------------- layout
-def build(default_preset: str | None = None) -> gr.Blocks:
-    """The app's Blocks (not launched)."""
+def build(default_preset: str | None = None, workspace: str | None = None) -> gr.Blocks:
+    """The app's Blocks (not launched), over the workspace folder ``workspace`` (default ./mxlab-runs)."""
     start = get_preset(default_preset) if default_preset else Recipe.from_dict(form.START_RECIPE)
     values = form.recipe_values(start)
     formats = ["none", *sorted(FORMATS)]
     classes = form.step_classes()
+    root = ws.resolve(workspace)
+    # the pickers the page fills per session (runs, layers) also take a value an API client sends as is:
+    # a bare run id or 'layer 3' (the handlers check it: ws.get_run refuses anything but a run of the workspace)
+    any_value = dict(allow_custom_value=True)
 
     # delete_cache: Gradio's cached files (uploads, downloads) older than an hour go, checked every 10 min
     with gr.Blocks(title="mxlab", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
-        state = gr.State(SessionState, delete_callback=lambda s: s.close())
+        # gradio deep-copies the value for each session (SessionState.__deepcopy__: a fresh one)
+        state = gr.State(SessionState(root), delete_callback=lambda s: s.close())
         gr.Markdown(HELP)
         with gr.Tabs():
             with gr.Tab("1 · Model", id="model"):
                 gr.Markdown("A Hugging Face hub id, a local model directory, or empty for the embedded default. "
                             "Only safetensors checkpoints load (no pickles).")
                 with gr.Row():
-                    source = gr.Textbox(label="Model", placeholder=form.DEFAULT_SOURCE, scale=4,
+                    source = gr.Textbox("", label="Model", placeholder=form.DEFAULT_SOURCE, scale=4,
                                         elem_id="model-source")
                     load_btn = gr.Button("Load", variant="primary", scale=1, elem_id="load-model")
                 model_md = gr.Markdown(elem_id="status-model")
@@ -217,26 +326,35 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                                          info="The study's configurations and a few more", scale=2)
                     weights = gr.Dropdown(formats, value=values["weights"], label="Weights format")
                     acts = gr.Dropdown(formats, value=values["acts"], label="Activations format")
-                    block_size = gr.Dropdown([8, 16, 32, 64, 128], value=values["block_size"], label="Block size",
+                    block_size = gr.Dropdown([8, 16, 32, 64, 128], value=values["block_size"], label="MX block size",
                                              allow_custom_value=True, info="elements per shared scale")
-                    rounding = gr.Radio(list(ROUNDINGS), value=values["rounding"], label="Rounding")
-                gr.Markdown("**Method order**: steps run in this order on every decoder block "
-                            "(e.g. AWQ then GPTQ; what no step quantized gets round-to-nearest at the end).")
+                    rounding = gr.Dropdown(list(ROUNDINGS), value=values["rounding"], label="Rounding",
+                                           info="nearest: ties away from zero")
+                preset_md = gr.Markdown(elem_id="preset-cost")
+                gr.Markdown("**Method order**: steps run in this order on every decoder block. Rule: scaling steps "
+                            "(smoothquant, awq) first, then at most one quantizing step (gptq or rtn) last; what no "
+                            "step quantized gets round-to-nearest at the end.")
                 with gr.Row(equal_height=True):
                     order = gr.Textbox(value=values["order"], label="Order", scale=3, elem_id="method-order",
                                        info="comma-separated; edit here or with the buttons")
                     picked = gr.Radio(form.order_choices(form.parse_order(values["order"])), label="Selected step",
                                       scale=3, elem_id="order-picker")
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=True, elem_id="order-tools"):
                     method = gr.Dropdown(list(classes), value=next(iter(classes)), label="Method to add",
                                          scale=2, elem_id="add-method")
-                    add_btn = gr.Button("+ Add", elem_id="order-add", size="md")
-                    remove_btn = gr.Button("× Remove selected", elem_id="order-remove", size="md")
-                    up_btn = gr.Button("↑ Move up", elem_id="order-up", size="md")
-                    down_btn = gr.Button("↓ Move down", elem_id="order-down", size="md")
-                check_md = gr.Markdown(form.validation_message(start), elem_id="recipe-check")
+                    add_btn = gr.Button("+ Add", elem_id="order-add", size="sm", min_width=60)
+                    remove_btn = gr.Button("× Remove", elem_id="order-remove", size="sm", min_width=60)
+                    up_btn = gr.Button("↑ Up", elem_id="order-up", size="sm", min_width=60)
+                    down_btn = gr.Button("↓ Down", elem_id="order-down", size="sm", min_width=60)
+                    requant = gr.Checkbox(values["allow_requantize"], label="allow requantize", scale=2,
+                                          elem_id="allow-requantize",
+                                          info="ablations only: let steps follow gptq/rtn (the study's reversed orders)")
+                check_md = gr.Markdown(form.validation_message(start), elem_id="recipe-check",
+                                       elem_classes=form.message_classes(form.validation_message(start)))
                 param_widgets = []
                 with gr.Accordion("Step parameters", open=False):
+                    gr.Markdown("GPTQ's *blocksize* is its column batch (a multiple of the MX block size), not the MX "
+                                "block size itself. Hover a field for what it does.")
                     with gr.Row():
                         for name, cls in classes.items():
                             fields = form.step_param_fields(cls)
@@ -245,45 +363,58 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                             with gr.Column(elem_classes="step-box", min_width=200):
                                 gr.Markdown(f"**{name}**")
                                 for f in fields:
-                                    param_widgets.append(_param_widget(name, f, values["params"]))
+                                    param_widgets.append(_param_widget(name, f, values["params"], cls))
+                with gr.Accordion("Calibration", open=False):
+                    with gr.Row():
+                        calib_ds = gr.Dropdown(list(DATASETS), value=values["calib_dataset"], label="Calibration set")
+                        calib_n = gr.Number(values["calib_samples"], precision=0, label="Calibration samples",
+                                            minimum=1, maximum=4096, elem_id="calib-n")
+                        calib_len = gr.Number(values["calib_seq_len"], precision=0, label="Tokens per sample",
+                                              minimum=8, maximum=8192, elem_id="calib-len")
+                        seed = gr.Number(values["seed"], precision=0, label="Seed")
                 with gr.Accordion("Recipe as YAML (import / export)", open=False):
                     yaml_box = gr.Code(value=start.to_yaml(), language="yaml", label="recipe.yaml",
                                        interactive=True, elem_id="recipe-yaml")
                     with gr.Row():
                         import_btn = gr.Button("Import YAML into the widgets", elem_id="import-yaml")
+                        yaml_dl_btn = gr.Button("Download this recipe", elem_id="download-yaml")
                         yaml_file = gr.File(label="...or upload a .yaml", file_types=[".yaml", ".yml"], height=80)
+                    yaml_dl = gr.File(label="recipe file", elem_id="dl-recipe-yaml", interactive=False)
 
             with gr.Tab("3 · Run", id="run"):
-                gr.Markdown("Runs the recipe of tab 2 on the model of tab 1: FP evaluation, calibration, the "
-                            "steps block by block, quantized evaluation (perplexity, KL and top-1 agreement "
-                            "against FP), then the export. Each run is added to this session's table.")
+                run_model_md = gr.Markdown(elem_id="run-model")
                 with gr.Row():
-                    calib_ds = gr.Dropdown(list(DATASETS), value=values["calib_dataset"], label="Calibration set")
-                    calib_n = gr.Number(values["calib_samples"], precision=0, label="Calibration samples",
-                                        minimum=1, elem_id="calib-n")
-                    calib_len = gr.Number(values["calib_seq_len"], precision=0, label="Tokens per sample",
-                                          minimum=8, elem_id="calib-len")
-                    seed = gr.Number(values["seed"], precision=0, label="Seed")
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
                     eval_windows = gr.Number(form.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
-                                             info="of 512 tokens; 0: the whole set", minimum=0,
+                                             info="of 512 tokens; 0: the whole set", minimum=0, maximum=10_000,
                                              elem_id="eval-windows")
+                    run_name = gr.Textbox("", label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn", scale=3)
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
-                run_md = gr.Markdown(elem_id="status-run")
-                runs_df = gr.Dataframe(headers=views.RUN_COLUMNS, label="Runs in this session", interactive=False,
-                                       elem_id="runs-table")
+                run_md = gr.Markdown(elem_id="status-run", elem_classes=["mx-status"])
+                runs_df = gr.Dataframe(headers=views.RUN_COLUMNS, label="Runs in the workspace (every session, "
+                                       "the CLI and the API)", interactive=False, elem_id="runs-table", wrap=False)
+                with gr.Accordion("Rename, tag or delete a run", open=False):
+                    with gr.Row():
+                        manage_pick = gr.Dropdown([], label="Run", scale=3, elem_id="manage-run", **any_value)
+                        manage_text = gr.Textbox(label="New name, or tags (comma-separated)", scale=2,
+                                                 elem_id="manage-text")
+                        rename_btn = gr.Button("Rename", size="sm", elem_id="rename-btn")
+                        tag_btn = gr.Button("Set tags", size="sm", elem_id="tag-btn")
+                        delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-btn")
 
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
-                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", allow_custom_value=True)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer")
+                    inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **any_value)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", **any_value)
+                    metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
+                                              label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
                 inspect_md = gr.Markdown()
                 with gr.Row():
                     heatmap = gr.Plot(label="Activation outliers (channels x layers)", elem_id="plot-heatmap")
-                    scales = gr.Plot(label="MX scale exponents", elem_id="plot-scales")
+                    scales = gr.Plot(label="MX scale exponents (weights, activations)", elem_id="plot-scales")
                 with gr.Row():
                     waterfall = gr.Plot(label="Error by step", elem_id="plot-waterfall")
                     sens_plot = gr.Plot(label="Sensitivity (one module quantized at a time)",
@@ -291,21 +422,28 @@ def build(default_preset: str | None = None) -> gr.Blocks:
                 module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360)
 
             with gr.Tab("5 · Compare", id="compare"):
-                compare_pick = gr.CheckboxGroup([], label="Runs to compare (two or more)")
-                compare_btn = gr.Button("Compare", variant="primary")
-                compare_md = gr.Markdown()
                 with gr.Row():
-                    overlay = gr.Plot(label="Per-layer error, run by run")
-                    pareto = gr.Plot(label="Perplexity vs bits per weight")
+                    compare_pick = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)", scale=4,
+                                               elem_id="compare-pick", **any_value)
+                    baseline_pick = gr.Dropdown([], label="Baseline", scale=2, elem_id="baseline-pick", **any_value)
+                with gr.Row():
+                    compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                    compare_export_btn = gr.Button("Export comparison (HTML)", elem_id="compare-export")
+                compare_md = gr.Markdown(elem_id="compare-note", elem_classes=["mx-status"])
+                compare_df = gr.Dataframe(label="Metrics, with deltas against the baseline", interactive=False,
+                                          elem_id="compare-table", wrap=False)
+                overlay = gr.Plot(label="Per-layer output SQNR against the baseline", elem_id="plot-compare")
+                pareto = gr.Plot(label="Perplexity vs bits per weight", elem_id="plot-pareto")
+                compare_file = gr.File(label="comparison.html", elem_id="dl-compare", interactive=False)
 
             with gr.Tab("6 · Export", id="export"):
                 gr.Markdown("The packed checkpoint (`mxlab.load_quantized` reloads it), the metrics and per-layer "
                             "records, a self-contained HTML report to send around, and the recipe to rerun it "
                             "(`python -m mxlab run --recipe recipe.yaml`).")
                 with gr.Row():
-                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, allow_custom_value=True)
+                    export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, **any_value)
                     export_btn = gr.Button("Prepare downloads", variant="primary", elem_id="export-btn", scale=1)
-                export_md = gr.Markdown()
+                export_md = gr.Markdown(elem_classes=["mx-status"])
                 with gr.Row():
                     f_model = gr.File(label="Packed model (.zip)", elem_id="dl-model", min_width=360)
                     f_results = gr.File(label="results.json", elem_id="dl-results", min_width=360)
@@ -315,85 +453,120 @@ def build(default_preset: str | None = None) -> gr.Blocks:
 
         # ---- wiring
         # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
-        recipe_widgets = [weights, acts, block_size, rounding, order, calib_ds, calib_n, calib_len, seed,
+        recipe_widgets = [weights, acts, block_size, rounding, order, calib_ds, calib_n, calib_len, seed, requant,
                           *param_widgets]
         recipe_inputs = [*recipe_widgets, yaml_box]
+        form_outputs = [*recipe_widgets, yaml_box, check_md]
 
         def import_yaml(text: str):
             """Parse pasted/uploaded YAML and show it in the widgets."""
             try:
                 recipe = form.parse_yaml(text)
             except MxlabError as err:
-                return [gr.update()] * len(recipe_widgets) + [gr.update(), _error(err)]
-            return form.form_outputs(recipe)
+                return [gr.update()] * len(recipe_widgets) + [gr.update(), _status(_error(err))]
+            out = form.form_outputs(recipe)
+            return [*out[:-1], _status(out[-1])]
 
         def apply_preset(name: str):
-            """Fill the widgets from a preset."""
+            """Fill the widgets from a preset, with a hint of its cost."""
             try:
                 recipe = get_preset(name)
             except MxlabError as err:
-                return [gr.update()] * len(recipe_widgets) + [gr.update(), _error(err)]
-            return form.form_outputs(recipe)
+                return [gr.update()] * len(recipe_widgets) + [gr.update(), _status(_error(err)), gr.update()]
+            out = form.form_outputs(recipe)
+            return [*out[:-1], _status(out[-1]), form.cost_hint(recipe)]
 
+        # always_last: a keystroke typed while the previous check runs is not dropped (the last value wins)
         gr.on([w.input for w in recipe_widgets], check_recipe, recipe_inputs, [yaml_box, check_md],
-              api_name="build_recipe", queue=False)
-        order.input(order_picker, [order, picked], picked, queue=False, api_name=False)
+              api_name=False, queue=False, trigger_mode="always_last")
+        order.input(order_picker, [order, picked], picked, queue=False, api_name=False, trigger_mode="always_last")
         for btn, action in ((add_btn, "add"), (remove_btn, "remove"), (up_btn, "up"), (down_btn, "down")):
             btn.click(lambda o, p, m, a=action: edit_order(a, o, p, m), [order, picked, method],
                       [order, picked, check_md], queue=False, api_name=False
                       ).then(check_recipe, recipe_inputs, [yaml_box, check_md], queue=False, api_name=False)
-        preset.input(apply_preset, preset, [*recipe_widgets, yaml_box, check_md], api_name="preset",
+        preset.input(apply_preset, preset, [*form_outputs, preset_md], api_name=False,
                      queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
-        import_btn.click(import_yaml, yaml_box, [*recipe_widgets, yaml_box, check_md], api_name="import_yaml",
+        import_btn.click(import_yaml, yaml_box, form_outputs, api_name=False,
                          queue=False).then(order_picker, [order, picked], picked, queue=False, api_name=False)
         def upload_yaml(path: str):
             """An uploaded recipe file (size-capped, UTF-8) into the widgets."""
             try:
                 text = form.read_upload(path)
             except MxlabError as err:
-                return [gr.update()] * len(recipe_widgets) + [gr.update(), _error(err)]
+                return [gr.update()] * len(recipe_widgets) + [gr.update(), _status(_error(err))]
             return import_yaml(text)
 
-        yaml_file.upload(upload_yaml, yaml_file,
-                         [*recipe_widgets, yaml_box, check_md], api_name=False
+        yaml_file.upload(upload_yaml, yaml_file, form_outputs, api_name=False
                          ).then(order_picker, [order, picked], picked, queue=False, api_name=False)
+        yaml_dl_btn.click(download_recipe, [yaml_box, state], [check_md, yaml_dl], api_name=False)
 
-        load_btn.click(load_model_info, [source, yaml_box, state], [model_md, layers_df, state], api_name="load_model")
-        source.submit(load_model_info, [source, yaml_box, state], [model_md, layers_df, state], api_name=False)
-        demo.load(load_model_info, [source, yaml_box, state], [model_md, layers_df, state], api_name=False)
+        model_outputs = [model_md, source, layers_df, run_model_md]
+        load_btn.click(load_model_info, [source, yaml_box, state], model_outputs, api_name=False)
+        source.submit(load_model_info, [source, yaml_box, state], model_outputs, api_name=False)
+        pickers = [inspect_pick, compare_pick, export_pick, manage_pick, baseline_pick]
+        demo.load(load_model_info, [source, yaml_box, state], model_outputs, api_name=False)
+        demo.load(refresh_runs, state, [runs_df, run_model_md, *pickers], api_name=False)
 
-        pickers = [inspect_pick, compare_pick, export_pick]
-        run_btn.click(build_for_run, recipe_inputs, [yaml_box, check_md], api_name=False, queue=False).success(
-            # api "run": a model + a recipe as YAML in, metrics and the runs table out (gradio_client)
-            run_recipe, [source, yaml_box, eval_ds, eval_windows, state], [run_md, runs_df, *pickers, state],
-            # many may enter: each is validated at once, then waits in POLICY.gate (fair across sessions)
-            api_name="run", concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="run")
-        cancel_btn.click(cancel_run, state, run_md, queue=False, api_name="cancel")
+        # many may enter: each is validated at once, then waits in POLICY.gate (fair across sessions)
+        runs = dict(concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="runs")
+        run_inputs = [*recipe_inputs, eval_ds, eval_windows, run_name, state]
+        run_btn.click(run_recipe, run_inputs, [run_md, runs_df, *pickers], api_name=False, **runs)
+        cancel_btn.click(cancel_run, state, run_md, queue=False, api_name=False)
+        for btn, action in ((rename_btn, "rename"), (tag_btn, "tag"), (delete_btn, "delete")):
+            btn.click(lambda p, t, s, a=action: manage_run(a, p, t, s), [manage_pick, manage_text, state],
+                      [run_md, runs_df, *pickers], api_name=False)
 
-        inspect_args = dict(fn=inspect_run, inputs=[inspect_pick, layer_pick, state],
-                            outputs=[inspect_md, layer_pick, heatmap, scales, waterfall, sens_plot, module_df])
-        inspect_pick.change(**inspect_args, api_name="inspect")
-        layer_pick.input(**inspect_args, api_name=False)
-        sens_btn.click(sensitivity, inspect_args["inputs"], inspect_args["outputs"], api_name="sensitivity")
-        compare_btn.click(compare_runs, [compare_pick, state], [compare_md, overlay, pareto], api_name="compare")
-        export_btn.click(export_run, [export_pick, state],
-                         [export_md, f_model, f_results, f_records, f_report, f_recipe], api_name="export")
+        inspect_inputs = [inspect_pick, layer_pick, metric_pick, state]
+        inspect_outputs = [inspect_md, layer_pick, heatmap, scales, waterfall, sens_plot, module_df]
+        for event in (inspect_pick.change, layer_pick.input, metric_pick.input):
+            event(inspect_run, inspect_inputs, inspect_outputs, api_name=False)
+        sens_btn.click(sensitivity, inspect_inputs, inspect_outputs, api_name=False)
+        compare_btn.click(compare_runs, [compare_pick, baseline_pick, state],
+                          [compare_md, compare_df, overlay, pareto], api_name=False)
+        compare_export_btn.click(export_comparison, [compare_pick, baseline_pick, state], [compare_md, compare_file],
+                                 api_name=False)
+        export_outputs = [export_md, f_model, f_results, f_records, f_report, f_recipe]
+        export_btn.click(export_run, [export_pick, state], export_outputs, api_name=False)
+
+        # ---- the API (gradio_client, /?view=api): the same handlers with plain values out (_plain), on a
+        # hidden trigger. Run pickers take a run id or a picker label (allow_custom_value).
+        api = gr.Button(visible=False, elem_id="api-trigger")
+
+        def endpoint(name: str, fn, inputs, outputs: list, **kw):
+            api.click(_plain(fn, len(outputs)), inputs, outputs, api_name=name, **kw)
+
+        endpoint("build_recipe", check_recipe, recipe_inputs, [yaml_box, check_md], queue=False)
+        endpoint("preset", apply_preset, preset, [*form_outputs, preset_md], queue=False)
+        endpoint("import_yaml", import_yaml, yaml_box, form_outputs, queue=False)
+        endpoint("load_model", load_model_info, [source, yaml_box, state], model_outputs)
+        endpoint("runs", refresh_runs, state, [runs_df, run_model_md])
+        endpoint("run_form", run_recipe, run_inputs, [run_md, runs_df], **runs)
+        # 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field)
+        endpoint("run", run_yaml, [source, yaml_box, eval_ds, eval_windows, run_name, state], [run_md, runs_df], **runs)
+        endpoint("cancel", cancel_run, state, [run_md], queue=False)
+        endpoint("inspect", inspect_run, inspect_inputs, inspect_outputs)
+        endpoint("sensitivity", sensitivity, inspect_inputs, inspect_outputs)
+        endpoint("compare", compare_runs, [compare_pick, baseline_pick, state],
+                 [compare_md, compare_df, overlay, pareto])
+        endpoint("export_comparison", export_comparison, [compare_pick, baseline_pick, state],
+                 [compare_md, compare_file])
+        endpoint("export", export_run, [export_pick, state], export_outputs)
     return demo
 
 
-def _param_widget(method: str, f, params: dict) -> gr.components.Component:
-    """A widget for one step parameter, typed by the field's default."""
+def _param_widget(method: str, f, params: dict, cls: type) -> gr.components.Component:
+    """A widget for one step parameter, typed by the field's default; its doc line from the config's Args."""
     default = form.field_default(f)
     value = params.get(method, {}).get(f.name, default)
     label = f.name.replace("_", " ")
+    kw = dict(label=label, elem_id=f"param-{method}-{f.name}", info=form.field_help(cls, f.name))
     if isinstance(default, bool):
-        return gr.Checkbox(value=value, label=label, elem_id=f"param-{method}-{f.name}")
+        return gr.Checkbox(value=value, **kw)
     if isinstance(default, str):  # a choice, e.g. gptq's mx_update: the field lists its options
-        return gr.Dropdown(choices=list(f.metadata.get("choices", [default])), value=value, label=label,
-                           elem_id=f"param-{method}-{f.name}")
+        return gr.Dropdown(choices=list(f.metadata.get("choices", [default])), value=value, **kw)
     if isinstance(default, int):
-        return gr.Number(value=value, precision=0, label=label, elem_id=f"param-{method}-{f.name}")
-    return gr.Number(value=value, label=label, step=0.05, elem_id=f"param-{method}-{f.name}")
+        return gr.Number(value=value, precision=0, minimum=0, maximum=100_000, **kw)
+    return gr.Number(value=value, step=0.05, **kw)
 
 
 RUN_ENTRY_LIMIT = 32  # run requests inside the server at once (validated, then waiting at the gate)
@@ -436,23 +609,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs network)")
+    parser.add_argument("--workspace", default=None,
+                        help="folder of run directories the app lists and writes (default ./mxlab-runs)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="runs executed at the same time across all users (others wait in the queue)")
     parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                         help="a directory whose files clients may name as model or text sources (repeatable); "
                              "besides it only the embedded sets, the workspace and the start directory")
-    parser.add_argument("--workspace", metavar="DIR", help="where session folders go (default: a temporary folder)")
     parser.add_argument("--password-file", metavar="FILE",
                         help="require a login (FILE holds user:password); advised with --share or a public --host")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        POLICY.configure(args.allow_path, concurrency=args.concurrency, workspace=args.workspace)
+        POLICY.configure(args.allow_path, concurrency=args.concurrency, workspace=ws.resolve(args.workspace))
         auth = auth_for(args.host, args.share, args.password_file)
     except MxlabError as err:
         parser.exit(2, f"app.py: error: {err}\n")
     clean_stale_exports(POLICY.workspace)
-    demo = build()
+    demo = build(workspace=args.workspace)
     demo.queue(default_concurrency_limit=args.concurrency)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs())

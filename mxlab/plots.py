@@ -13,7 +13,16 @@ from plotly.subplots import make_subplots
 from .compact import CHANNEL_BINS, bin_reduce
 from .errors import MxlabError
 
-_TEMPLATE = "plotly_white"
+# transparent backgrounds, mid-grey text and translucent grid lines: readable in the app's light and
+# dark themes and in the report (which picks its colours from the browser's preference)
+_TEMPLATE = go.layout.Template(layout=dict(
+    paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font=dict(color="#7b8794"),
+    colorway=["#4c6ef5", "#f59f00", "#12b886", "#e8590c", "#ae3ec9", "#1098ad", "#c2255c", "#74b816"],
+    xaxis=dict(gridcolor="rgba(128,128,128,0.25)", zerolinecolor="rgba(128,128,128,0.4)", automargin=True),
+    yaxis=dict(gridcolor="rgba(128,128,128,0.25)", zerolinecolor="rgba(128,128,128,0.4)", automargin=True),
+    legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
+    title=dict(x=0.01, xanchor="left", font=dict(size=14)),
+    margin=dict(l=60, r=20, t=50, b=60)))
 
 
 def _need(df: Any, cols: Sequence[str], what: str) -> None:
@@ -151,26 +160,39 @@ def outlier_ratio_chart(activations) -> go.Figure:
 # ----------------------------------------------------------------------------- weights and scales
 
 
+def _last_stage(scales):
+    """Weight rows, and of each module's activation rows those of its last recorded stage: the inputs after
+    every scaling step, which the quantized layer's activation format actually sees."""
+    acts = scales["tensor"] == "activations"
+    last = scales[acts].groupby("module", sort=False)["stage"].last()
+    return scales[~acts | (scales["stage"] == scales["module"].map(last))]
+
+
 def scale_histogram(scales) -> go.Figure:
-    """Histogram of E8M0 shared exponents, one bar series per layer, one panel per format."""
-    _need(scales, ["block", "format", "exponent", "count"], "scale_histogram")
+    """Histogram of E8M0 shared exponents, one bar series per layer, one panel per tensor (weights, then
+    activations at their last stage) and format."""
+    _need(scales, ["tensor", "block", "stage", "format", "exponent", "count"], "scale_histogram")
     title = "MX shared-scale exponents (E8M0) per layer"
     if not len(scales):
-        return _empty(title, "no MX-quantized weights (scale statistics exist for MX formats only)")
-    agg = scales.groupby(["format", "block", "exponent"], as_index=False)["count"].sum()
-    formats = list(dict.fromkeys(scales["format"]))  # first-seen order, as the recipe lists them
-    fig = make_subplots(rows=len(formats), cols=1, subplot_titles=[f"weights: {f}" for f in formats],
-                        vertical_spacing=0.12)
-    for r, fmt in enumerate(formats, start=1):
-        for block, g in agg[agg["format"] == fmt].groupby("block"):
+        return _empty(title, "no MX formats (scale statistics exist for MX weights and activations only)")
+    scales = _last_stage(scales)
+    agg = scales.groupby(["tensor", "format", "block", "exponent"], as_index=False, sort=False)["count"].sum()
+    panels = sorted(dict.fromkeys(zip(scales["tensor"], scales["format"])), key=lambda p: p[0] != "weights")
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[f"{t}: {f}" for t, f in panels],
+                        vertical_spacing=min(0.2, 0.5 / len(panels)))
+    for r, (tensor, fmt) in enumerate(panels, start=1):
+        for block, g in agg[(agg["tensor"] == tensor) & (agg["format"] == fmt)].groupby("block"):
+            g = g.sort_values("exponent")
             share = g["count"] / g["count"].sum()
             fig.add_trace(go.Bar(x=g["exponent"], y=g["count"], name=f"layer {block}", legendgroup=str(block),
-                                 showlegend=r == 1, customdata=share,
-                                 hovertemplate=f"layer {block}<br>2^%{{x}}: %{{y}} blocks "
+                                 showlegend=r == 1, customdata=share, marker_color=_TEMPLATE.layout.colorway[
+                                     int(block) % len(_TEMPLATE.layout.colorway)],
+                                 hovertemplate=f"layer {block} {tensor}<br>2^%{{x}}: %{{y}} blocks "
                                                "(%{customdata:.1%})<extra>" + fmt + "</extra>"), row=r, col=1)
-        fig.update_xaxes(title_text="shared exponent e (scale 2^e)", dtick=1, row=r, col=1)
+        fig.update_xaxes(dtick=1, row=r, col=1)
         fig.update_yaxes(title_text="blocks", row=r, col=1)
-    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", height=320 * len(formats) + 80)
+    fig.update_xaxes(title_text="shared exponent e (scale 2^e)", row=len(panels), col=1)
+    fig.update_layout(title=title, template=_TEMPLATE, barmode="group", height=320 * len(panels) + 80)
     return fig
 
 
@@ -198,9 +220,10 @@ def weight_quality_chart(weights) -> go.Figure:
 # ----------------------------------------------------------------------------- error by step
 
 
-def error_waterfall(records, metric: str = "mse") -> go.Figure:
+def error_waterfall(records, metric: str = "sqnr") -> go.Figure:
     """Per-module waterfall: a bar at the error before any step, then one floating bar per step spanning
-    its record's before -> after (above the previous level: the step added error; below: it removed some)."""
+    its record's before -> after. Default SQNR (dB, higher is better): unlike absolute MSE it does not
+    reward a step that merely rescales a layer's output (SmoothQuant/AWQ folds)."""
     _need(records, ["module", "step", f"{metric}_before", f"{metric}_after"], "error_waterfall")
     label = {"mse": "output MSE", "sqnr": "output SQNR (dB)"}.get(metric, metric)
     title = f"Layer {label}: what each step added or removed"
@@ -221,10 +244,10 @@ def error_waterfall(records, metric: str = "mse") -> go.Figure:
         fig.add_trace(go.Bar(x=x, y=delta, base=base, name=step,
                              hovertemplate="%{x}<br>" + step + ": %{base:.4g} -> %{y:+.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=x, y=[last.loc[m, f"{metric}_after"] for m in modules], name="final",
-                             mode="markers", marker=dict(symbol="diamond", size=9, color="black"),
+                             mode="markers", marker=dict(symbol="diamond", size=9, color="#e03131"),
                              hovertemplate="%{x}<br>final: %{y:.4g}<extra></extra>"))
     fig.update_layout(title=title, template=_TEMPLATE, barmode="group", xaxis_title="module",
-                      yaxis_title=label, legend_title="stage")
+                      yaxis_title=label + (" (higher is better)" if metric == "sqnr" else ""), legend_title="stage")
     return fig
 
 
@@ -311,13 +334,50 @@ def pareto_chart(runs, x: str = "bits_per_weight", y: str = "ppl", label: str = 
     if not len(runs):
         return _empty(title, "no runs to compare")
     front = runs.loc[pareto_front(runs, x, y)]
-    fig = go.Figure(go.Scatter(x=runs[x], y=runs[y], text=runs[label], mode="markers+text", name="runs",
-                               textposition="top center", marker=dict(size=10),
+    fig = go.Figure(go.Scatter(x=runs[x], y=runs[y], text=[str(t)[:28] for t in runs[label]], mode="markers+text",
+                               name="runs", textposition="top center", cliponaxis=False, marker=dict(size=10),
                                hovertemplate="%{text}<br>%{x:.3f} bits/weight<br>ppl %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto frontier",
                              line=dict(dash="dash", shape="hv"), hoverinfo="skip"))
-    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title="bits per weight (incl. scales)",
-                      yaxis_title="perplexity")
+    pad_x = max(float(runs[x].max() - runs[x].min()), 0.5) * 0.15
+    pad_y = max(float(runs[y].max() - runs[y].min()), 0.05 * float(runs[y].max())) * 0.2
+    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title="bits per weight (packed, incl. scales)",
+                      yaxis_title="perplexity (lower is better)", margin=dict(l=60, r=30, t=50, b=60),
+                      xaxis_range=[float(runs[x].min()) - pad_x, float(runs[x].max()) + pad_x],
+                      yaxis_range=[float(runs[y].min()) - pad_y, float(runs[y].max()) + 2 * pad_y])
+    return fig
+
+
+def sqnr_delta_chart(deltas, baseline: str, top: int = 40) -> go.Figure:
+    """Per-layer output SQNR of each run minus the baseline's (dB; positive: better than the baseline).
+
+    ``deltas``: modules x runs, sorted by size (compare.layer_deltas). One run: horizontal bars of the
+    ``top`` largest differences, readable module names; more runs: a heatmap (modules x runs).
+    """
+    title = f"Per-layer output SQNR vs {baseline} (dB, higher is better)"
+    if deltas is None or not len(deltas) or not len(deltas.columns):
+        return _empty(title, "no per-layer records to compare")
+    d = deltas.head(top)
+    short = short_names(list(d.index))
+    names = [short[m] for m in d.index]
+    if len(d.columns) == 1:
+        col = d.columns[0]
+        values = d[col].iloc[::-1]
+        fig = go.Figure(go.Bar(x=values, y=names[::-1], orientation="h", name=str(col),
+                               marker_color=["#12b886" if v >= 0 else "#e03131" for v in values],
+                               hovertemplate="%{y}<br>%{x:+.2f} dB<extra></extra>"))
+        fig.update_layout(xaxis_title=f"SQNR of {col} minus {baseline} (dB)", showlegend=False)
+    else:
+        z = d.to_numpy(dtype=float)
+        finite = z[z == z]
+        span = float(max(abs(finite).max(), 1e-9)) if finite.size else 1.0
+        fig = go.Figure(go.Heatmap(z=z, x=[str(c) for c in d.columns], y=names, colorscale="RdBu", zmid=0,
+                                   zmin=-span, zmax=span, colorbar=dict(title="dB", thickness=12),
+                                   hovertemplate="%{y}<br>%{x}: %{z:+.2f} dB<extra></extra>"))
+        fig.update_yaxes(autorange="reversed")
+        fig.update_layout(xaxis_title="run")
+    fig.update_layout(title=title, template=_TEMPLATE, height=max(360, 18 * len(d) + 140),
+                      margin=dict(l=10, r=10, t=50, b=50), yaxis=dict(automargin=True, tickfont=dict(size=10)))
     return fig
 
 

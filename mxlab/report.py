@@ -1,12 +1,15 @@
 """One self-contained HTML report (plotly.js inlined, works offline): recipe, model, metrics, figures."""
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
 import os
 import tempfile
+import zlib
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +17,90 @@ from . import __version__, plots
 from . import tables as _stats
 from .compact import CHANNEL_BINS
 from .jsonable import to_jsonable
+from .recipe import Recipe
+
 
 log = logging.getLogger(__name__)
 
 _CSS = """
+:root{color-scheme:light dark;--fg:#1f2933;--muted:#616e7c;--line:#d9e2ec;--code:#f5f7fa;--bg:#fff}
+@media (prefers-color-scheme:dark){:root{--fg:#e4e7eb;--muted:#9aa5b1;--line:#3e4c59;--code:#1f2933;--bg:#111418}}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;
-     padding:0 1em;color:#1f2933}
-h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #d9e2ec}
-.meta{color:#616e7c} table{border-collapse:collapse;margin:.5em 0} td,th{padding:.25em .8em;
-     border-bottom:1px solid #e4e7eb;text-align:left;font-variant-numeric:tabular-nums}
-pre{background:#f5f7fa;padding:.8em;overflow:auto} .figure{margin:1em 0}
+     padding:0 1em;color:var(--fg);background:var(--bg)}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid var(--line)}
+.meta{color:var(--muted)} table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{padding:.25em .7em;
+     border-bottom:1px solid var(--line);text-align:left;font-variant-numeric:tabular-nums;white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%} pre{background:var(--code);padding:.8em;overflow:auto} .figure{margin:1em 0}
+.headline{font-size:1.15em;line-height:1.6} .headline b{font-size:1.2em} .warn{color:#e8590c;font-weight:600}
 """
+
+# plotly.js (the cartesian bundle, 1.5 MB; assets/plotly) goes in once, deflated and base64-encoded (0.66 MB); the browser inflates it
+# (DecompressionStream) and then draws every figure from its JSON. Still no network needed.
+_LOADER = """<script>(async () => {
+  const b64 = document.getElementById('plotlyjs-z').textContent.trim();
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+  const s = document.createElement('script'); s.textContent = await new Response(stream).text();
+  document.head.appendChild(s);
+  for (const el of document.querySelectorAll('script[data-figure]')) {
+    const fig = JSON.parse(el.textContent);
+    const div = document.getElementById(el.dataset.figure);
+    Plotly.newPlot(div, fig.data, fig.layout, {displaylogo: false, responsive: true});
+  }
+})();</script>"""
+
+# human labels and units for metrics and run settings; keys not listed are shown as they are
+LABELS = {"ppl_fp": "perplexity, FP", "ppl_quant": "perplexity, quantized", "kl": "KL(FP || quantized), nats/token",
+          "top1": "top-1 agreement with FP", "bits_per_weight": "bits per weight (packed, incl. scales)",
+          "seconds_quantize": "quantization time (s)", "seconds_eval": "evaluation time (s)",
+          "n_eval_tokens": "evaluation tokens", "model": "model", "eval_dataset": "evaluation set",
+          "max_eval_windows": "evaluation windows (cap)", "eval_seq_len": "evaluation window (tokens)",
+          "device": "device", "mxlab_version": "mxlab version", "seconds": "total time (s)",
+          "parameters": "parameters"}
+_DEFAULTS = {"device": "default (CPU unless a GPU is given)", "max_eval_windows": "all", "eval_seq_len": "model's"}
+
+
+PLOTLY_BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "plotly" / "plotly-cartesian.min.js"
+
+
+@lru_cache(maxsize=1)
+def _plotly_blob() -> str:
+    """plotly.js deflated + base64: the shipped cartesian bundle, else the full one of the plotly package."""
+    if PLOTLY_BUNDLE.is_file():
+        source = PLOTLY_BUNDLE.read_bytes()
+    else:
+        from plotly.offline import get_plotlyjs
+
+        log.warning("%s is missing: embedding plotly's full bundle (the report grows by ~1.3 MB)", PLOTLY_BUNDLE)
+        source = get_plotlyjs().encode()
+    return base64.b64encode(zlib.compress(source, 9)).decode()
+
+
+def _figure_html(fig: Any, div_id: str) -> str:
+    """A div plus the figure's JSON (drawn by _LOADER once plotly.js is inflated)."""
+    spec = fig.to_json().replace("</", "<\\/")
+    return (f'<div class=figure><div id="{div_id}" style="min-height:{fig.layout.height or 450}px"></div>'
+            f'<script type="application/json" data-figure="{div_id}">{spec}</script></div>')
+
+
+def page_html(title: str, body: list, subtitle: str = "") -> str:
+    """A self-contained HTML page: ``body`` items are HTML strings or (section title, Figure) pairs."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
+             f"<meta name=viewport content='width=device-width'><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><p class=meta>{html.escape(subtitle)} mxlab {__version__} &middot; {when}</p>"]
+    n = 0
+    for item in body:
+        if isinstance(item, tuple):
+            section, fig = item
+            parts.append(f"<h2>{html.escape(section)}</h2>{_figure_html(fig, f'fig{n}')}")
+            n += 1
+        else:
+            parts.append(item)
+    if n:
+        parts.append(f"<script type=text/plain id=plotlyjs-z>{_plotly_blob()}</script>{_LOADER}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def _recipe_text(recipe: Any) -> str:
@@ -35,7 +111,11 @@ def _recipe_text(recipe: Any) -> str:
         if hasattr(recipe, attr):
             return getattr(recipe, attr)()
     if isinstance(recipe, dict):
-        return json.dumps(to_jsonable(recipe), indent=2)
+
+        try:
+            return Recipe.from_dict(recipe).to_yaml()
+        except Exception:  # noqa: BLE001 - a partial recipe dict: show it as JSON rather than fail the report
+            return json.dumps(to_jsonable(recipe), indent=2)
     return str(recipe)
 
 
@@ -50,22 +130,27 @@ def _kv_table(d: dict | None) -> str:
     """A two-column HTML table of a dict."""
     if not d:
         return "<p class=meta>(none)</p>"
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items())
+    rows = "".join(f"<tr><th>{html.escape(LABELS.get(str(k), str(k)))}</th>"
+                   f"<td>{html.escape(_fmt(_DEFAULTS.get(str(k), '') if v is None else v))}</td></tr>"
+                   for k, v in d.items())
     return f"<table>{rows}</table>"
 
 
 def _df_table(df, max_rows: int = 40, worst: str | None = None, ascending: bool = True, csv: str | None = None) -> str:
-    """A DataFrame as a compact HTML table: all rows when short, else the ``max_rows`` worst by ``worst``."""
+    """A DataFrame as a compact, scrolling HTML table: all rows when short, else the ``max_rows`` worst by
+    ``worst`` (or the first ones), with a note saying which and where every row is."""
+    def html_of(frame) -> str:
+        return frame.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+
     if len(df) <= max_rows:
-        return df.to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}")
+        return f"<div class=scroll>{html_of(df)}</div>"
     if worst is not None and worst in df:
         shown = df.sort_values(worst, ascending=ascending, na_position="first").head(max_rows)
         what = f"the {max_rows} rows with the {'lowest' if ascending else 'highest'} {worst}"
     else:
         shown, what = df.head(max_rows), f"the first {max_rows} rows"
     where = f"; every row is in {csv}" if csv else ""
-    return (shown.to_html(index=False, border=0, float_format=lambda v: f"{v:.5g}")
-            + f"<p class=meta>{what} of {len(df)}{where}</p>")
+    return f"<div class=scroll>{html_of(shown)}</div><p class=meta>{what} of {len(df)}{where}</p>"
 
 
 def _as_frame(rows: Any):
@@ -104,35 +189,52 @@ def figures(*, records: Any = None, stats_rows: Any = None, sensitivity: Any = N
     return out
 
 
+def headline(metrics: dict | None, model_info: dict | None, recipe: Any) -> str:
+    """The report's first lines: FP -> quantized perplexity (change in %), KL, bits per weight, time, model."""
+    m, info = metrics or {}, model_info or {}
+    if m.get("ppl_fp") is None or m.get("ppl_quant") is None:
+        return ""
+    fp, q = float(m["ppl_fp"]), float(m["ppl_quant"])
+    parts = [f"Perplexity <b>{fp:.4g} &rarr; {q:.4g}</b> ({100 * (q / fp - 1):+.2f}%)"]
+    if m.get("kl") is not None:
+        parts.append(f"KL {float(m['kl']):.4g} nats/token")
+    if m.get("top1") is not None:
+        parts.append(f"top-1 agreement {100 * float(m['top1']):.1f}%")
+    if m.get("bits_per_weight") is not None:
+        parts.append(f"<b>{float(m['bits_per_weight']):.3f}</b> bits per weight")
+    seconds = sum(float(m.get(k) or 0) for k in ("seconds_quantize", "seconds_eval"))
+    if seconds:
+        parts.append(f"{seconds:.1f} s")
+    summary = ""
+    if isinstance(recipe, dict) and recipe:
+        steps = " &rarr; ".join(html.escape(str(s.get("name") if isinstance(s, dict) else s))
+                                for s in recipe.get("steps") or []) or "RTN"
+        summary = (f"W-{html.escape(str(recipe.get('weights')).upper())} A-{html.escape(str(recipe.get('acts')).upper())}"
+                   f", block {recipe.get('block_size')}, {steps}")
+    where = " &middot; ".join(html.escape(str(x)) for x in (info.get("model"), info.get("eval_dataset")) if x)
+    return (f"<p class=headline>{' &middot; '.join(parts)}</p>"
+            f"<p class=meta>{summary}{' &middot; ' if summary and where else ''}{where}</p>")
+
+
 def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, records: Any = None,
                 stats: Any = None, sensitivity: Any = None, runs: Any = None, title: str = "mxlab report") -> str:
-    """The whole report as one HTML string with plotly.js inlined (no network needed to view it)."""
-    from plotly.offline import get_plotlyjs
-
+    """The whole report as one HTML string; plotly.js embedded once (no network needed to view it)."""
     figs = figures(records=records, stats_rows=stats, sensitivity=sensitivity, runs=runs)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body>",
-             f"<h1>{html.escape(title)}</h1><p class=meta>mxlab {__version__} &middot; {when}</p>",
-             "<h2>Metrics</h2>", _kv_table(metrics), "<h2>Model</h2>", _kv_table(model_info),
-             "<h2>Recipe</h2>", f"<pre>{html.escape(_recipe_text(recipe))}</pre>"]
-    for i, (section, fig) in enumerate(figs):
-        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{i}",
-                          config={"displaylogo": False, "responsive": True})
-        parts.append(f"<h2>{html.escape(section)}</h2><div class=figure>{div}</div>")
+    body: list = [headline(metrics, model_info, recipe), "<h2>Metrics</h2>", _kv_table(metrics),
+                  "<h2>Model and evaluation</h2>", _kv_table(model_info),
+                  "<h2>Recipe</h2>", f"<pre>{html.escape(_recipe_text(recipe))}</pre>", *figs]
     sens = _as_frame(sensitivity)
     if sens is not None and len(sens):
-        parts += ["<h2>Sensitivity table</h2>", _df_table(sens, worst="kl" if "kl" in sens else None,
-                                                            ascending=False, csv="sensitivity.csv")]
+        body += ["<h2>Sensitivity table</h2>", _df_table(sens, worst="kl" if "kl" in sens else None,
+                                                           ascending=False, csv="sensitivity.csv")]
     weights = _stats.weights_table(stats)
     if len(weights):
-        parts += ["<h2>Weights table</h2>", _df_table(weights, worst="sqnr_db", csv="weights.csv")]
+        body += ["<h2>Weights table</h2>", _df_table(weights, worst="sqnr_db", csv="weights.csv")]
     if _binned(stats):
-        parts.append(f"<p class=meta>Per-channel statistics are shown in at most {CHANNEL_BINS} channel bins per "
-                     "module (each bin keeps its extreme and the channel holding it); every channel is in "
-                     "activation_channels.csv and weight_channels.csv.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        body.append(f"<p class=meta>Per-channel statistics are shown in at most {CHANNEL_BINS} channel bins per "
+                    "module (each bin keeps its extreme and the channel holding it); every channel is in "
+                    "activation_channels.csv and weight_channels.csv.</p>")
+    return page_html(title, body)
 
 
 def _binned(stats: Any) -> bool:

@@ -27,6 +27,7 @@ from .ptq.pipeline import quantize_model
 from .rundir import export_run
 from .zeroshot import parse_tasks, task_cost, zero_shot
 from .progress import ProgressFn, report, scaled
+from .workspace import check_name, new_run_dir, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
                    overwrite: bool = False, allow_pickle: bool = False,
                    trust_remote_code: bool = False, tasks: list[str] | str | None = None,
                    task_limit: int | None = None, tasks_online: bool = False,
-                   task_batch_size: int = 8, stream: bool | None = None) -> RunOutcome:
+                   task_batch_size: int = 8, stream: bool | None = None,
+                   workspace: str | os.PathLike | None = None, name: str = "", origin: str = "api") -> RunOutcome:
     """Quantize ``source`` (None: the embedded model) with ``recipe``, evaluate it, optionally export it.
+
+    With ``workspace`` (and no ``out_dir``) the run gets a fresh directory there, named ``name``.
 
     ``stream``: keep the model on the CPU and stream one decoder block at a time to ``device`` for the
     quantization and the evaluations; None (default): only when the weights take more than half of
@@ -68,6 +72,10 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     ``tasks``: lm-eval zero-shot tasks run on the FP and the quantized model (``mxlab.zeroshot``);
     the tables land in ``metrics["zero_shot"]`` as {"fp": {task: {metric: v}}, "quant": ..., "limit": N}.
     """
+    if workspace is not None and out_dir is None:
+        out_dir = new_run_dir(workspace, name)
+    if name:
+        check_name(name)
     if out_dir is not None:                 # fail before any work, not after the whole run
         check_target(Path(out_dir), overwrite)
     if tasks:   # unknown names or missing offline data stop the run before any work
@@ -134,6 +142,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
         report(progress, _STAGES["export"][0], "exporting")
         t0 = time.perf_counter()
         outcome.out_dir = export_run(outcome, out_dir, progress=_stage(progress, "export"), overwrite=overwrite)
+        write_meta(outcome.out_dir, name=name, origin=origin)
         info["seconds"]["export"] = time.perf_counter() - t0
     for phase, seconds in info["seconds"].items():
         log.info("phase %s: %.1f s", phase, seconds)

@@ -11,8 +11,9 @@ Tables (one row each):
     weights_table        module: module, block, format, block_size, out_features, in_features, mse,
                          sqnr_db, flushed_frac, n_blocks, saturated_frac, headroom_bits
     weight_channel_table module x output channel (long): module, block, channel, w_min, w_max
-    scale_table          module x exponent (long, MX modules only): module, block, format,
-                         block_size, exponent, count
+    scale_table          tensor x module x stage x exponent (long, MX formats only): tensor ("weights" or
+                         "activations"), module, block, stage ("" for weights), format, block_size,
+                         exponent, count
 """
 from __future__ import annotations
 
@@ -151,14 +152,18 @@ def weight_channel_table(stats: Any, block: int | None = None, max_channels: int
 
 
 def scale_table(stats: Any):
-    """Long table, one row per MX module x shared exponent: how many blocks use that exponent."""
+    """Long table of MX shared exponents: how many blocks of each weight, and of each module's activations at
+    each recorded stage, use each exponent."""
     import pandas as pd
 
-    rows = [dict(module=s["module"], block=s["block"], format=s["format"], block_size=s["block_size"],
-                 exponent=int(v), count=int(c))
-            for s in stat_rows(stats, "weights") if s.get("exp_values") is not None
-            for v, c in zip(s["exp_values"], s["exp_counts"])]
-    return pd.DataFrame(rows, columns=["module", "block", "format", "block_size", "exponent", "count"])
+    rows = [dict(tensor=tensor, module=s["module"], block=s["block"], stage=s.get("stage", ""), format=s["format"],
+                 block_size=s["block_size"], exponent=int(v), count=int(c))
+            for tensor in ("weights", "activations") for s in stat_rows(stats, tensor)
+            if s.get("exp_values") is not None for v, c in zip(s["exp_values"], s["exp_counts"])]
+    return pd.DataFrame(rows, columns=SCALE_COLUMNS)
+
+
+SCALE_COLUMNS = ["tensor", "module", "block", "stage", "format", "block_size", "exponent", "count"]
 
 
 SCALE_LAB_COLS = ["module", "format", "block_size", "rounding", "scale_rule", "clipped_block_frac", "flushed_frac",

@@ -39,9 +39,8 @@ def outside(tmp_path_factory):
 def url(tmp_path_factory, outside):
     ws = tmp_path_factory.mktemp("workspace")
     (ws / "escape.txt").symlink_to(outside / "secret.txt")          # a link inside an allowed root
-    POLICY.configure([], concurrency=1, workspace=ws)
-    assert not POLICY.roots.contains(outside)
-    with running_app() as address:
+    with running_app(ws) as address:                                # runs and session folders in ws
+        assert not POLICY.roots.contains(outside)
         yield address
 
 

@@ -105,7 +105,7 @@ def test_recipe_check_reports_invalid_values(over, match):
 
 def test_recipe_check_ok_and_warnings():
     yaml_text, message = form.recipe_check(**_values())
-    assert "Recipe OK" in message and "4.25 bits/element" in message      # mxint4 @ 32: 4 + 8/32
+    assert "Recipe OK" in message and "4.25 bits per element" in message      # mxint4 @ 32: 4 + 8/32
     assert form.parse_yaml(yaml_text).to_dict() == form.build_recipe(**_values()).to_dict()
     _, message = form.recipe_check(**_values(order="smoothquant, awq, gptq"))
     assert "with warnings" in message and "no benefit" in message

@@ -1,34 +1,42 @@
-"""mxlab/lab/session.py: per-session state, run ids and labels, cancelling, the files of a run."""
+"""mxlab/lab/session.py: per-session state over a shared workspace, cancelling, the files of a run."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
+from mxlab import workspace as ws
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.lab import session
 from mxlab.rundir import MODEL_DIR, RECIPE_FILE, RESULTS_FILE
 
 
-def _entry(run_id: int, **metrics) -> session.RunEntry:
-    return session.RunEntry(id=run_id, model="default", recipe_yaml="", weights="mxint4", acts="mxint8",
-                            block_size=32, steps=["awq", "gptq"], bits=4.25, metrics=metrics, seconds=1.234)
+def make_run(root, run_id: str, name: str = "", windows: int = 2, **metrics) -> str:
+    """A finished run directory as rundir.export_run writes it (results.json only, plus run.json)."""
+    out = root / run_id
+    out.mkdir(parents=True)
+    results = {"model": "embedded:stories260K", "metrics": metrics, "run": {"eval_dataset": "tinystories",
+               "max_eval_windows": windows}, "recipe": {"weights": "mxint4", "acts": "mxint8", "block_size": 32,
+               "steps": [{"name": "awq"}, {"name": "gptq"}]}, "records": [], "stats": {}, "seconds": 1.5}
+    (out / RESULTS_FILE).write_text(json.dumps(results))
+    ws.write_meta(out, name=name, origin="cli", created=f"2025-01-01T00:00:{len(list(root.iterdir())):02d}")
+    return run_id
 
 
-def test_session_state_runs_and_isolation(tmp_path):
-    a = session.SessionState(root=tmp_path)
+def test_sessions_share_the_workspace_but_not_their_flags(tmp_path):
+    a = session.SessionState(tmp_path)
     b = copy.deepcopy(a)                                  # what gradio does per session
-    assert b is not a and b.cancel is not a.cancel
-    assert a.next_run_dir()[0] == 1
-    a.add(_entry(1, ppl_fp=10.0, ppl_quant=11.5))
-    assert b.runs == [] and a.next_run_dir()[0] == 2
-    assert a.get("#1 W-mxint4 A-mxint8 awq+gptq") is a.runs[0] and a.get(1) is a.runs[0]
+    assert b is not a and b.cancel is not a.cancel and b.workspace == a.workspace
+    make_run(tmp_path, "r1", name="first", ppl_fp=10.0, ppl_quant=11.5)
+    assert [r.name for r in b.runs()] == ["first"]        # a run of the workspace: every session sees it
+    entry = a.get(b.labels()[0])
+    assert entry.id == "r1" and entry.metrics["ppl_quant"] == 11.5 and "awq+gptq" in entry.label
+    assert not b.request_cancel()                         # nothing of b's is running
+    a.busy = True
+    assert a.request_cancel() and a.cancel.is_set() and not b.cancel.is_set()
     with pytest.raises(MxlabError, match="no run"):
-        a.get("#7")
-    workdir = a.workdir
-    assert workdir.is_dir() and workdir.parent == tmp_path
-    a.close()
-    assert not workdir.exists()
+        a.get("r7")
 
 
 def test_progress_adapter_cancels():
@@ -42,23 +50,19 @@ def test_progress_adapter_cancels():
     assert seen == [(0.5, "block 1")]
 
 
-def test_run_id_of():
-    assert session.run_id_of("#12 W-x") == 12 and session.run_id_of("3") == 3 and session.run_id_of(4) == 4
-    with pytest.raises(MxlabError, match="does not name a run"):
-        session.run_id_of("latest")
+def test_run_key():
+    assert session.run_key("20250101-x · name · W-mxint4") == "20250101-x"
+    with pytest.raises(MxlabError, match="No run is selected"):
+        session.run_key(None)
 
 
-def test_export_files_names_the_run_directory(tmp_path):
-    out = tmp_path / "run1"
-    (out / MODEL_DIR).mkdir(parents=True)
-    (out / MODEL_DIR / "config.json").write_text("{}")
-    (out / RESULTS_FILE).write_text("{}")
-    entry = _entry(1)
-    entry.out_dir, entry.recipe_yaml = out, "weights: mxint4\n"
-    files = session.export_files(entry)
+def test_export_files_are_named_after_the_run(tmp_path):
+    state = session.SessionState(tmp_path / "ws")
+    make_run(state.workspace, "r1")
+    (state.workspace / "r1" / MODEL_DIR).mkdir()
+    (state.workspace / "r1" / MODEL_DIR / "config.json").write_text("{}")
+    files = session.export_files(state, state.get("r1"))
     assert set(files) == {"model", "results", "recipe"}                 # no records.csv or report.html here
-    assert files["results"] == out / RESULTS_FILE and files["model"] == tmp_path / "run1-model.zip"
-    assert files["recipe"] == out / RECIPE_FILE and files["recipe"].read_text() == "weights: mxint4\n"
-    entry.out_dir = tmp_path / "gone"
-    with pytest.raises(MxlabError, match="no exported files"):
-        session.export_files(entry)
+    assert files["results"].name == "r1-results.json" and files["model"].name == "r1-model.zip"
+    assert files["recipe"].name == f"r1-{RECIPE_FILE}" and "awq" in files["recipe"].read_text()
+    state.close()

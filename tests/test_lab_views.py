@@ -14,18 +14,21 @@ from mxlab.ptq.qlinear import QuantLinear
 from mxlab.recipe import Recipe
 
 from conftest import make_tiny_model
-from test_lab_session import _entry
 
 
-def test_runs_rows_and_metrics_text():
-    state = session.SessionState()
-    state.add(_entry(1, ppl_fp=12.3456789, ppl_quant=13.987654, kl=0.0123456, top1=0.91))
+def test_runs_rows_and_metrics_text(tmp_path):
+    from test_lab_session import make_run
+
+    state = session.SessionState(tmp_path)
+    make_run(tmp_path, "r1", name="n", ppl_fp=12.3456789, ppl_quant=13.987654, kl=0.0123456, top1=0.91,
+             bits_per_weight=4.2571)
     rows = views.runs_rows(state)
     assert len(rows[0]) == len(views.RUN_COLUMNS)
-    assert rows == [["#1 W-mxint4 A-mxint8 awq+gptq", "default", "mxint4", "mxint8", 32, "awq+gptq", 4.25,
-                     12.35, 13.99, 0.01235, 0.91, 1.2]]
-    text = views.metrics_markdown(state.runs[0])
-    assert "12.35" in text and "13.99" in text and "KL" in text
+    assert rows[0][:11] == ["r1", "n", "stories260K", "W-mxint4 A-mxint8 b32 awq+gptq", "tinystories x2", 4.257,
+                            12.35, 13.99, 13.3, 0.01235, 0.91]
+    text = views.metrics_markdown(state.get("r1"))
+    assert "12.35" in text and "13.99" in text and "KL" in text and "4.257 bits per weight" in text
+    assert "quantized in 1.5 s" in text and "evaluated" not in text   # results.json 'seconds': quantization only
 
 
 def test_small_formatters():

@@ -1,6 +1,8 @@
 """The layer-by-layer pipeline on tiny models: what gets quantized, records, one block at a time."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -8,9 +10,12 @@ import torch.nn as nn
 from conftest import make_tiny_model
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import quantize
+from mxlab.progress import eta_text, pulse
+from mxlab.ptq import pipeline
 from mxlab.ptq.pipeline import quantize_model
 from mxlab.ptq.qlinear import QuantLinear
 from mxlab.recipe import Recipe
+from mxlab.steps import AWQConfig, GPTQConfig
 
 
 def _logits(model, tokens):
@@ -35,6 +40,9 @@ def test_rtn_w8a8_quantizes_every_decoder_linear(random_tokens):
     out = _logits(model, random_tokens)
     assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
     assert len(result.stats["weights"]) == 14 and len(result.stats["activations"]) == 14
+    for s in result.stats["activations"]:     # the shared exponents of every MX activation block (mxint8, 32)
+        assert s["format"] == "mxint8" and s["n_blocks"] == s["n_tokens"] * s["in_features"] // 32
+        assert sum(s["exp_counts"]) == s["n_blocks"]
 
 
 def test_smoothquant_then_rtn_records_and_recaptured_inputs(random_tokens):
@@ -200,3 +208,53 @@ def test_tied_embeddings_get_exactly_their_own_format(embedded, weights, head_ov
     assert (emb.data_ptr() == head.data_ptr()) == stays_tied   # one storage while tied
     assert torch.equal(emb, quantize(w0, weights, 32))
     assert torch.equal(head, quantize(w0, head_override or weights, 32))
+
+
+# ---------------------------------------------------------------------------- progress inside a step
+def _step_reports(seen: list, prefix: str) -> list[tuple[float, str]]:
+    """The reports from inside one step (messages '<prefix> 40%...', not the step's start tick)."""
+    return [(f, msg) for f, msg in seen if msg.startswith(prefix + " ")]
+
+
+@pytest.mark.parametrize("step", [AWQConfig(n_grid=10, clip_grid=10), GPTQConfig()], ids=["awq", "gptq"])
+def test_long_steps_report_how_far_they_are(random_tokens, monkeypatch, step):
+    monkeypatch.setattr(pipeline, "PULSE_EVERY", 0.0)            # every iteration reports (default: 0.2 s)
+    seen = []
+    quantize_model(make_tiny_model("llama"), None, Recipe(steps=[step]), calib_tokens=random_tokens,
+                   device="cpu", progress=lambda f, msg: seen.append((f, msg)))
+    # 2 blocks x 3 stages (diagnostics, the step, outputs): block 1's step owns [1/6, 1/3] of the bar
+    reports = _step_reports(seen, f"block 1/2: {step.name}")
+    inside = [f for f, _ in reports]
+    assert len(inside) >= 15                                     # awq: 4 groups x 10 alphas + clipping; gptq: 7 linears
+    assert all(a < b for a, b in zip(inside, inside[1:]))        # strictly increasing within the step
+    assert inside[0] == pytest.approx(1 / 6) and 1 / 6 + 0.8 / 6 < inside[-1] < 1 / 3
+    assert all(re.fullmatch(rf"block 1/2: {step.name} \d+%( · ~\d+ s left)?", msg) for _, msg in reports)
+
+
+def test_cancel_from_the_callback_stops_inside_the_awq_step(random_tokens, monkeypatch):
+    monkeypatch.setattr(pipeline, "PULSE_EVERY", 0.0)
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if message.startswith("block 2/2: awq ") and fraction >= 0.75:   # block 2 awq owns [2/3, 5/6]: half-way
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled) as info:
+        quantize_model(make_tiny_model("llama"), None, Recipe(steps=[AWQConfig(n_grid=10, clip_grid=10)]),
+                       calib_tokens=random_tokens, device="cpu", progress=progress)
+    frames = {entry.name for entry in info.traceback}
+    assert frames & {"search_scale", "search_clip"}              # raised from inside a search loop
+    assert seen[-1].startswith("block 2/2: awq ") and not any("outputs" in m for m in seen[-5:])
+
+
+def test_eta_extrapolates_the_rate_so_far():
+    assert eta_text(0.25, 1.0, 10.0) == " · ~30 s left" and eta_text(0.5, 1.0, 300.0) == " · ~5 min left"
+    assert eta_text(0.1, 0.5, 10.0) == " · ~40 s left"                  # 0.1 of 0.5 in 10 s: 0.4 more in 40 s
+    assert eta_text(0.01, 1.0, 10.0) == "" and eta_text(0.5, 1.0, 0.2) == ""   # too early to tell
+    seen, clock = [], iter([100.0, 105.0, 110.0])                # pulse made at t=100, reports at 105 and 110
+    beat = pulse(lambda f, m: seen.append((f, m)), 0.5, "awq", every=0.0, stop=0.75,
+                 since=(95.0, 0.25), clock=lambda: next(clock))
+    beat(0.5), beat(1.0)
+    # 0.625 reached 10 s after 0.25: 0.375 more takes 10 s; then 0.75 after 15 s: 0.25 more takes 7.5 s
+    assert seen == [(0.625, "awq 50% · ~10 s left"), (0.75, "awq 100% · ~8 s left")]

@@ -63,12 +63,23 @@ def test_outlier_ratio_chart_shows_smoothing():
 
 
 def _scale_rows() -> pd.DataFrame:
-    return pd.DataFrame([dict(module="model.layers.0.a", block=0, format="mxint4", block_size=32, exponent=-3, count=5),
-                         dict(module="model.layers.0.b", block=0, format="mxint4", block_size=32, exponent=-3, count=2),
-                         dict(module="model.layers.0.b", block=0, format="mxint4", block_size=32, exponent=-2, count=1),
-                         dict(module="model.layers.1.a", block=1, format="mxint4", block_size=32, exponent=-4, count=4),
-                         dict(module="model.layers.1.c", block=1, format="mxfp4_e2m1", block_size=32, exponent=-5,
-                              count=6)])
+    rows = [("model.layers.0.a", 0, "mxint4", -3, 5), ("model.layers.0.b", 0, "mxint4", -3, 2),
+            ("model.layers.0.b", 0, "mxint4", -2, 1), ("model.layers.1.a", 1, "mxint4", -4, 4),
+            ("model.layers.1.c", 1, "mxfp4_e2m1", -5, 6)]
+    return pd.DataFrame([dict(tensor="weights", module=m, block=b, stage="", format=f, block_size=32, exponent=e,
+                              count=c) for m, b, f, e, c in rows], columns=tables.SCALE_COLUMNS)
+
+
+def test_scale_histogram_shows_activations_at_their_last_stage():
+    """Module a's inputs at 'fp' (exponent 2) and after smoothquant (exponent 0): only the last stage is drawn."""
+    acts = pd.DataFrame([dict(tensor="activations", module="model.layers.0.a", block=0, stage=stage, format="mxint8",
+                              block_size=32, exponent=e, count=c) for stage, e, c in (("fp", 2, 30), ("smoothquant", 0, 30),
+                                                                                    ("smoothquant", 1, 2))])
+    fig = plots.scale_histogram(pd.concat([_scale_rows(), acts], ignore_index=True))
+    assert [a.text for a in fig.layout.annotations] == ["weights: mxint4", "weights: mxfp4_e2m1",
+                                                       "activations: mxint8"]
+    (act,) = [t for t in fig.data if t.xaxis == "x3"]
+    assert dict(zip(act.x, act.y)) == {0: 30, 1: 2} and act.name == "layer 0"
 
 
 def test_scale_histogram_counts_per_layer_and_format():
@@ -92,7 +103,7 @@ def _records(scale: float = 1.0) -> list[StepRecord]:
 
 def test_error_waterfall_steps_chain_to_the_final_error():
     df = tables.records_table(_records())
-    fig = plots.error_waterfall(df)
+    fig = plots.error_waterfall(df, metric="mse")
     names = [t.name for t in fig.data]
     assert names == ["before steps", "awq", "gptq", "final"]
     before, awq, gptq, final = fig.data
@@ -139,4 +150,4 @@ def test_missing_columns_and_empty_tables():
     with pytest.raises(MxlabError, match="needs columns"):
         plots.sensitivity_chart(pd.DataFrame(dict(unit=["x"])))
     fig = plots.scale_histogram(tables.scale_table({"weights": []}))
-    assert "no MX-quantized weights" in fig.layout.annotations[0].text
+    assert "no MX formats" in fig.layout.annotations[0].text

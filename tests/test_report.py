@@ -25,6 +25,8 @@ def _inputs() -> dict:
     for b in range(2):
         w = torch.randn(64, 64, generator=g) * 0.1
         st["weights"].append(statistics.weight_stats(f"model.layers.{b}.attn.q", b, w, quantize(w, "mxint4", 32), spec))
+        st["activations"].append(statistics.activation_stats(f"model.layers.{b}.attn.q", b, "fp",
+                                                             torch.randn(16, 64, generator=g), spec=spec))
     sens = [dict(rank=1, unit="model.layers.1.attn.q", kind="module", block=1, kl=0.2, ppl=11.0, ppl_fp=10.0,
                  d_ppl=1.0),
             dict(rank=2, unit="model.layers.0.attn.q", kind="module", block=0, kl=0.1, ppl=10.5, ppl_fp=10.0,
@@ -44,9 +46,10 @@ def test_report_is_one_self_contained_file(tmp_path):
     text = path.read_text()
     assert len(re.findall(r'<div id="fig\d+"', text)) == N_FIGURES
     assert not re.search(r'<(script|link)[^>]+(src|href)="?https?:', text)  # nothing fetched from the web
-    assert "Plotly" in text and len(text) > 3_000_000  # plotly.js itself is inlined
+    assert "Plotly.newPlot" in text and 500_000 < len(text) < 2_000_000  # plotly.js embedded once, deflated
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>alert(1)" not in text
-    assert "ppl_quant" in text and "mxint4" in text
+    assert "perplexity, quantized" in text and "mxint4" in text and "+10.00%" in text  # headline: 10 -> 11
+    assert "weights: mxint4" in text and "activations: mxint8" in text        # the MX exponents of both
 
 
 def test_report_without_optional_parts(tmp_path):

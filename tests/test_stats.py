@@ -140,6 +140,21 @@ def test_saturation_hand_case_mxfp4():
     assert out["headroom_bits"] == pytest.approx(math.log2(6 / 5) / 2)
 
 
+def test_activation_stats_count_the_blocks_an_mx_activation_format_quantizes():
+    """x (10 tokens, 70): blocks of 32 along in_features, 3 per token, 30 in all; the same histogram as
+    mx_scale_stats (one definition of the shared exponent); none without an MX activation format."""
+    x = planted_inputs(n=10, d=70)
+    act = dict(weights="mxint4", acts="mxint8", block_size=32, rounding="nearest")
+    s = statistics.activation_stats("m", 0, "fp", x, spec=act)
+    assert (s["format"], s["block_size"], s["n_blocks"]) == ("mxint8", 32, 30) and sum(s["exp_counts"]) == 30
+    ref = statistics.mx_scale_stats(x, "mxint8", 32)
+    assert (s["exp_values"], s["exp_counts"]) == (ref["exp_values"], ref["exp_counts"])
+    # channel 42 (x50) and 5 (x30) sit in blocks 1 and 0: those blocks' exponents are 4-6 above block 2's
+    assert max(s["exp_values"]) - min(s["exp_values"]) >= 4
+    assert statistics.activation_stats("m", 0, "fp", x, spec=dict(act, acts="int8"))["exp_values"] is None
+    assert statistics.activation_stats("m", 0, "fp", x)["format"] is None
+
+
 def test_weight_stats_non_mx_format_has_no_scale_stats():
     w = torch.randn(4, 16)
     s = statistics.weight_stats("l", 1, w, w.clone(), spec("int4", 32))

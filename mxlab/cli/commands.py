@@ -27,6 +27,7 @@ from ..rundir import REPORT_FILE, read_results, write_report_html
 from ..runner import run_experiment
 from ..sweep import load_sweep, plan, run_sweep
 from ..zeroshot import parse_tasks, task_cost, zero_shot
+from ..workspace import list_runs, resolve
 from .parser import recipe_from_args
 
 log = logging.getLogger("mxlab.cli")
@@ -44,8 +45,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`run`: quantize, evaluate, export; prints the metrics as JSON on stdout."""
     recipe = recipe_from_args(args)
     tasks = _check_tasks(args)
-    if args.out is None:   # an existing --out is refused by run_experiment before any work
-        log.warning("no --out given: nothing will be written (pass --out DIR to keep the results)")
     bar = _progress(args, "mxlab run")
     try:
         outcome = run_experiment(args.model, recipe, eval_dataset=args.eval, out_dir=args.out,
@@ -54,14 +53,35 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                                  tasks=tasks, task_limit=args.limit, tasks_online=args.tasks_online,
                                  task_batch_size=args.batch_size,
-                                 stream={"auto": None, "always": True, "never": False}[args.offload])
+                                 stream={"auto": None, "always": True, "never": False}[args.offload],
+                                 workspace=None if args.out else resolve_workspace(args.workspace),
+                                 name=args.name, origin="cli")
     finally:
         if bar is not None:
             bar.close()
     print(json.dumps(to_jsonable(outcome.metrics), indent=2))
-    if args.out:
-        log.info("results in %s (report: %s)", args.out, Path(args.out) / "report.html")
+    log.info("results in %s (report: %s)", outcome.out_dir, Path(outcome.out_dir) / "report.html")
     return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """`runs`: the workspace's runs, oldest first, as a table or one JSON list."""
+    rows = [r.row() for r in list_runs(resolve_workspace(args.workspace))]
+    if args.json:
+        print(json.dumps(to_jsonable(rows), indent=2))
+        return EXIT_OK
+    for r in rows:
+        ppl = "-" if r["ppl_quant"] is None else f"{r['ppl_fp']:.4g} -> {r['ppl_quant']:.4g}"
+        print(f"{r['id']:<28} {r['name'][:24]:<24} {r['model'][-24:]:<24} {r['recipe']:<32} ppl {ppl:<18} "
+              f"{r['created']}")
+    if not rows:
+        print(f"no runs in {resolve_workspace(args.workspace)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def resolve_workspace(path: str | None) -> Path:
+    """--workspace DIR (or the default), created if missing."""
+    return resolve(path)
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
@@ -242,5 +262,6 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export, "mix": cmd_mix, "sweep": cmd_sweep,
+COMMANDS = {"run": cmd_run, "runs": cmd_runs, "eval": cmd_eval, "export": cmd_export, "mix": cmd_mix,
+            "sweep": cmd_sweep,
             "report": cmd_report, "presets": cmd_presets, "formats": cmd_formats}

@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(run)
     _recipe_args(run)
     _eval_args(run)
-    run.add_argument("--out", metavar="DIR", help="write results.json, report.html, recipe.yaml, model/ here")
+    run.add_argument("--out", metavar="DIR", help="write results.json, report.html, recipe.yaml, model/ here "
+                     "(default: a new run directory in the workspace)")
+    run.add_argument("--workspace", metavar="DIR", help="the workspace folder the app lists "
+                     "(default ./mxlab-runs or $MXLAB_WORKSPACE)")
+    run.add_argument("--name", metavar="NAME", default="", help="a display name for the run (app, `runs`)")
     run.add_argument("--overwrite", action="store_true", help="replace DIR if it already exists")
     run.add_argument("--no-kl", action="store_true", help="skip KL/top-1 (saves one FP model copy in memory)")
     run.add_argument("--offload", choices=("auto", "always", "never"), default="auto",
@@ -109,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--weights-only", action="store_true",
                      help="compressed-tensors: leave out activation quantization it has no scheme for")
     exp.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+
+    runs = sub.add_parser("runs", formatter_class=_Formatter, help="list the runs of a workspace",
+                          description="List the workspace's runs: id, name, model, recipe, metrics, date.")
+    runs.add_argument("--workspace", metavar="DIR", help="the workspace folder (default ./mxlab-runs)")
+    runs.add_argument("--json", action="store_true", help="print one JSON list")
 
     pre = sub.add_parser("presets", help="list the named recipes", formatter_class=_Formatter)
     pre.add_argument("--show", metavar="NAME", help="print one preset as YAML (a starting point for --recipe)")

@@ -23,7 +23,7 @@ START_RECIPE = dict(weights="mxint4", acts="mxint8", block_size=32, steps=["awq"
 DEFAULT_EVAL_WINDOWS = 40   # 512-token windows: ~20k tokens, enough to rank recipes on the embedded model
 # the form's fixed widgets, in the order the app lays them out; the step parameters (param_keys()) follow
 FORM_FIELDS = ("weights", "acts", "block_size", "rounding", "order", "calib_dataset", "calib_samples",
-               "calib_seq_len", "seed")
+               "calib_seq_len", "seed", "allow_requantize")
 
 
 # ---------------------------------------------------------------------------- method order
@@ -136,8 +136,9 @@ def form_outputs(recipe: Recipe) -> list:
 def build_recipe(*, weights: str, acts: str, block_size: Any, rounding: str, order: str,
                  params: Optional[dict[str, dict[str, Any]]] = None, calib_dataset: Optional[str] = None,
                  calib_samples: Any = None, calib_seq_len: Any = None, seed: Any = None,
-                 base_yaml: Optional[str] = None) -> Recipe:
-    """A validated Recipe from widget values; keeps the targets/overrides of ``base_yaml`` if it parses.
+                 allow_requantize: Any = None, base_yaml: Optional[str] = None) -> Recipe:
+    """A validated Recipe from widget values; the fields no widget shows (targets, overrides) come from
+    ``base_yaml`` when it parses, so every recipe field survives import -> edit -> run -> export.
 
     Raises MxlabError (from Recipe's own validation) when the values make no recipe.
     """
@@ -167,8 +168,9 @@ def build_recipe(*, weights: str, acts: str, block_size: Any, rounding: str, ord
         block = int(str(block_size).strip())
     except ValueError:
         raise MxlabError(f"Block size {block_size!r} is not a whole number; 32 is the MX standard.") from None
+    requantize = bool(allow_requantize) if allow_requantize is not None else bool(base and base.allow_requantize)
     return Recipe(weights=weights, acts=acts, block_size=block, rounding=rounding, steps=steps,
-                  calib=calib, seed=_coerce(seed, 0), **extra)
+                  calib=calib, seed=_coerce(seed, 0), allow_requantize=requantize, **extra)
 
 
 def recipe_values(recipe: Recipe) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def recipe_values(recipe: Recipe) -> dict[str, Any]:
     return dict(weights=recipe.weights, acts=recipe.acts, block_size=recipe.block_size, rounding=recipe.rounding,
                 order=format_order([s.name for s in recipe.steps]), params=params,
                 calib_dataset=recipe.calib.dataset, calib_samples=recipe.calib.n_samples,
-                calib_seq_len=recipe.calib.seq_len, seed=recipe.seed)
+                calib_seq_len=recipe.calib.seq_len, seed=recipe.seed, allow_requantize=recipe.allow_requantize)
 
 
 def recipe_check(**values) -> tuple[Optional[str], str]:
@@ -190,11 +192,30 @@ def recipe_check(**values) -> tuple[Optional[str], str]:
     return recipe.to_yaml(), validation_message(recipe)
 
 
+def message_classes(message: str) -> list[str]:
+    """CSS classes for a status message: 'mx-bad' (error/invalid), 'mx-warn' (warnings) or 'mx-ok'."""
+    if message.startswith(("**Invalid", "**Error", "**Cancelled")):
+        return ["mx-status", "mx-bad"]
+    return ["mx-status", "mx-warn" if "warnings" in message else "mx-ok"]
+
+
+def cost_hint(recipe: Recipe) -> str:
+    """How much work a recipe is relative to the start recipe (calibration tokens x step cost), e.g. '~6x'."""
+    weight = {"rtn": 0.0, "smoothquant": 0.3, "gptq": 1.0, "awq": 2.0}
+    def cost(r: Recipe) -> float:
+        tokens = r.calib.n_samples * r.calib.seq_len
+        return tokens * (1.0 + sum(weight.get(s.name, 1.0) for s in r.steps))
+    ratio = cost(recipe) / cost(Recipe.from_dict(START_RECIPE))
+    return (f"Cost: ~{ratio:.1f}x the start recipe's calibration work "
+            f"({recipe.calib.n_samples} x {recipe.calib.seq_len} tokens, steps {', '.join(s.name for s in recipe.steps) or 'rtn'}).")
+
+
 def validation_message(recipe: Recipe) -> str:
     """'Recipe OK' plus its bits/element, or its warnings as a Markdown list."""
     warnings = recipe.warnings
     bits = bits_per_element(recipe.weights, recipe.block_size) if recipe.weights != "none" else None
-    head = "Recipe OK" + (f" (weights: {bits:g} bits/element incl. scales)" if bits else "")
+    head = "Recipe OK" + (f" ({recipe.weights} at block {recipe.block_size}: {bits:g} bits per element incl. "
+                          "scales; a run reports the packed average over all its weights)" if bits else "")
     if not warnings:
         return f"**{head}.**"
     return f"**{head}**, with warnings:\n" + "\n".join(f"- {w}" for w in warnings)
@@ -233,3 +254,10 @@ def normalize_source(source: Optional[str]) -> Optional[str]:
     if not text or text.lower() in {"default", "embedded", DEFAULT_SOURCE.lower()}:
         return None
     return text
+
+
+def field_help(cls: type, name: str) -> str:
+    """The line documenting field ``name`` in a step config's 'Args:' docstring ('' if none)."""
+    doc = cls.__doc__ or ""
+    match = re.search(rf"^\s*{re.escape(name)}:\s*(.+(?:\n\s{{12,}}.+)*)", doc, flags=re.M)
+    return " ".join(match.group(1).split()) if match else ""

@@ -1,10 +1,13 @@
-"""One browser session of the app: its runs, scratch directory and cancel flag, and how a run is executed.
+"""One browser session of the app over a shared workspace: the session's live run, its cancel flag, and the
+workspace's finished runs.
 
-A run goes through ``mxlab.runner.run_experiment`` like the CLI's; the session keeps only small
-things (metrics, records, statistics) and the run directory's path.
+Finished runs live in the workspace (``mxlab.workspace``): every session sees them, and they survive
+reloads and restarts. What is in flight belongs to the session that started it: only that session's
+Cancel button reaches its flag, and only its progress bar shows its progress.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -14,17 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .. import workspace as ws
+from ..atomic import atomic_file
 from ..data import DATASETS, evaluation_tokens
 from ..errors import Cancelled, MxlabError
-from ..formats import bits_per_element
+from ..jsonable import to_jsonable
 from ..limits import check_max
 from ..models import load_model
 from ..recipe import Recipe
-from ..rundir import MODEL_DIR, RECIPE_FILE, REPORT_FILE, RESULTS_FILE
+from ..rundir import MODEL_DIR, RECIPE_FILE, REPORT_FILE, RESULTS_FILE, write_report_html
 from ..runner import run_experiment
 from ..sensitivity import layer_sensitivity
 from ..tables import csv_name
-from .form import parse_yaml
 from .server import POLICY
 
 Report = Callable[[float, str], None]
@@ -32,99 +36,121 @@ Report = Callable[[float, str], None]
 
 @dataclass
 class RunEntry:
-    """One finished run as the app keeps it: small things only, the model itself stays on disk."""
+    """One finished run as the app shows it: the workspace's RunInfo plus its records and statistics."""
 
-    id: int
-    model: str
+    info: ws.RunInfo
     recipe_yaml: str
-    weights: str
-    acts: str
-    block_size: int
-    steps: list[str]
-    bits: float
-    metrics: dict[str, Any]
-    seconds: float
-    records: list = field(default_factory=list)       # list[StepRecord]
+    records: list = field(default_factory=list)       # StepRecord dicts from results.json
     stats: dict = field(default_factory=dict)         # {"activations": [...], "weights": [...]}
-    out_dir: Optional[Path] = None                    # export_run's directory
-    sensitivity: Optional[list] = None                # layer_sensitivity rows, computed on demand
+    sensitivity: Optional[list] = None                # layer_sensitivity rows, once computed
+    seconds: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.info.id
 
     @property
     def label(self) -> str:
-        """A short name for pickers: '#2 W-mxint4 A-mxint8 awq+gptq'."""
-        steps = "+".join(self.steps) or "rtn"
-        return f"#{self.id} W-{self.weights} A-{self.acts} {steps}"
+        """The picker label (workspace.RunInfo.label)."""
+        return self.info.label
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.info.metrics
+
+    @property
+    def out_dir(self) -> Path:
+        return self.info.path
+
+    @property
+    def model(self) -> str:
+        return self.info.model
+
+    @property
+    def bits(self) -> Optional[float]:
+        """Packed bits per quantized weight, scales included (the one 'bits' number the app shows)."""
+        return self.info.metrics.get("bits_per_weight")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunEntry":
+        """Read a run directory of the workspace."""
+        info = ws.run_info(run_dir)
+        results = json.loads((Path(run_dir) / RESULTS_FILE).read_text())
+        recipe = Recipe.from_dict(results["recipe"]) if results.get("recipe") else None
+        return cls(info=info, recipe_yaml=recipe.to_yaml() if recipe else "", records=results.get("records") or [],
+                   stats=results.get("stats") or {}, sensitivity=results.get("sensitivity"),
+                   seconds=float(results.get("seconds") or 0.0))
 
 
 class SessionState:
-    """Everything one browser session owns: its runs, its scratch directory, its cancel flag.
+    """What one browser session owns (its cancel flag, busy flag, chosen model, scratch folder), over a
+    workspace all sessions share.
 
     Gradio builds one per session (``gr.State(SessionState)``) and hands the same object to every
     event of that session, so the Cancel button's event can set the flag a running event polls.
     """
 
-    def __init__(self, root: Optional[Path] = None):  # root None: the server's workspace
-        self.runs: list[RunEntry] = []
+    def __init__(self, workspace: Optional[Path] = None):
+        self.workspace = ws.resolve(workspace)
         self.cancel = threading.Event()
         self.busy = False
-        self.model_source: Optional[str] = None
+        self.model_source: Optional[str] = None       # the model the last successful Load chose
         self.model_summary: Optional[dict] = None
-        self._root = Path(root) if root else None
         self._workdir: Optional[Path] = None
+        self._cache: dict[str, tuple[float, RunEntry]] = {}
 
     def __deepcopy__(self, memo):  # gradio deep-copies state defaults; a session's state is its own
-        return SessionState(self._root)
+        return SessionState(self.workspace)
 
     @property
     def workdir(self) -> Path:
-        """The session's scratch directory (created on first use)."""
+        """The session's scratch folder for downloads, ``mxlab-session-*`` in the workspace (created on first
+        use, deleted with the session; ``POLICY.shutdown`` removes any left over)."""
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=self._root or POLICY.workspace))
+            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=self.workspace))
         return self._workdir
 
-    def next_run_dir(self) -> tuple[int, Path]:
-        """The id and (not yet existing) output directory of the next run."""
-        run_id = (self.runs[-1].id + 1) if self.runs else 1
-        return run_id, self.workdir / f"run{run_id}"
+    def runs(self) -> list[ws.RunInfo]:
+        """The workspace's finished runs, oldest first."""
+        return ws.list_runs(self.workspace)
+
+    def labels(self) -> list[str]:
+        """The runs' picker labels, oldest first."""
+        return [r.label for r in self.runs()]
+
+    def get(self, label_or_id: Any) -> RunEntry:
+        """The run named by its id or picker label (read once, re-read when its files change)."""
+        if not label_or_id:
+            raise MxlabError("No run is selected; pick one from the list (or run a recipe first).")
+        info = ws.get_run(self.workspace, str(label_or_id))
+        stamp = max((info.path / f).stat().st_mtime for f in (RESULTS_FILE, ws.META_FILE)
+                    if (info.path / f).exists())
+        cached = self._cache.get(info.id)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, RunEntry.load(info.path))
+            self._cache[info.id] = cached
+        return cached[1]
 
     def request_cancel(self) -> bool:
-        """Ask the running job to stop at its next progress report; False when nothing is running."""
+        """Ask this session's running job to stop at its next progress report; False when nothing is running."""
         if not self.busy:
             return False
         self.cancel.set()
         return True
 
-    def add(self, entry: RunEntry) -> None:
-        """Append a finished run."""
-        self.runs.append(entry)
-
-    def get(self, label_or_id: Any) -> RunEntry:
-        """The run named by its label ('#2 ...'), '#2', or id 2; MxlabError if there is none."""
-        run_id = run_id_of(label_or_id)
-        for entry in self.runs:
-            if entry.id == run_id:
-                return entry
-        raise MxlabError(f"There is no run {label_or_id!r} in this session; run a recipe first.")
-
-    def labels(self) -> list[str]:
-        """The runs' labels, oldest first."""
-        return [entry.label for entry in self.runs]
-
     def close(self) -> None:
-        """Delete the scratch directory (called when the session ends)."""
+        """Delete the scratch folder (called when the session ends); the workspace stays."""
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
 
-def run_id_of(label_or_id: Any) -> int:
-    """2, '2', '#2' or '#2 W-mxint4 ...' -> 2."""
-    if isinstance(label_or_id, int):
-        return label_or_id
-    match = re.match(r"\s*#?(\d+)", str(label_or_id or ""))
-    if not match:
-        raise MxlabError(f"{label_or_id!r} does not name a run; pick one from the list.")
-    return int(match.group(1))
+def run_key(label: Any) -> str:
+    """A picker label '20250101-120000-x · name · ...' -> its run id."""
+    key = str(label or "").strip().split(" ", 1)[0]
+    if not key or key.lower() == "none":
+        raise MxlabError("No run is selected; pick one from the list (or run a recipe first).")
+    return key
 
 
 # ---------------------------------------------------------------------------- runs
@@ -154,72 +180,77 @@ def check_sources(source: Optional[str], recipe: Optional[Recipe], eval_dataset:
 
 
 def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, eval_dataset: str,
-                max_eval_windows: Optional[int], report: Report) -> RunEntry:
-    """Run one experiment for the session (load, FP eval, quantize, eval, export) and record it."""
+                max_eval_windows: Optional[int], report: Report, name: str = "") -> RunEntry:
+    """Run one experiment into the workspace (load, FP eval, quantize, eval, export) and return it."""
     if state.busy:
         raise MxlabError("A run of this session is still going; wait for it or press Cancel.")
     check_sources(source, recipe, eval_dataset)
     if max_eval_windows is not None:
         check_max(max_eval_windows, "eval windows", "eval windows")
-    run_id, out_dir = state.next_run_dir()
     state.busy = True
-    start = time.perf_counter()
+    state.cancel.clear()
     try:
         with POLICY.gate.slot(state, state.cancel, report):
-            start = time.perf_counter()
-            outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, out_dir=out_dir,
-                                     max_eval_windows=max_eval_windows, with_kl=True,
+            outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, workspace=state.workspace,
+                                     name=name, origin="app", max_eval_windows=max_eval_windows, with_kl=True,
                                      progress=progress_adapter(report, state.cancel))
-    except Cancelled:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
     finally:
         state.busy = False
         state.cancel.clear()  # a Cancel pressed for this run must not stop the next one
-    seconds = time.perf_counter() - start
-    bits = bits_per_element(recipe.weights, recipe.block_size) if recipe.weights != "none" else 16.0
-    entry = RunEntry(id=run_id, model=source or "default", recipe_yaml=recipe.to_yaml(), weights=recipe.weights,
-                     acts=recipe.acts, block_size=recipe.block_size, steps=[s.name for s in recipe.steps],
-                     bits=float(bits), metrics=dict(outcome.metrics), seconds=seconds,
-                     records=list(outcome.result.records), stats=outcome.result.stats or {}, out_dir=out_dir)
-    state.add(entry)
-    return entry
+    return state.get(outcome.out_dir.name)
 
 
-def compute_sensitivity(entry: RunEntry, report: Optional[Report] = None, eval_dataset: str = "tinystories",
-                        max_windows: int = 4, seq_len: int = 128) -> list[dict]:
-    """Rank the run's modules by how much quantizing each alone (RTN) moves the FP model; cached on the entry."""
-    if entry.sensitivity is None:
-        recipe = parse_yaml(entry.recipe_yaml)
-        source = None if entry.model == "default" else entry.model
-        check_sources(source, None, eval_dataset)
-        model, tokenizer = load_model(source)
-        tokens = evaluation_tokens(tokenizer, eval_dataset)
-        entry.sensitivity = layer_sensitivity(model, recipe, tokens, max_windows=max_windows, seq_len=seq_len,
-                                              model_id=entry.model, progress=report)
-    return entry.sensitivity
+def compute_sensitivity(state: SessionState, entry: RunEntry, report: Optional[Report] = None,
+                        eval_dataset: str = "tinystories", max_windows: int = 4, seq_len: int = 128) -> list[dict]:
+    """Rank the run's modules by how much quantizing each alone (RTN) moves the FP model; saved into the run's
+    results.json and its report (regenerated), so every session and the report see it."""
+    if entry.sensitivity is not None:
+        return entry.sensitivity
+    recipe = Recipe.from_yaml(entry.recipe_yaml)
+    source = None if entry.model.startswith("embedded:") else entry.model
+    check_sources(source, None, eval_dataset)
+    model, tokenizer = load_model(source)
+    tokens = evaluation_tokens(tokenizer, eval_dataset)
+    rows = layer_sensitivity(model, recipe, tokens, max_windows=max_windows, seq_len=seq_len,
+                             model_id=entry.model, progress=report)
+    save_sensitivity(entry.out_dir, rows)
+    return state.get(entry.id).sensitivity or rows
+
+
+def save_sensitivity(run_dir: Path, rows: list[dict]) -> None:
+    """Add sensitivity rows to a run's results.json (atomically) and rebuild its report.html."""
+    results = json.loads((Path(run_dir) / RESULTS_FILE).read_text())
+    results["sensitivity"] = to_jsonable(rows)
+    with atomic_file(Path(run_dir) / RESULTS_FILE) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_file(Path(run_dir) / REPORT_FILE) as tmp:
+        write_report_html(results, tmp)
 
 
 # ---------------------------------------------------------------------------- export
-def export_files(entry: RunEntry) -> dict[str, Path]:
-    """The downloadable files of a run: model zip, results.json, records.csv, report.html, recipe.yaml."""
-    if entry.out_dir is None or not Path(entry.out_dir).is_dir():
-        raise MxlabError(f"Run {entry.label} has no exported files; run it again.")
+def export_files(state: SessionState, entry: RunEntry) -> dict[str, Path]:
+    """The downloadable files of a run: model zip, results.json, records.csv, report.html, recipe.yaml.
+
+    Downloads are named after the run ('<id>-recipe.yaml'), copied into the session's scratch folder.
+    """
     out = Path(entry.out_dir)
+    if not (out / RESULTS_FILE).is_file():
+        raise MxlabError(f"Run {entry.id} has no exported files; run it again.")
+    target = state.workdir / re.sub(r"[^\w.-]", "_", entry.id)
+    target.mkdir(parents=True, exist_ok=True)
     files = {}
-    model_dir = out / MODEL_DIR
-    if model_dir.is_dir():
-        zip_path = out.parent / f"run{entry.id}-model.zip"
+    if (out / MODEL_DIR).is_dir():
+        zip_path = target / f"{entry.id}-model.zip"
         if not zip_path.exists():
-            partial = shutil.make_archive(str(zip_path.with_suffix("")) + ".partial", "zip", model_dir)
+            partial = shutil.make_archive(str(target / f".{entry.id}-model.partial"), "zip", out / MODEL_DIR)
             Path(partial).replace(zip_path)  # atomic: a half-written zip is never offered
         files["model"] = zip_path
     for key, name in (("results", RESULTS_FILE), ("records", csv_name("records")), ("report", REPORT_FILE),
                       ("recipe", RECIPE_FILE)):
         if (out / name).is_file():
-            files[key] = out / name
+            files[key] = target / f"{entry.id}-{name}"
+            shutil.copyfile(out / name, files[key])
     if "recipe" not in files:
-        path = out / RECIPE_FILE
-        path.write_text(entry.recipe_yaml)
-        files["recipe"] = path
+        files["recipe"] = target / f"{entry.id}-{RECIPE_FILE}"
+        files["recipe"].write_text(entry.recipe_yaml)
     return files

@@ -11,15 +11,16 @@ from typing import Any, Optional
 
 import torch.nn as nn
 
-from .. import tables
+from .. import compare, tables
 from ..errors import MxlabError
 from ..ptq.plan import outline, plan
 from ..recipe import Recipe
+from ..rundir import read_results
 from ..sensitivity import sensitivity_table
 from .session import RunEntry, SessionState
 
-RUN_COLUMNS = ["run", "model", "weights", "acts", "block", "steps", "bits/elem", "ppl FP", "ppl quant",
-               "KL", "top-1", "time (s)"]
+RUN_COLUMNS = ["run", "name", "model", "recipe", "eval", "bits/weight", "ppl FP", "ppl quant", "change %",
+               "KL", "top-1", "tags", "date"]
 SUMMARY_COLUMNS = ["module", "count", "shape", "weights", "acts"]
 ALL_LAYERS = "all layers"
 
@@ -79,32 +80,39 @@ def _fmt(value: Any, digits: int = 4) -> Any:
 
 
 def runs_rows(state: SessionState) -> list[list]:
-    """The runs table (columns RUN_COLUMNS), one row per run, oldest first."""
+    """The workspace's runs table (columns RUN_COLUMNS), one row per run, oldest first."""
     rows = []
-    for e in state.runs:
-        m = e.metrics
-        rows.append([e.label, e.model, e.weights, e.acts, e.block_size, "+".join(e.steps) or "rtn", _fmt(e.bits),
-                     _fmt(m.get("ppl_fp")), _fmt(m.get("ppl_quant")), _fmt(m.get("kl")), _fmt(m.get("top1")),
-                     round(e.seconds, 1)])
+    for r in state.runs():
+        m = r.metrics
+        change = 100 * (m["ppl_quant"] / m["ppl_fp"] - 1) if m.get("ppl_fp") and m.get("ppl_quant") else None
+        rows.append([r.id, r.name, r.model_short, r.summary, r.eval_setting, _fmt(m.get("bits_per_weight")),
+                     _fmt(m.get("ppl_fp")), _fmt(m.get("ppl_quant")), _fmt(change, 3), _fmt(m.get("kl")),
+                     _fmt(m.get("top1")), ", ".join(r.tags), r.created.replace("T", " ")])
     return rows
 
 
 def metrics_markdown(entry: RunEntry) -> str:
     """One line summarising a finished run."""
     m = entry.metrics
-    parts = [f"**Run {entry.label}** finished in {entry.seconds:.1f} s:",
+    run = entry.info.run
+    took = f"quantized in {run.get('seconds_quantize', entry.seconds):.1f} s"
+    if run.get("seconds_eval") is not None:
+        took += f", evaluated (FP and quantized) in {run['seconds_eval']:.1f} s"
+    parts = [f"**Done.** Run **{entry.id}** ({entry.info.model_short}, {entry.info.summary}) {took}",
              f"perplexity FP **{_fmt(m.get('ppl_fp'))}** -> quantized **{_fmt(m.get('ppl_quant'))}**"]
     if m.get("kl") is not None:
         parts.append(f"KL(FP||quant) {_fmt(m.get('kl'))}")
     if m.get("top1") is not None:
         parts.append(f"top-1 agreement {_fmt(m.get('top1'))}")
+    if m.get("bits_per_weight") is not None:
+        parts.append(f"{_fmt(m.get('bits_per_weight'))} bits per weight")
     return " · ".join(parts)
 
 
 # ---------------------------------------------------------------------------- inspect
 def run_layers(entry: RunEntry) -> list[str]:
     """The decoder layers a run has records for: ['layer 0', 'layer 1', ...]."""
-    blocks = {int(r.block) for r in entry.records}
+    blocks = {int(r["block"] if isinstance(r, dict) else r.block) for r in entry.records}
     blocks |= {int(s["block"]) for s in entry.stats.get("weights", [])}
     return [f"layer {b}" for b in sorted(blocks)]
 
@@ -120,7 +128,7 @@ def _only(df, block: Optional[int]):
     return df if block is None or "block" not in df.columns else df[df["block"] == block]
 
 
-def run_figures(entry: RunEntry, layer: Optional[str]) -> dict[str, Any]:
+def run_figures(entry: RunEntry, layer: Optional[str], metric: str = "sqnr") -> dict[str, Any]:
     """The Inspect tab's figures for one run and layer: heatmap, scales, waterfall, sensitivity (or None)."""
     from .. import plots
 
@@ -128,7 +136,7 @@ def run_figures(entry: RunEntry, layer: Optional[str]) -> dict[str, Any]:
     figs = {
         "heatmap": plots.activation_heatmap(_only(tables.activation_channel_table(entry.stats), block)),
         "scales": plots.scale_histogram(_only(tables.scale_table(entry.stats), block)),
-        "waterfall": plots.error_waterfall(_only(tables.records_table(entry.records), block)),
+        "waterfall": plots.error_waterfall(_only(tables.records_table(entry.records), block), metric=metric),
         "sensitivity": None,
     }
     if entry.sensitivity is not None:
@@ -147,25 +155,23 @@ def module_table(entry: RunEntry, layer: Optional[str]):
 
 
 # ---------------------------------------------------------------------------- compare
-def runs_frame(entries: list[RunEntry]):
-    """A runs table for plots.pareto_chart: name, bits_per_weight, ppl, ppl_fp, kl."""
-    import pandas as pd
-
-    return pd.DataFrame([dict(name=e.label, bits_per_weight=e.metrics.get("bits_per_weight") or e.bits,
-                              ppl=e.metrics.get("ppl_quant"), ppl_fp=e.metrics.get("ppl_fp"),
-                              kl=e.metrics.get("kl")) for e in entries])
+def compared(state: SessionState, labels: list[str]) -> list[tuple[str, dict]]:
+    """(label, results.json dict) of each picked run, in the order picked."""
+    return [(state.get(label).label, read_results(state.get(label).out_dir)) for label in labels or []]
 
 
-def compare_figures(entries: list[RunEntry]) -> dict[str, Any]:
-    """Per-layer error overlay and perplexity vs bits for two or more runs."""
-    from .. import plots
-
-    if len(entries) < 2:
+def compare_view(state: SessionState, labels: list[str], baseline: Optional[str] = None) -> dict[str, Any]:
+    """Everything the Compare tab shows: warnings (Markdown), metrics table with deltas, and the figures."""
+    runs = compared(state, labels)
+    if len(runs) < 2:
         raise MxlabError("Pick two or more runs to compare (run the recipe again with other settings first).")
-    frames = [tables.records_table(e.records) for e in entries]
-    names = [e.label for e in entries]
-    if len(entries) == 2:
-        layers = plots.compare_runs(frames[0], frames[1], names=(names[0], names[1]))
-    else:
-        layers = plots.overlay_runs(frames, names)
-    return {"layers": layers, "pareto": plots.pareto_chart(runs_frame(entries))}
+    ids = [label.split(" ", 1)[0] for label, _ in runs]
+    base = ids.index(baseline.split(" ", 1)[0]) if baseline and baseline.split(" ", 1)[0] in ids else 0
+    warnings = compare.setting_warnings(runs)
+    note = "\n".join(f"**Warning:** {w}" for w in warnings) or f"Baseline: **{ids[base]}**. All runs share model and evaluation settings."
+    table = compare.metrics_table(runs, base)
+    for col in table.columns:
+        if table[col].dtype.kind == "f":
+            table[col] = table[col].map(lambda v: float(f"{v:.4g}") if v == v else None)
+    return {"note": note, "warn": bool(warnings), "table": table, **compare.figures(runs, base), "runs": runs,
+            "baseline": base}

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..architectures import ScalingGroup
+from ..progress import Pulse, no_pulse
 from ..recipe import QuantSpec
 from .capture import StopForward
 from .diagnostics import measure
@@ -41,8 +42,9 @@ class BlockContext:
         self.hidden, self._call_args = hidden, call_args
         self.diag_batches = list(range(len(hidden))) if diag_batches is None else list(diag_batches)
         self._cache: tuple[Optional[tuple], Optional[torch.Tensor]] = (None, None)
-        # a cancellation point for long inner loops (the pipeline sets it per step; see progress.pulse)
-        self.pulse: Callable[[], None] = lambda: None
+        # long inner loops call it (a cancellation point), with how far they are: ctx.pulse(done 0..1);
+        # the pipeline sets it per step (progress.pulse)
+        self.pulse: Pulse = no_pulse
 
     # -- running the block
     def batches(self) -> Iterator[tuple[torch.Tensor, tuple, dict]]:

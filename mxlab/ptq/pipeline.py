@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 TOKENS_PER_BATCH = 4096     # calibration tokens per block forward
 STATS_MAX_TOKENS = 4096     # tokens per linear handed to statistics.activation_stats
 DIAGNOSTIC_TOKENS = 16384   # calibration tokens (whole batches, seeded choice) for error records and statistics
+PULSE_EVERY = 0.2           # seconds between progress reports from inside a step (each is a cancellation point)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class _Loop:
     timer: _Timer
     progress: Optional[ProgressFn]
     n_blocks: int
+    t0: float = field(default_factory=time.monotonic)    # when the block loop started (for the ETA)
 
     def tick(self, i: int, fraction: float, message: str) -> None:
         """Progress ``fraction`` of the way through block ``i``."""
@@ -228,8 +230,10 @@ def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
         del xs                  # (n, in) float32 per linear: not kept alive through the steps
     for k, (cfg, apply) in enumerate(loop.methods):
         loop.tick(ctx.index, (k + 1) / n_stages, cfg.name)
+        # the step's loops report how far they are (done 0..1): mapped onto this step's share of the block
         ctx.pulse = pulse(loop.progress, (ctx.index + (k + 1) / n_stages) / loop.n_blocks,
-                          f"block {ctx.index + 1}/{loop.n_blocks}: {cfg.name}")
+                          f"block {ctx.index + 1}/{loop.n_blocks}: {cfg.name}", every=PULSE_EVERY,
+                          stop=(ctx.index + (k + 2) / n_stages) / loop.n_blocks, since=(loop.t0, 0.0))
         if loop.recipe.allow_requantize:
             for q in linears.values():
                 q.unmark_quantized()
@@ -270,9 +274,11 @@ def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
 
 
 def _activation_stats(ctx: BlockContext, stage: str, xs: dict[str, torch.Tensor], result: QuantResult) -> None:
-    """Append one activation-statistics row per linear from its sampled inputs ``xs[name]`` (n, in)."""
+    """Append one activation-statistics row per linear from its sampled inputs ``xs[name]`` (n, in), with the
+    shared exponents its MX activation format would use on them."""
     for n, x in xs.items():
-        result.stats["activations"].append(statistics.activation_stats(f"{ctx.prefix}.{n}", ctx.index, stage, x))
+        result.stats["activations"].append(statistics.activation_stats(f"{ctx.prefix}.{n}", ctx.index, stage, x,
+                                                                       spec=ctx.linears[n].spec))
 
 
 def _same_mx_spec(extras: list[Target]) -> bool:

@@ -3,7 +3,7 @@
 The pipeline computes two for every quantized Linear; both return plain, JSON-able dicts
 (lists, floats, ints, strings) so the GPU machine needs no pandas; ``mxlab.tables`` turns them into tables.
 
-``activation_stats(module, block, stage, x)`` with ``x`` (n_tokens, in_features):
+``activation_stats(module, block, stage, x, spec=None)`` with ``x`` (n_tokens, in_features):
     module, block, stage, n_tokens, in_features,
     absmax: list[float] (in_features)     max |x| per input channel
     mean_abs: list[float] (in_features)   mean |x| per input channel
@@ -11,6 +11,10 @@ The pipeline computes two for every quantized Linear; both return plain, JSON-ab
     kurtosis                              Pearson kurtosis of all entries of x (a Gaussian gives 3)
     top_channels: list[int]               the k channels with the largest absmax, largest first
     top_values: list[float]               their absmax
+    format, block_size                    the activation format of ``spec`` (its ``acts``; None without one)
+    n_blocks, exp_values, exp_counts, saturated_frac, headroom_bits
+                                          as for weights below, over the blocks of x that an MX activation
+                                          format quantizes (along in_features, per token); None otherwise
 
 ``weight_stats(module, block, w_fp, w_q, spec)`` with weights (out_features, in_features):
     module, block, format, block_size, out_features, in_features,
@@ -34,14 +38,16 @@ from typing import Any
 import torch
 
 from ..errors import MxlabError
-from ..formats import FORMATS, canonical_format, is_mx, shared_exponent
+from ..formats import FORMATS, canonical_format, is_mx, search_exponent, shared_exponent
 
 TOP_K = 8
 _CHUNK = 8192  # rows of x per pass: bounds the float64 temporaries for big calibration sets
 
 
-def activation_stats(module: str, block: int, stage: str, x: torch.Tensor, top_k: int = TOP_K) -> dict:
-    """Per-input-channel magnitude and outlier measures of calibration inputs x (n_tokens, in_features)."""
+def activation_stats(module: str, block: int, stage: str, x: torch.Tensor, top_k: int = TOP_K,
+                     spec: Any = None) -> dict:
+    """Per-input-channel magnitude and outlier measures of calibration inputs x (n_tokens, in_features), and
+    the shared-exponent histogram of their blocks when ``spec``'s activation format is MX."""
     if x.dim() != 2 or x.shape[0] == 0:
         raise MxlabError(f"activation_stats({module}): expected a non-empty (n_tokens, in_features) "
                          f"tensor, got shape {tuple(x.shape)}; flatten batch and sequence first")
@@ -69,10 +75,31 @@ def activation_stats(module: str, block: int, stage: str, x: torch.Tensor, top_k
     ratio = float(absmax.max()) / median if median > 0 else float("inf")
     k = min(top_k, d)
     top = torch.topk(absmax, k)
-    return dict(module=module, block=int(block), stage=stage, n_tokens=int(n), in_features=int(d),
-                absmax=absmax.float().cpu().tolist(), mean_abs=(abssum / n).float().cpu().tolist(),
-                outlier_ratio=ratio, kurtosis=kurt,
-                top_channels=top.indices.cpu().tolist(), top_values=top.values.float().cpu().tolist())
+    out = dict(module=module, block=int(block), stage=stage, n_tokens=int(n), in_features=int(d),
+               absmax=absmax.float().cpu().tolist(), mean_abs=(abssum / n).float().cpu().tolist(),
+               outlier_ratio=ratio, kurtosis=kurt,
+               top_channels=top.indices.cpu().tolist(), top_values=top.values.float().cpu().tolist())
+    out.update(_mx_fields(x, None if spec is None else _spec_field(spec, "acts"),
+                          None if spec is None else int(_spec_field(spec, "block_size")), spec))
+    return out
+
+
+def _mx_fields(t: torch.Tensor, fmt: Any, block_size: Any, spec: Any = None) -> dict:
+    """format, block_size and the MX scale statistics of t (rows, in) in ``fmt`` with the spec's scale rule
+    (None values unless MX)."""
+    out = dict(format=fmt, block_size=block_size, n_blocks=None, exp_values=None, exp_counts=None,
+               saturated_frac=None, headroom_bits=None, clipped_block_frac=None, scale_rule=None)
+    if fmt not in (None, "none") and is_mx(canonical_format(fmt)):
+        rule, rounding = _spec_get(spec, "scale_rule", "floor"), _spec_get(spec, "rounding", "nearest")
+        out.update(mx_scale_stats(t, fmt, block_size, rule, rounding), scale_rule=rule)
+    return out
+
+
+def _spec_get(spec: Any, name: str, default: Any) -> Any:
+    """spec.<name> / spec[name], or ``default`` when the spec (or the field) is absent."""
+    if spec is None:
+        return default
+    return spec.get(name, default) if isinstance(spec, dict) else getattr(spec, name, default)
 
 
 def _spec_field(spec: Any, name: str) -> Any:
@@ -125,13 +152,6 @@ def weight_stats(module: str, block: int, w_fp: torch.Tensor, w_q: torch.Tensor,
                w_min=w.amin(1).cpu().tolist(), w_max=w.amax(1).cpu().tolist(),
                mse=err / w.numel(),
                sqnr_db=10 * math.log10(sig / err) if err > 0 else float("inf"),
-               flushed_frac=((w != 0) & (q == 0)).sum().item() / w.numel(),
-               n_blocks=None, exp_values=None, exp_counts=None, saturated_frac=None, headroom_bits=None,
-               clipped_block_frac=None, scale_rule=None)
-    if fmt not in (None, "none") and is_mx(canonical_format(fmt)):
-        rule = _spec_field(spec, "scale_rule") if (isinstance(spec, dict) and "scale_rule" in spec) or \
-            hasattr(spec, "scale_rule") else "floor"
-        rounding = _spec_field(spec, "rounding") if (isinstance(spec, dict) and "rounding" in spec) or \
-            hasattr(spec, "rounding") else "nearest"
-        out.update(mx_scale_stats(w, fmt, block_size, rule, rounding), scale_rule=rule)
+               flushed_frac=((w != 0) & (q == 0)).sum().item() / w.numel())
+    out.update(_mx_fields(w, fmt, block_size, spec))
     return out

@@ -31,6 +31,7 @@ from ...errors import MxlabError
 from ...formats import FORMATS, canonical_format
 from ...records import ModuleRecord, StepRecord
 from ...steps import AWQConfig
+from ...progress import Pulse, no_pulse, part, spans
 from ..context import BlockContext
 from .scaling import fold_scales, skipped_without_groups
 
@@ -88,7 +89,7 @@ def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequ
                  aquants: Sequence[Quantizer] | None = None, n_grid: int = 20,
                  max_tokens: int = SEARCH_TOKENS, x_mean: torch.Tensor | None = None,
                  grid_batch: int = 1, row_local: bool = False,
-                 pulse: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, float, list[float]]:
+                 pulse: Pulse = no_pulse) -> tuple[torch.Tensor, float, list[float]]:
     """Best per-channel scale s (in,) for linears sharing input x (n, in); returns (s, alpha, losses).
 
     ``weights[i]`` (out_i, in) is quantized by ``wquants[i]`` (the target weight format) after
@@ -99,7 +100,8 @@ def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequ
     ``grid_batch`` > 1 scores up to that many grid points per batched GEMM (bounded by
     ``GRID_BATCH_BYTES``); ``row_local`` says the quantizers act on each row alone (MX, per-token or
     per-row INT; not NVFP4's tensor scale), so the candidates of a batch are quantized in one call.
-    Each candidate's values, products and losses are computed as in the loop (``grid_batch=1``). ``pulse`` is called per batch of grid points (a cancellation point).
+    Each candidate's values, products and losses are computed as in the loop (``grid_batch=1``).
+    ``pulse(done)`` is called per batch of grid points (a cancellation point, and how far the search is).
     """
     if n_grid < 1:
         raise MxlabError(f"AWQ n_grid must be >= 1, got {n_grid}")
@@ -112,7 +114,7 @@ def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequ
     per_point = 4 * (xs.numel() + sum(W.numel() + r.numel() for W, r in zip(weights, refs)))  # bytes
     step = max(1, min(grid_batch, GRID_BATCH_BYTES // max(per_point, 1)))
     for g0 in range(0, n_grid, step):
-        pulse()
+        pulse(g0 / n_grid)
         alphas = [g / n_grid for g in range(g0, min(g0 + step, n_grid))]
         cands = [scale_candidate(x_mean, a) for a in alphas]
         got = _score(xs, cands, weights, wquants, aquants, refs, row_local) if len(cands) > 1 else \
@@ -193,26 +195,28 @@ def group_gram(x: torch.Tensor | Iterable[torch.Tensor], group: int) -> torch.Te
 
 def search_clip(W: torch.Tensor, C: torch.Tensor, quantizer: Quantizer, group: int,
                 max_shrink: float = 0.5, clip_grid: int = 20,
-                pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
+                pulse: Pulse = no_pulse) -> torch.Tensor:
     """Per (output channel, group) clip threshold (out, n_groups) minimising the output MSE.
 
     For a block d = w - q of one output channel, the mean squared output error over the
     calibration tokens is d^T C_g d (C from :func:`group_gram`). Candidates are
     r * max|w| for r = 1, 1 - 1/clip_grid, ... down to 1 - max_shrink (exclusive); r = 1 is
     no clipping. ``quantizer`` gets whole (rows, in) slabs, so per-row formats see whole rows.
+    ``pulse(done)`` is called per candidate and slab (a cancellation point, and how far the search is).
     """
     out_f, in_f = W.shape
     Wf = W.to(torch.float32)
     n_cand = max(1, int(max_shrink * clip_grid))
     rows = max(1, _CLIP_BATCH_ELEMS // max(in_f, 1))
     best_max = torch.empty(out_f, C.shape[0], dtype=torch.float32, device=W.device)
+    n_steps = math.ceil(out_f / rows) * n_cand
     for o in range(0, out_f, rows):
         w = _pad_groups(Wf[o:o + rows], group)                      # (r, n_groups, group)
         org_max = w.abs().amax(-1, keepdim=True)                    # (r, n_groups, 1)
         best_err = torch.full(org_max.shape[:2], math.inf, device=W.device)
         best = org_max[..., 0].clone()
         for i in range(n_cand):
-            pulse()
+            pulse((o // rows * n_cand + i) / n_steps)
             max_val = org_max * (1 - i / clip_grid)
             cur = torch.maximum(torch.minimum(w, max_val), -max_val)
             q = quantizer(cur.reshape(cur.shape[0], -1)[:, :in_f]).to(torch.float32)
@@ -270,7 +274,7 @@ def _row_local(spec) -> bool:
 
 @torch.no_grad()
 def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, config: AWQConfig,
-                 record: StepRecord) -> dict[str, dict]:
+                 record: StepRecord, beat: Pulse = no_pulse) -> dict[str, dict]:
     """Search and fold the scales of one group; returns details per linear (empty when skipped)."""
     done = _quantized(block, [group.prev, *group.linears])
     if done:
@@ -286,7 +290,7 @@ def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, confi
         xs, [ctx.linears[n].weight for n in targets], [ctx.quantizer(n) for n in targets],
         [ctx.linears[n].quantize_input for n in targets], n_grid=config.n_grid, x_mean=x_mean,
         grid_batch=config.grid_batch, row_local=all(_row_local(ctx.spec(n)) for n in targets),
-        pulse=ctx.pulse)
+        pulse=beat)
     fold_scales(block, group, s)
     ctx.invalidate()                                              # the block changed: inputs are stale
     details = {"alpha": alpha, "grid_batch": config.grid_batch, "prev": f"{ctx.prefix}.{group.prev}", "search_loss_plain": losses[0],
@@ -295,7 +299,7 @@ def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, confi
 
 
 @torch.no_grad()
-def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig, grams: dict) -> dict:
+def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig, grams: dict, beat: Pulse = no_pulse) -> dict:
     """Clip one linear's weight in place by the per-block MSE search; returns its details.
 
     ``grams``: (input key, group) -> C, shared by linears that read one input (clipping one of
@@ -308,13 +312,21 @@ def _clip_linear(ctx: BlockContext, name: str, config: AWQConfig, grams: dict) -
         grams[key] = group_gram(ctx.input_batches(name), g)       # inputs as the layer now sees them
     C = grams[key]
     W = lin.weight.data
-    max_val = search_clip(W, C, ctx.quantizer(name), g, config.max_shrink, config.clip_grid, pulse=ctx.pulse)
+    max_val = search_clip(W, C, ctx.quantizer(name), g, config.max_shrink, config.clip_grid, pulse=beat)
     org_max = _pad_groups(W.to(torch.float32), g).abs().amax(-1)  # (out, n_groups)
     ratio = torch.where(org_max > 0, max_val / org_max, torch.ones_like(org_max))
     lin.keep_fp_reference()             # clipping changes the function: errors stay measured against W
     W.copy_(apply_clip(W, max_val, g))
     return {"clip_group": g, "clip_ratio_mean": float(ratio.mean()), "clip_ratio_min": float(ratio.min()),
             "clipped_frac": float((ratio < 1).float().mean())}
+
+
+def _costs(ctx: BlockContext, config: AWQConfig, clipped: Sequence[str]) -> list[float]:
+    """Rough cost of each search of the step, in order (scale search per group, then clip per linear): weights
+    times candidates. Only sizes the progress shares, so the ETA is an estimate."""
+    size = {n: float(lin.weight.numel()) for n, lin in ctx.linears.items()}
+    scale = [config.n_grid * sum(size.get(n, 0.0) for n in g.linears) for g in ctx.groups]
+    return scale + [max(1, int(config.max_shrink * config.clip_grid)) * size[n] for n in clipped]
 
 
 def apply(ctx: BlockContext, config: AWQConfig) -> StepRecord:
@@ -325,20 +337,21 @@ def apply(ctx: BlockContext, config: AWQConfig) -> StepRecord:
         return record
     details: dict[str, dict] = {}
     seconds: dict[str, float] = {}
+    clipped = [n for n, lin in ctx.linears.items() if config.clip and not lin.weight_quantized
+               and lin.spec.weights != "none"]
+    parts = iter(spans(_costs(ctx, config, clipped)))           # each search's share of the step's progress
     for group in ctx.groups:
         t0 = time.perf_counter()
-        got = _scale_group(block, ctx, group, config, record)
+        got = _scale_group(block, ctx, group, config, record, part(ctx.pulse, *next(parts)))
         for n in got:
             details[n] = got[n]
             seconds[n] = (time.perf_counter() - t0) / len(got)
-    if config.clip:
-        grams: dict = {}
-        for name, lin in ctx.linears.items():
-            if lin.weight_quantized or lin.spec.weights == "none":
-                continue
-            t0 = time.perf_counter()
-            details.setdefault(name, {}).update(_clip_linear(ctx, name, config, grams))
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+    grams: dict = {}
+    for name in clipped:
+        t0 = time.perf_counter()
+        details.setdefault(name, {}).update(_clip_linear(ctx, name, config, grams, part(ctx.pulse, *next(parts))))
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+    if clipped:
         ctx.invalidate()
     record.modules = [ModuleRecord(f"{ctx.prefix}.{n}", "awq", seconds=seconds.get(n, 0.0), details=d)
                       for n, d in details.items()]

@@ -37,6 +37,7 @@ from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_e
                          quantize, scale_factors, search_exponent, shared_exponent)
 from ...records import ModuleRecord, StepRecord
 from ...steps import GPTQConfig
+from ...progress import Pulse, no_pulse, part, spans
 from ..context import BlockContext
 from .gptq_fused import ColumnRule, column_rule, fused_available, fused_column_block, fused_supports
 from .hessian import hessian
@@ -106,7 +107,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
                   microblock: int | None = None, block_quantizer: BlockQuantizer | None = None,
                   info: dict | None = None, fused: ColumnRule | None = None,
-                  pulse: Callable[[], None] = lambda: None) -> torch.Tensor:
+                  pulse: Pulse = no_pulse) -> torch.Tensor:
     """Quantize W (out, in) with GPTQ against H (in, in); returns Q (out, in), on the quantizer's grid.
 
     ``quantizer`` maps a slab of columns (out, m) to its fake-quantized values; it is called on
@@ -115,7 +116,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     blocks and ``quantize(Q) == Q``. For per-channel INT formats pass ``block_size=1`` and a
     quantizer with the scale/zero point of the original W. ``blocksize`` is b1 (rounded up to a
     multiple of the micro-block). Computes in float32 (float64 if W is float64) on W's device.
-    ``info``, if given, receives ``damp`` and ``dead_columns``.
+    ``info``, if given, receives ``damp`` and ``dead_columns``. ``pulse(done)`` is called per micro-block
+    or column with the share of columns done (a cancellation point).
 
     ``block_quantizer`` (group-wise GPTQ; ``quantizer`` is then unused): called at the start of
     each format block with its updated weights (out, <= block_size) and the index of its first
@@ -170,7 +172,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
             continue
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
         for j in range(0, i2 - i1, b2):
-            pulse()                   # a cancellation point per micro-block / column
+            pulse((i1 + j) / n_cols)  # a cancellation point per micro-block / column
             k = min(j + b2, i2 - i1)
             if block_quantizer is not None and j % block_size == 0:  # i1 is a multiple of block_size too
                 start = i1 + j if perm is None else int(perm[i1 + j])
@@ -298,17 +300,18 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
     """
     record = StepRecord("gptq", ctx.index)
     keys, cached = ctx.input_keys(), (None, None)
-    todo = []
+    todo = [n for n, lin in ctx.linears.items() if not lin.weight_quantized and lin.spec.weights != "none"]
     for name, lin in ctx.linears.items():
-        if lin.weight_quantized or lin.spec.weights == "none":
+        if name not in todo:
             why = "already quantized by an earlier step" if lin.weight_quantized else "weights 'none'"
             record.notes.append(f"{name}: {why}, skipped")
-        else:
-            todo.append(name)
     fused = config.fused and fused_available()
     if config.fused and not fused:
         record.notes.append("fused: the Triton GPTQ kernel needs CUDA and triton; ran the torch path")
-    for names in _runs(todo, keys, ctx, config.batch_linears):
+    runs = _runs(todo, keys, ctx, config.batch_linears)
+    # each run's share of the step's progress: a linear's column loop costs about out x in^2
+    shares = spans([sum(ctx.linears[n].weight.numel() * ctx.linears[n].in_features for n in names) for names in runs])
+    for names, (start, stop) in zip(runs, shares):
         t0 = time.perf_counter()
         if cached[0] != keys[names[0]]:
             cached = (None, None)                                 # free the previous Hessian first
@@ -329,7 +332,8 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
                           block_quantizer=block_quantizer, info=info,
-                          fused=column_rule(W, spec) if use_fused else None, pulse=ctx.pulse)
+                          fused=column_rule(W, spec) if use_fused else None,
+                          pulse=part(ctx.pulse, start, stop))
         seconds = (time.perf_counter() - t0) / len(names)
         for n, Wn, Qn in zip(names, Ws, Q.split([w.shape[0] for w in Ws])):
             quant_n, _, pack_n = weight_quantizer(Wn, spec)       # per-row parameters: the same rows as W's
