@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import MxlabError
-from ..formats import FORMATS, canonical_format, is_mx, shared_exponent
+from ..formats import FORMATS, canonical_format, is_mx, search_exponent, shared_exponent
 
 TOP_K = 8
 _CHUNK = 8192  # rows of x per pass: bounds the float64 temporaries for big calibration sets
