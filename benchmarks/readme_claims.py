@@ -145,8 +145,9 @@ def report(paths: list[Path], h100: Path | None) -> list[dict]:
                     ", ".join(f"{m} {statistics.mean(cells[(row, block, m)].values()):.4f}" for m in means)
                     + f" (means); best on {len(wins)} of {len(seeds)} seeds")
     if h100 is not None:
-        ref = {(c["row"], c["block"], c["method"]): c["ppl"] for c in json.loads(h100.read_text())["cells"]}
         full = info["calib_samples"] == 128 and not info["eval_windows"]
+        ref = {(c["config"], c["block_size"], c["method"]): c["ppl"]
+               for c in json.loads(h100.read_text())["cells"]} if full else {}
         if not full:
             print("[SKIP] CPU vs H100: these cells were not measured at the H100 run's settings")
         else:
