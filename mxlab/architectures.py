@@ -19,11 +19,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ScalingGroup:
-    """``prev`` (a norm or a linear) feeds exactly ``linears``; ``prev_kind`` says how to fold into it."""
+    """``prev`` (a norm or a linear) feeds exactly ``linears``; ``prev_kind`` says how to fold into it.
+
+    ``module``: the module whose output a scale search scores (llm-awq's ``module2inspect``: the
+    attention block for q/k/v, the MLP for gate/up); None: the linears' own outputs.
+    """
 
     prev: str
     linears: list[str]
     prev_kind: Literal["norm", "linear"] = "norm"
+    module: Optional[str] = None
 
 
 @dataclass
@@ -38,16 +43,17 @@ class ArchitectureMap:
 
 # One table per family. A group may carry a condition on the config (see _CONDITIONS).
 _LLAMA_GROUPS = [
-    (ScalingGroup("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]), None),
+    (ScalingGroup("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                  module="self_attn"), None),
     # v -> o is exact only when v_proj's outputs are o_proj's inputs one to one (no GQA repeat).
     (ScalingGroup("self_attn.v_proj", ["self_attn.o_proj"], "linear"), None),
-    (ScalingGroup("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]), None),
+    (ScalingGroup("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"], module="mlp"), None),
     # down(act(gate(x)) * up(x)): scaling up's output channel scales the product channel.
     (ScalingGroup("mlp.up_proj", ["mlp.down_proj"], "linear"), None),
 ]
 _OPT_GROUPS = [
-    (ScalingGroup("self_attn_layer_norm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-     "norm_before"),
+    (ScalingGroup("self_attn_layer_norm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                  module="self_attn"), "norm_before"),
     (ScalingGroup("self_attn.v_proj", ["self_attn.out_proj"], "linear"), None),
     (ScalingGroup("final_layer_norm", ["fc1"]), "norm_before"),
     # fc2(relu(fc1(x))): relu(x / s) = relu(x) / s for s > 0, so the fold is exact for ReLU only.
@@ -93,7 +99,7 @@ def architecture_map(model: nn.Module) -> Optional[ArchitectureMap]:
         if reason:
             notes.append(f"{group.prev} -> {', '.join(group.linears)} skipped: {reason}")
             continue
-        groups.append(ScalingGroup(group.prev, list(group.linears), group.prev_kind))
+        groups.append(ScalingGroup(group.prev, list(group.linears), group.prev_kind, group.module))
     for note in notes:
         log.debug("%s: %s", name, note)
     return ArchitectureMap(name=name, blocks=blocks_path, groups=groups, notes=notes)
@@ -104,6 +110,8 @@ def _shape_problem(block: nn.Module, group: ScalingGroup) -> Optional[str]:
     try:
         prev = block.get_submodule(group.prev)
         linears = [block.get_submodule(n) for n in group.linears]
+        if group.module is not None:
+            block.get_submodule(group.module)
     except AttributeError as e:
         return f"module missing ({e})"
     if group.prev_kind == "linear":

@@ -26,7 +26,7 @@ def _paper_presets() -> dict[str, dict[str, Any]]:
 _PRESET_SPECS: dict[str, dict[str, Any]] = {
     **_paper_presets(),
     "mxfp4-rtn-w4a8": dict(weights="mxfp4", acts="mxfp8_e4m3", block_size=32, steps=["rtn"]),
-    "nvfp4-rtn-w4a4": dict(weights="nvfp4", acts="nvfp4", block_size=16, steps=["rtn"]),
+    "nvfp4-rtn-w4a4": dict(weights="nvfp4", acts="nvfp4", block_size=16, rounding="even", steps=["rtn"]),
     "weight-only-mxint4-gptq": dict(weights="mxint4", acts="none", block_size=32, steps=["gptq"]),
     # our best W4A8 on the embedded model: AWQ, then group-wise GPTQ (README, "Group-wise GPTQ for MX")
     "awq-gptq-column-w4a8": dict(weights="mxint4", acts="mxint8", block_size=32,

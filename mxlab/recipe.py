@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .errors import MxlabError
 from .formats import ROUNDINGS, canonical_format, is_mx
-from .formats.table import SCALE_RULES
+from .formats.table import SCALE_RULES, check_nvfp4
 from .limits import bound, check_file_size, check_max, short
 from .steps import StepConfig, check_bool, check_int, step_config
 
@@ -134,7 +134,8 @@ class Recipe:
         weights: weight element format (e.g. ``mxint4``, ``int4``, ``none``).
         acts: activation format, quantized on the fly at every Linear input (``none``: keep FP).
         block_size: MX block size along in_features (ignored by per-channel ``int*`` formats).
-        rounding: ``nearest`` (ties away), ``even`` or ``floor``.
+        rounding: ``nearest`` (ties away), ``even`` or ``floor``. A recipe using ``nvfp4`` needs
+            ``even`` and block_size 16 (NVIDIA's definition), for every format it holds.
         scale_rule: how MX block exponents are chosen: ``floor`` (OCP MX v1.0), ``ceil``, ``even``,
             ``rceil`` or ``mse`` (per-block search); per-channel INT and NVFP4 modules ignore it.
         steps: ordered steps: configs, names (``"awq,gptq"`` or ``["awq", "gptq"]``) or dicts.
@@ -216,6 +217,8 @@ class Recipe:
             warnings.append("weights and acts are both 'none': nothing will be quantized")
 
         fmts = {self.weights, self.acts, *(o.weights for o in self.overrides), *(o.acts for o in self.overrides)}
+        if "nvfp4" in fmts:  # one block size and rounding serve every format of the recipe
+            check_nvfp4(self.block_size, self.rounding, "recipe with nvfp4")
         if self.scale_rule != "floor" and not any(f and f != "none" and is_mx(f) for f in fmts):
             warnings.append(f"scale_rule {self.scale_rule!r} applies to MX formats only; this recipe has none")
         return list(dict.fromkeys(warnings))

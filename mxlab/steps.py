@@ -111,6 +111,7 @@ class SmoothQuantConfig(StepConfig):
 
 
 MAX_GRID_BATCH = 64  # awq grid points per batched GEMM
+AWQ_SCORES = ("module", "linears")  # what an AWQ alpha is scored on (module: llm-awq's module2inspect)
 
 
 @dataclass
@@ -123,7 +124,12 @@ class AWQConfig(StepConfig):
         clip_grid: number of clipping ratios tried.
         max_shrink: smallest clipping ratio is 1 - max_shrink, in (0, 1).
         grid_batch: alpha values scored per batched GEMM (1: one at a time); the same scales either
-            way, more memory and fewer, larger GEMMs when > 1 (at most ``MAX_GRID_BATCH``).
+            way, more memory and fewer, larger GEMMs when > 1 (at most ``MAX_GRID_BATCH``). Groups
+            scored on their module run it once per alpha, whatever grid_batch says.
+        score: what an alpha is scored on: ``module`` (llm-awq: the MSE of the module the group
+            feeds, the attention block for q/k/v and the MLP for gate/up, from the architecture
+            map) or ``linears`` (the summed output MSE of the group's linears). Groups of one
+            linear are scored on its output either way.
     """
 
     name: ClassVar[str] = "awq"
@@ -132,6 +138,7 @@ class AWQConfig(StepConfig):
     clip_grid: int = 20
     max_shrink: float = 0.5
     grid_batch: int = 1
+    score: str = "module"
 
     def __post_init__(self) -> None:
         check_int(self.n_grid, "awq: n_grid", limit="awq n_grid")
@@ -141,6 +148,9 @@ class AWQConfig(StepConfig):
         check_int(self.clip_grid, "awq: clip_grid", limit="awq clip_grid")
         check_bool(self.clip, "awq: clip")
         check_number(self.max_shrink, "awq: max_shrink", 0, 1, open_lo=True, open_hi=True)
+        if self.score not in AWQ_SCORES:
+            raise MxlabError(f"awq: score must be one of {', '.join(AWQ_SCORES)} (module is llm-awq's), "
+                             f"got {short(self.score)}")
 
     def check(self, recipe: "Recipe", index: int) -> list[str]:
         """Shared rule; warns when there is no weight format to search for."""

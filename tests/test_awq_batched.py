@@ -27,7 +27,8 @@ def _case(seed: int = 0):
 @pytest.mark.parametrize("grid_batch", [3, 20])
 def test_batched_grid_equals_loop_bit_for_bit(wfmt, afmt, row_local, grid_batch):
     x, weights = _case()
-    wq = [lambda w: quantize(w, wfmt, 32)] * 3
+    wkw = dict(block_size=16, rounding="even") if wfmt == "nvfp4" else dict(block_size=32)  # NVIDIA's NVFP4
+    wq = [lambda w: quantize(w, wfmt, **wkw)] * 3
     aq = [lambda a: quantize(a, afmt, 32)] * 3
     s1, a1, l1 = awq.search_scale(x, weights, wq, aq, n_grid=20)
     s2, a2, l2 = awq.search_scale(x, weights, wq, aq, n_grid=20, grid_batch=grid_batch, row_local=row_local)

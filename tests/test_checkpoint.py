@@ -48,7 +48,7 @@ def _tokenizer():
     ("llama", dict(weights="mxint4", acts="mxint8", block_size=32)),
     ("opt", dict(weights="mxfp4_e2m1", acts="mxfp8_e4m3", block_size=16, rounding="even")),
     ("qwen2", dict(weights="int4", acts="int8", steps=["gptq"])),
-    ("llama", dict(weights="nvfp4", acts="none", block_size=16)),
+    ("llama", dict(weights="nvfp4", acts="none", block_size=16, rounding="even")),
     ("mistral", dict(weights="mxint3", acts="mxint8", steps=["awq", "gptq"],
                      overrides=[{"pattern": "*.mlp.down_proj", "weights": "mxint8"},
                                 {"pattern": "model.layers.0.self_attn.q_proj", "skip": True},

@@ -157,6 +157,8 @@ def test_pack_dequantize_bit_equal(fmt, dtype):
     for shape, bs, axis in [((16, 64), 32, -1), ((3, 5, 70), 16, 1), ((40, 24), 32, 0), ((100,), 128, 0)]:
         x = (torch.randn(shape, generator=g) * torch.logspace(-3, 3, shape[-1])).to(dtype)
         for rounding in ROUNDINGS:
+            if fmt == "nvfp4":  # NVIDIA's definition: blocks of 16, ties to even, nothing else
+                bs, rounding = 16, "even"
             p = pack(x, fmt, bs, axis, rounding)
             assert p.tensors["codes"].dtype == torch.uint8
             assert same_bits(p.dequantize(), quantize(x, fmt, bs, axis, rounding)), (shape, bs, axis, rounding)
@@ -166,16 +168,16 @@ def test_pack_dequantize_bit_equal(fmt, dtype):
 
 
 @pytest.mark.parametrize("fmt,bits", [("mxfp4", 4.25), ("mxint8", 8.25), ("mxint4", 4.25), ("mxint3", 3.25),
-                                      ("mxint2", 2.25), ("mxfp6_e2m3", 6.25), ("mxfp8_e5m2", 8.25), ("nvfp4", 4.25)])
+                                      ("mxint2", 2.25), ("mxfp6_e2m3", 6.25), ("mxfp8_e5m2", 8.25), ("nvfp4", 4.5)])
 def test_nbytes_is_real_storage(fmt, bits):
-    assert bits_per_element(fmt, 32) == bits
+    assert bits_per_element(fmt, 32) == bits  # nvfp4: always its block of 16
     x = torch.randn(64, 256)
-    p = pack(x, fmt, 32)
+    p = pack(x, fmt, 16, rounding="even") if fmt == "nvfp4" else pack(x, fmt, 32)
     assert p.nbytes * 8 == pytest.approx(bits * x.numel(), abs=32)  # nvfp4: + one fp32 tensor scale
     assert bits_per_element("mxfp4", 16) == 4.5
 
 
-@pytest.mark.parametrize("fmt,bits", [("mxint4", 4), ("mxint8", 8), ("mxfp6_e3m2", 6), ("nvfp4", 4)])
+@pytest.mark.parametrize("fmt,bits", [("mxint4", 4), ("mxint8", 8), ("mxfp6_e3m2", 6)])
 def test_padding_of_a_short_block_is_not_stored(fmt, bits):
     # a row of 64 in blocks of 128 (the study's block on a narrow layer): 64 codes + one scale per row
     x = torch.randn(10, 64)
@@ -186,12 +188,26 @@ def test_padding_of_a_short_block_is_not_stored(fmt, bits):
 
 
 def test_int_pack_storage():
+    """A real INT checkpoint's layout: b-bit codes, per row an fp16 scale and a b-bit zero point."""
     x = torch.randn(64, 256)
     for fmt, bits in [("int8", 8), ("int4", 4), ("int3", 3)]:
         p = pack(x, fmt)
         assert p.tensors["codes"].numel() == x.numel() * bits // 8
-        assert p.nbytes == x.numel() * bits // 8 + 64 * 8  # + fp32 scale and int32 zero point per row
+        assert p.tensors["scale"].dtype == torch.float16 and p.tensors["scale"].shape == (64,)
+        assert p.tensors["zero_point"].dtype == torch.uint8 and p.tensors["zero_point"].numel() == 64 * bits // 8
+        assert p.nbytes == x.numel() * bits // 8 + 64 * 2 + 64 * bits // 8
+        assert p.bits_per_element() == bits + (16 + bits) / 256   # int4 rows of 256: 4.078125
         assert bits_per_element(fmt) == bits
+
+
+def test_int_pack_reads_the_earlier_layout():
+    """Checkpoints written with float32 scales and int32 zero points still dequantize the same."""
+    x = torch.randn(8, 48)
+    p = pack(x, "int4")
+    zp = unpack_bits(p.tensors["zero_point"], 4, 8).to(torch.int32)
+    old = PackedTensor.from_state_dict({"codes": p.tensors["codes"], "scale": p.tensors["scale"].float(),
+                                        "zero_point": zp}, p.metadata())
+    assert same_bits(old.dequantize(), p.dequantize())
 
 
 def test_metadata_is_json_strings():
@@ -217,6 +233,9 @@ def test_int_matches_torch_observer_and_fake_quant(fmt, bits):
                                    quant_min=0, quant_max=2 ** bits - 1)
     obs(w)
     scale, zp = obs.calculate_qparams()
+    # the stored scale is the observer's rounded to fp16; the zero point follows from it
+    scale = scale.half().float()
+    zp = (-torch.round(w.amin(dim=1).clamp(max=0) / scale)).clamp(0, 2 ** bits - 1).to(torch.int32)
     mine_s, mine_zp = int_qparams(w, FORMATS[fmt], axis=1)
     assert torch.equal(mine_s, scale) and torch.equal(mine_zp, zp.to(torch.int32))
     want = torch.fake_quantize_per_channel_affine(w, scale, zp.to(torch.int32), 0, 0, 2 ** bits - 1)
@@ -231,7 +250,13 @@ def test_int_explicit_scale_and_zero_point():
     want = torch.fake_quantize_per_channel_affine(w, s, zp, 0, 0, 15)
     assert torch.allclose(y, want)
     p = pack(w, "int4", scale=s, zero_point=zp)
-    assert same_bits(p.dequantize(), y) and torch.equal(p.tensors["scale"], s)
+    assert same_bits(p.dequantize(), y) and torch.equal(p.tensors["scale"].float(), s)
+    s32 = s + s * 2 ** -15  # not an fp16 value: rounded to the stored fp16 scale, in quantize as in pack
+    assert same_bits(quantize(w, "int4", scale=s32, zero_point=zp), y)
+    with pytest.raises(MxlabError, match="0..15"):
+        quantize(w, "int4", scale=s, zero_point=zp + 16)
+    with pytest.raises(MxlabError, match="fp16"):
+        quantize(w * 1e7, "int4")
     with pytest.raises(MxlabError, match="one value per channel"):
         quantize(w, "int4", scale=s[:3], zero_point=zp[:3])
     with pytest.raises(MxlabError, match="both"):
@@ -251,13 +276,13 @@ def test_int_per_token_for_activations():
 def test_nvfp4_structure():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 64, generator=g) * torch.logspace(-2, 2, 64)
-    p = pack(x, "nvfp4", 16)
+    p = pack(x, "nvfp4", 16, rounding="even")
     ts = p.tensors["tensor_scale"]
     assert ts == x.abs().max() / (448 * 6)
     s8 = p.tensors["scales"].view(torch.float8_e4m3fn).float().reshape(16, 4)
     bamax = x.abs().reshape(16, 4, 16).amax(-1)
     assert torch.equal(s8, (bamax / 6 / ts).to(torch.float8_e4m3fn).float())
-    y = quantize(x, "nvfp4", 16)
+    y = quantize(x, "nvfp4", 16, rounding="even")
     # independent: the nearest of the block's 15 representable values q * s8 * ts
     grid = element_values(FORMATS["mxfp4_e2m1"])[:8]
     grid = torch.cat([-grid.flip(0), grid[1:]])
@@ -272,7 +297,30 @@ def test_nvfp4_structure():
 
 
 def test_nvfp4_zero_tensor():
-    assert torch.equal(quantize(torch.zeros(2, 16), "nvfp4", 16), torch.zeros(2, 16))
+    assert torch.equal(quantize(torch.zeros(2, 16), "nvfp4", 16, rounding="even"), torch.zeros(2, 16))
+
+
+def test_nvfp4_rounds_ties_to_even():
+    """With tensor maximum 448 * 6 (ts = 1) a block whose maximum is 6 has scale 1, so its elements are
+    E2M1 values themselves: each midpoint (0.25, 0.75, ..., 5) goes to the neighbour with an even
+    code (ties away from zero would give 0.5, 1, 1.5, 2, 3, 4, 6)."""
+    x = torch.zeros(2, 16)
+    x[0, 0] = 6 * 448.0  # the tensor maximum makes ts = 1; its block has scale 448
+    x[1, :8] = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    x[1, 8:] = -x[1, :8]
+    y = quantize(x, "nvfp4", 16, rounding="even")
+    want = torch.tensor([6.0, 0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0])
+    assert torch.equal(y[1], torch.cat([want, -want]))
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(block_size=32, rounding="even"), "blocks of 16"),
+                                           (dict(block_size=16), "ties to even"),
+                                           (dict(block_size=16, rounding="floor"), "ties to even")])
+def test_nvfp4_refuses_what_nvidia_does_not_define(kwargs, match):
+    x = torch.randn(4, 32)
+    for fn in (quantize, pack):
+        with pytest.raises(MxlabError, match=match):
+            fn(x, "nvfp4", **kwargs)
 
 
 # ----------------------------------------------------------------------------- API and errors

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mxlab.formats import FORMATS, ROUNDINGS, element_values, pack, quantize  # noqa: E402
@@ -63,5 +63,8 @@ def test_on_grid_and_error_bounded(x, fmt, rounding, block):
 @settings(max_examples=30, deadline=None)
 @given(x=blocks, fmt=st.sampled_from([*MX, "nvfp4", "int4", "int8"]), rounding=st.sampled_from(ROUNDINGS))
 def test_pack_dequantize_equals_quantize(x, fmt, rounding):
+    rounding = "even" if fmt == "nvfp4" else rounding  # NVFP4 rounds ties to even only
+    # per-channel int stores an fp16 scale: a range beyond 65504 * 15 is refused (tested in test_formats)
+    assume(not fmt.startswith("int") or float(x.abs().max()) < 1e5)
     y = quantize(x, fmt, 16, rounding=rounding)
     assert torch.equal(pack(x, fmt, 16, rounding=rounding).dequantize(), y)

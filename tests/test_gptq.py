@@ -12,14 +12,17 @@ from _method_helpers import MX_FORMATS, INT_FORMATS, output_mse, outlier_inputs,
 # ----------------------------------------------------------------------------- the reference
 
 
-def ist_int_params(W: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-row asymmetric min/max (range includes 0) scale and zero point, as IST-DASLab quant.py."""
+def ist_int_params(W: torch.Tensor, bits: int, fp16_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-row asymmetric min/max (range includes 0) scale and zero point, as IST-DASLab quant.py
+    (``fp16_scale``: the scale stored as fp16, as packed INT checkpoints and mxlab's int formats keep it)."""
     maxq = 2 ** bits - 1
     xmin = W.min(1).values.clamp(max=0)
     xmax = W.max(1).values.clamp(min=0)
     both0 = (xmin == 0) & (xmax == 0)
     xmin[both0], xmax[both0] = -1, 1
     scale = (xmax - xmin) / maxq
+    if fp16_scale:
+        scale = scale.float().half().to(W.dtype)
     zero = torch.round(-xmin / scale)
     return scale[:, None], zero[:, None], maxq
 
@@ -77,7 +80,7 @@ def test_int4_matches_reference_exactly_in_float64():
 def test_int4_matches_reference_in_float32_with_mxlab_int4():
     """mxlab's int4 format (explicit scale/zero of the original W) in float32 vs the float64 reference."""
     W, H = _problem(seed=3)
-    scale, zero, maxq = ist_int_params(W, 4)
+    scale, zero, maxq = ist_int_params(W, 4, fp16_scale=True)
     ref = reference_gptq(W, H, lambda w, *_: ist_int_quant(w, scale, zero, maxq))
     quant, block, _ = weight_quantizer(W.float(), "int4", 32)
     assert block == 1

@@ -27,6 +27,9 @@ def test_defaults_and_aliases():
     (dict(steps=[{"name": "smoothquant", "alpha": 1.5}]), "alpha"),
     (dict(steps=[{"name": "awq", "grid": 10}]), "n_grid"),  # unknown parameter lists the valid ones
     (dict(steps=["gptq"], block_size=48), "multiple"),
+    (dict(weights="nvfp4", block_size=32, rounding="even"), "blocks of 16"),        # NVIDIA's NVFP4 only
+    (dict(weights="nvfp4", block_size=16), "set rounding 'even'"),
+    (dict(overrides=[{"pattern": "*.down_proj", "acts": "nvfp4"}], block_size=16), "ties to even"),
 ])
 def test_invalid_fields_explain_themselves(kwargs, needle):
     with pytest.raises(MxlabError, match=needle):

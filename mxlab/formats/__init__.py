@@ -26,6 +26,7 @@ def quantize(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding
 
     ``scale_rule`` (MX formats): how a block's E8M0 exponent is chosen, one of ``SCALE_RULES``.
     ``scale``/``zero_point`` (int formats only): explicit per-channel parameters (e.g. GPTQ's).
+    ``nvfp4`` takes block_size 16 and rounding ``even`` only (NVIDIA's definition); others are refused.
     """
     f, ax = check_args(x, fmt, block_size, axis, rounding, scale_rule)
     if f is None:
@@ -39,7 +40,7 @@ def quantize(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding
             return mx_quantize(x, f, block_size, ax, rounding, scale_rule)
         if f.kind == "int":
             return int_quantize(x, f, ax, rounding, scale, zero_point)[0].to(x.dtype)
-        return nvfp4_quantize(x, block_size, ax, rounding)[0].to(x.dtype)
+        return nvfp4_quantize(x, ax)[0].to(x.dtype)
 
 
 __all__ = ["FORMATS", "ROUNDINGS", "SCALE_RULES", "ElementFormat", "PackedTensor", "bits_per_element",

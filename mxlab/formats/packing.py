@@ -6,7 +6,9 @@ makes ``axis`` a whole number of blocks is not stored, it is implied by the shap
   byte per block (``scales``, shape = padded shape with ``axis`` replaced by the block count;
   2^(byte - 127), 255 = NaN).
 - nvfp4: E2M1 codes, one FP8 E4M3 byte per block (``scales``), a float32 ``tensor_scale``.
-- int8/int4/int3: unsigned affine codes, float32 ``scale`` and int32 ``zero_point`` per channel.
+- int8/int4/int3: unsigned affine codes, an fp16 ``scale`` per channel and a ``zero_point`` per
+  channel packed in the element's width (4 bits for int4), as a real INT checkpoint stores them.
+  Checkpoints written before this layout (float32 scale, int32 zero point) still load.
 Codes of b bits are packed densely by ``codes.pack_bits``.
 """
 from __future__ import annotations
@@ -62,7 +64,9 @@ class PackedTensor:
             zp, scale = self.tensors["zero_point"], self.tensors["scale"]
             keep = list(shape)
             keep[self.axis] = 1
-            out = (codes.float() - zp.reshape(keep)) * scale.reshape(keep)
+            if zp.dtype == torch.uint8:  # packed b-bit zero points (an int32 tensor: the earlier layout)
+                zp = unpack_bits(zp, f.bits, scale.numel())
+            out = (codes.float() - zp.reshape(keep).float()) * scale.reshape(keep).float()
             return out.to(self.dtype)
         scales = self.tensors["scales"]  # (outer, nblocks, inner)
         inner = scales.shape[2]
@@ -116,13 +120,13 @@ def pack(x: Tensor, fmt: str, block_size: int = 32, axis: int = -1, rounding: st
         if f.kind == "int":
             _, codes, s, zp = int_quantize(x, f, ax, rounding, scale, zero_point)
             keep = [d for i, d in enumerate(shape) if i != ax]
-            tensors = {"codes": pack_bits(codes, f.bits), "scale": s.reshape(keep).contiguous(),
-                       "zero_point": zp.reshape(keep).contiguous()}
+            tensors = {"codes": pack_bits(codes, f.bits), "scale": s.reshape(keep).half().contiguous(),  # exact: fp16 scales
+                       "zero_point": pack_bits(zp.reshape(-1).to(torch.uint8), f.bits)}
         elif f.kind == "mx":
             elements, e = mx_quantize_exponents(x, f, block_size, ax, rounding, scale_rule)
             tensors = _mx_tensors(elements, e, f, block_size, ax, shape)
         else:
-            _, q, s8, ts = nvfp4_quantize(x, block_size, ax, rounding)
+            _, q, s8, ts = nvfp4_quantize(x, ax)
             inner, pad = q.shape[2], (-(x.shape[ax] if x.dim() else 1)) % block_size
             tensors = {"codes": pack_bits(encode_elements(unblocked(q, x.shape, ax, pad), E2M1), 4),
                        "scales": s8.view(torch.uint8).reshape(_outer(shape, ax), -1, inner),

@@ -12,6 +12,8 @@ from torch import Tensor
 from ..errors import MxlabError
 
 ROUNDINGS = ("nearest", "even", "floor")
+NVFP4_BLOCK = 16          # NVIDIA's NVFP4: 16 E2M1 elements per E4M3 scale, elements rounded to nearest-even
+NVFP4_ROUNDING = "even"
 # how an MX block's E8M0 exponent follows from its largest magnitude (mx.shared_exponent says how)
 SCALE_RULES = ("floor", "ceil", "even", "rceil", "mse")
 
@@ -83,12 +85,15 @@ def is_mx(fmt: str) -> bool:
 
 
 def bits_per_element(fmt: str, block_size: int = 32) -> float:
-    """Storage bits per element, scales included (mxfp4 @ 32 -> 4.25); per-channel int -> its bits."""
+    """Storage bits per element, block scales included (mxfp4 @ 32 -> 4.25, nvfp4 -> 4.5 at its block 16);
+    per-channel int -> its code bits (its per-row fp16 scale and zero point depend on the row length)."""
     name = canonical_format(fmt)
     if name == "none":
         raise MxlabError("format 'none' keeps the model dtype; its size depends on that dtype")
     f = FORMATS[name]
     _check_block(block_size)
+    if f.kind == "nvfp4":  # its block is always NVFP4_BLOCK (other sizes are refused by quantize/pack)
+        block_size = NVFP4_BLOCK
     return float(f.bits) + (8.0 / block_size if f.kind in ("mx", "nvfp4") else 0.0)
 
 
@@ -119,10 +124,22 @@ def check_args(x: Tensor, fmt: str, block_size: int, axis: int, rounding: str,
     if rounding not in ROUNDINGS:
         raise MxlabError(f"unknown rounding {rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
     _check_block(block_size)
+    if name == "nvfp4":
+        check_nvfp4(block_size, rounding)
     ndim = max(x.dim(), 1)
     if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
         raise MxlabError(f"axis {axis!r} is out of range for a tensor with {x.dim()} dims; use -{ndim}..{ndim - 1}")
     return (FORMATS[name] if name != "none" else None), axis % ndim
+
+
+def check_nvfp4(block_size: int, rounding: str, what: str = "nvfp4") -> None:
+    """MxlabError unless (block_size, rounding) are NVIDIA's NVFP4 definition: blocks of 16, ties to even."""
+    if block_size != NVFP4_BLOCK:
+        raise MxlabError(f"{what}: NVFP4 uses blocks of {NVFP4_BLOCK} elements (NVIDIA's definition); "
+                         f"got block_size {block_size!r}: set block_size {NVFP4_BLOCK}")
+    if rounding != NVFP4_ROUNDING:
+        raise MxlabError(f"{what}: NVFP4 rounds its elements to nearest, ties to even (NVIDIA's definition); "
+                         f"got rounding {rounding!r}: set rounding 'even'")
 
 
 def rule_threshold(f: ElementFormat, scale_rule: str) -> int:

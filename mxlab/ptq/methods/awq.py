@@ -7,6 +7,8 @@ Two pure searches, separate from how their results are applied (as llm-awq's aut
   (s / sqrt(max s * min s)), and keep the s whose quantized outputs
   ``aq(x / s) @ wq(W * s)^T`` are closest (summed MSE over the group's linears) to ``x @ W^T``.
   alpha = 0 is s = 1, plain quantization, so the winner is never worse on the search tokens.
+  With ``score: module`` (the default, llm-awq's) a group that names its module (attention for
+  q/k/v, MLP for gate/up) is scored on that module's output instead (``awq_module.py``).
 - :func:`search_clip`: per output channel and format block (the MX block; the whole row for
   per-channel INT), the clipping threshold ``r * max|w|`` (r from 1 down to 1 - max_shrink) whose
   quantized block gives the smallest output MSE, measured exactly through the block's input Gram
@@ -33,6 +35,7 @@ from ...records import ModuleRecord, StepRecord
 from ...steps import AWQConfig
 from ...progress import Pulse, no_pulse, part, spans
 from ..context import BlockContext
+from .awq_module import module_calls, scale_candidate, search_scale_module
 from .scaling import fold_scales, skipped_without_groups
 
 log = logging.getLogger(__name__)
@@ -77,12 +80,6 @@ def spaced_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
         idx = torch.linspace(0, x.shape[0] - 1, n, device=x.device).round().long()
         x = x[idx]
     return x.to(torch.float32)
-
-
-def scale_candidate(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
-    """s = mean|x|^alpha, floored at 1e-4 and normalised so that max(s) * min(s) = 1 (llm-awq)."""
-    s = x_mean.pow(alpha).clamp(min=1e-4)
-    return s / (s.max() * s.min()).sqrt()
 
 
 def search_scale(x: torch.Tensor, weights: Sequence[torch.Tensor], wquants: Sequence[Quantizer],
@@ -286,14 +283,24 @@ def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, confi
         record.notes.append(f"{group.prev} -> {group.linears}: skipped, no linear with a weight format")
         return {}
     x_mean, xs = mean_and_sample(ctx, targets[0], SEARCH_TOKENS)  # (in,) over every token; (t, in) sample
-    s, alpha, losses = search_scale(
-        xs, [ctx.linears[n].weight for n in targets], [ctx.quantizer(n) for n in targets],
-        [ctx.linears[n].quantize_input for n in targets], n_grid=config.n_grid, x_mean=x_mean,
-        grid_batch=config.grid_batch, row_local=all(_row_local(ctx.spec(n)) for n in targets),
-        pulse=beat)
+    scored_on = group.module if config.score == "module" and group.module is not None else None
+    if scored_on is not None:          # llm-awq: the group's module output (the rest of it in FP)
+        del xs
+        members = [n for n in group.linears if n in ctx.linears]
+        s, alpha, losses = search_scale_module(
+            block.get_submodule(scored_on), module_calls(ctx, scored_on, SEARCH_TOKENS),
+            [ctx.linears[n] for n in members], [ctx.quantizer(n) for n in members], x_mean,
+            n_grid=config.n_grid, pulse=beat)
+    else:
+        s, alpha, losses = search_scale(
+            xs, [ctx.linears[n].weight for n in targets], [ctx.quantizer(n) for n in targets],
+            [ctx.linears[n].quantize_input for n in targets], n_grid=config.n_grid, x_mean=x_mean,
+            grid_batch=config.grid_batch, row_local=all(_row_local(ctx.spec(n)) for n in targets),
+            pulse=beat)
     fold_scales(block, group, s)
     ctx.invalidate()                                              # the block changed: inputs are stale
-    details = {"alpha": alpha, "grid_batch": config.grid_batch, "prev": f"{ctx.prefix}.{group.prev}", "search_loss_plain": losses[0],
+    details = {"alpha": alpha, "grid_batch": config.grid_batch, "prev": f"{ctx.prefix}.{group.prev}",
+               "score": f"module {scored_on}" if scored_on else "linears", "search_loss_plain": losses[0],
                "search_loss_best": min(losses), "scale_min": float(s.min()), "scale_max": float(s.max())}
     return {n: dict(details) for n in group.linears if n in ctx.linears}
 
