@@ -18,16 +18,17 @@ import gradio as gr
 from mxlab.data import DATASETS
 from mxlab.atomic import clean_stale_exports
 from mxlab.errors import Cancelled, MxlabError
-from mxlab.formats import FORMATS, ROUNDINGS
+from mxlab.formats import FORMATS, ROUNDINGS, SCALE_RULES
 from mxlab import compare
 from mxlab import workspace as ws
-from mxlab.lab import form, session, views
+from mxlab.lab import form, session, tasks, views
 from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
 from mxlab.models import load_model
 from mxlab.presets import PRESETS, get_preset
 from mxlab.recipe import Recipe
+from mxlab.zeroshot import TASKS
 
 log = logging.getLogger("mxlab.app")
 
@@ -127,15 +128,16 @@ def run_recipe(*args, progress=gr.Progress(), source: str | None = None):
     """Build the recipe from the form (all its fields) and run it into the workspace; errors land in the status.
 
     ``source``: a model other than the session's loaded one (the API's model argument), checked like a load."""
-    *values, eval_dataset, max_eval_windows, name, state = args
+    *values, eval_dataset, max_eval_windows, name, task_names, task_limit, state = args
     try:
         recipe = form.build_recipe(**form.form_kwargs(values))
         windows = int(max_eval_windows) if max_eval_windows else None
         if windows is not None and not 0 < windows <= 10_000:
             raise MxlabError(f"Eval windows must be between 0 (all) and 10000, got {windows}.")
+        zero_shot = tasks.task_kwargs(task_names, task_limit)
         model = state.model_source if source is None else source
         entry = session.execute_run(state, model, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
-                                    report=lambda f, msg: progress(f, desc=msg), name=name or "")
+                                    report=lambda f, msg: progress(f, desc=msg), name=name or "", **zero_shot)
         message = views.metrics_markdown(entry) + f" Workspace: {tree_bytes(state.workspace) / 2**20:.1f} MB."
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
@@ -146,15 +148,16 @@ def run_recipe(*args, progress=gr.Progress(), source: str | None = None):
 
 
 def run_yaml(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows: float, name: str,
-             state: SessionState, progress=gr.Progress()):
-    """API 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field); same outputs as
-    the Run button."""
+             task_names: list[str], task_limit: float, state: SessionState, progress=gr.Progress()):
+    """API 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field), zero-shot tasks
+    ([] = none) and examples per task; same outputs as the Run button."""
     try:
         values = form.widget_values(form.recipe_values(form.parse_yaml(recipe_yaml))) + [recipe_yaml]
     except MxlabError as err:
         return (_status(_error(err)), views.runs_rows(state), *_run_pickers(state))
     src = form.normalize_source(source) if source and source.strip() else None
-    return run_recipe(*values, eval_dataset, max_eval_windows, name, state, progress=progress, source=src)
+    return run_recipe(*values, eval_dataset, max_eval_windows, name, task_names, task_limit, state,
+                      progress=progress, source=src)
 
 
 def cancel_run(state: SessionState):
@@ -330,6 +333,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                                              allow_custom_value=True, info="elements per shared scale")
                     rounding = gr.Dropdown(list(ROUNDINGS), value=values["rounding"], label="Rounding",
                                            info="nearest: ties away from zero")
+                    scale_rule = gr.Dropdown(list(SCALE_RULES), value=values["scale_rule"], label="Scale rule",
+                                             info=form.field_help(Recipe, "scale_rule"), elem_id="scale-rule")
                 preset_md = gr.Markdown(elem_id="preset-cost")
                 gr.Markdown("**Method order**: steps run in this order on every decoder block. Rule: scaling steps "
                             "(smoothquant, awq) first, then at most one quantizing step (gptq or rtn) last; what no "
@@ -389,6 +394,13 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                                              info="of 512 tokens; 0: the whole set", minimum=0, maximum=10_000,
                                              elem_id="eval-windows")
                     run_name = gr.Textbox("", label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
+                with gr.Row():
+                    task_pick = gr.Dropdown(list(TASKS), value=[], multiselect=True, scale=3, elem_id="task-pick",
+                                            label="Zero-shot tasks (lm-eval, offline data)",
+                                            info="scored on the FP and the quantized model; none: perplexity only")
+                    task_limit = gr.Number(tasks.DEFAULT_TASK_LIMIT, precision=0, label="Examples per task",
+                                           minimum=1, maximum=bound("task limit"), elem_id="task-limit")
+                task_cost_md = gr.Markdown(tasks.cost_line([], tasks.DEFAULT_TASK_LIMIT), elem_id="task-cost")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn", scale=3)
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1)
@@ -453,8 +465,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
 
         # ---- wiring
         # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
-        recipe_widgets = [weights, acts, block_size, rounding, order, calib_ds, calib_n, calib_len, seed, requant,
-                          *param_widgets]
+        recipe_widgets = [weights, acts, block_size, rounding, scale_rule, order, calib_ds, calib_n, calib_len, seed,
+                          requant, *param_widgets]
         recipe_inputs = [*recipe_widgets, yaml_box]
         form_outputs = [*recipe_widgets, yaml_box, check_md]
 
@@ -509,7 +521,9 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
 
         # many may enter: each is validated at once, then waits in POLICY.gate (fair across sessions)
         runs = dict(concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="runs")
-        run_inputs = [*recipe_inputs, eval_ds, eval_windows, run_name, state]
+        run_inputs = [*recipe_inputs, eval_ds, eval_windows, run_name, task_pick, task_limit, state]
+        gr.on([task_pick.change, task_limit.input], tasks.cost_line, [task_pick, task_limit], task_cost_md,
+              queue=False, api_name=False, trigger_mode="always_last")
         run_btn.click(run_recipe, run_inputs, [run_md, runs_df, *pickers], api_name=False, **runs)
         cancel_btn.click(cancel_run, state, run_md, queue=False, api_name=False)
         for btn, action in ((rename_btn, "rename"), (tag_btn, "tag"), (delete_btn, "delete")):
@@ -542,7 +556,9 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         endpoint("runs", refresh_runs, state, [runs_df, run_model_md])
         endpoint("run_form", run_recipe, run_inputs, [run_md, runs_df], **runs)
         # 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field)
-        endpoint("run", run_yaml, [source, yaml_box, eval_ds, eval_windows, run_name, state], [run_md, runs_df], **runs)
+        endpoint("run", run_yaml, [source, yaml_box, eval_ds, eval_windows, run_name, task_pick, task_limit, state],
+                 [run_md, runs_df], **runs)
+        endpoint("task_cost", tasks.cost_line, [task_pick, task_limit], [task_cost_md], queue=False)
         endpoint("cancel", cancel_run, state, [run_md], queue=False)
         endpoint("inspect", inspect_run, inspect_inputs, inspect_outputs)
         endpoint("sensitivity", sensitivity, inspect_inputs, inspect_outputs)

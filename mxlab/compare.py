@@ -53,13 +53,29 @@ def metrics_table(runs: Sequence[tuple[str, dict]], baseline: int = 0):
                      "bits per weight": m.get("bits_per_weight"), "perplexity FP": ppl_fp,
                      "perplexity quantized": ppl_q,
                      "change vs FP (%)": 100 * (ppl_q / ppl_fp - 1) if ppl_fp and ppl_q else None,
-                     "KL (nats/token)": m.get("kl"), "top-1 agreement": m.get("top1")})
+                     "KL (nats/token)": m.get("kl"), "top-1 agreement": m.get("top1"),
+                     **zero_shot_columns(m.get("zero_shot"))})
     df = pd.DataFrame(rows)
     base = df.iloc[baseline]
     for col, new in (("perplexity quantized", "Δ perplexity vs baseline"), ("KL (nats/token)", "Δ KL vs baseline"),
                      ("bits per weight", "Δ bits vs baseline")):
         df[new] = pd.to_numeric(df[col], errors="coerce") - pd.to_numeric(pd.Series([base[col]]), errors="coerce")[0]
     return df
+
+
+def zero_shot_columns(zero_shot: dict | None) -> dict[str, float]:
+    """{"arc_easy/acc": quantized, "arc_easy/acc FP": FP, ...} from a run's metrics["zero_shot"] (stderr and n left out)."""
+    out: dict[str, float] = {}
+    if not zero_shot:
+        return out
+    fp = zero_shot.get("fp") or {}
+    for task, row in (zero_shot.get("quant") or {}).items():
+        for metric, value in row.items():
+            if metric.endswith("_stderr") or metric == "n":
+                continue
+            out[f"{task}/{metric}"] = value
+            out[f"{task}/{metric} FP"] = (fp.get(task) or {}).get(metric)
+    return out
 
 
 def final_sqnr(results: dict):

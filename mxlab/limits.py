@@ -33,6 +33,7 @@ LIMITS: dict[str, Limit] = {
                                    "the study uses 128 x 2048 = 262144"),
     "eval windows": Limit(100000, "more windows than any evaluation text shipped or commonly used"),
     "eval seq_len": Limit(32768, "longer than the context of the models mxlab targets"),
+    "task limit": Limit(100000, "examples per zero-shot task; more than any shipped task has (zeroshot.MAX_LIMIT)"),
     "seed": Limit((1 << 63) - 1, "torch generators take a 64-bit seed"),
     "recipe bytes": Limit(64 * 1024, "a recipe is a few hundred bytes; bigger text is not a recipe"),
     "recipe depth": Limit(8, "a recipe nests at most 3 levels (steps -> step -> parameter)"),

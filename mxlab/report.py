@@ -220,7 +220,9 @@ def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, r
                 stats: Any = None, sensitivity: Any = None, runs: Any = None, title: str = "mxlab report") -> str:
     """The whole report as one HTML string; plotly.js embedded once (no network needed to view it)."""
     figs = figures(records=records, stats_rows=stats, sensitivity=sensitivity, runs=runs)
-    body: list = [headline(metrics, model_info, recipe), "<h2>Metrics</h2>", _kv_table(metrics),
+    plain = {k: v for k, v in (metrics or {}).items() if k != "zero_shot"}
+    body: list = [headline(metrics, model_info, recipe), "<h2>Metrics</h2>", _kv_table(plain),
+                  *zero_shot_section((metrics or {}).get("zero_shot")),
                   "<h2>Model and evaluation</h2>", _kv_table(model_info),
                   "<h2>Recipe</h2>", f"<pre>{html.escape(_recipe_text(recipe))}</pre>", *figs]
     sens = _as_frame(sensitivity)
@@ -235,6 +237,28 @@ def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, r
                     "module (each bin keeps its extreme and the channel holding it); every channel is in "
                     "activation_channels.csv and weight_channels.csv.</p>")
     return page_html(title, body)
+
+
+def zero_shot_section(zero_shot: dict | None) -> list[str]:
+    """The "Zero-shot tasks" heading and table (task, metric, FP, quantized, change, stderr, examples); [] if none."""
+    import pandas as pd
+
+    if not zero_shot:
+        return []
+    fp, quant = zero_shot.get("fp") or {}, zero_shot.get("quant") or {}
+    rows = []
+    for task, row in quant.items():
+        for metric, value in row.items():
+            if metric.endswith("_stderr") or metric == "n":
+                continue
+            before = (fp.get(task) or {}).get(metric)
+            rows.append({"task": task, "metric": metric, "FP": before, "quantized": value,
+                         "change": value - before if isinstance(before, (int, float)) else None,
+                         "stderr (quantized)": row.get(f"{metric}_stderr"), "examples": row.get("n")})
+    limit = zero_shot.get("limit")
+    note = (f"<p class=meta>lm-evaluation-harness, zero-shot"
+            f"{f', first {limit} examples per task' if limit else ', every example'}.</p>")
+    return ["<h2>Zero-shot tasks</h2>", _df_table(pd.DataFrame(rows)), note]
 
 
 def _binned(stats: Any) -> bool:

@@ -163,5 +163,28 @@ def test_preset_fills_the_recipe(client):
     recipe = Recipe.from_yaml(yaml_text)
     assert (recipe.weights, recipe.acts, recipe.block_size) == ("mxint4", "mxint8", 128)   # the study's setup
     assert [s.name for s in recipe.steps] == ["awq", "gptq"] and "Recipe OK" in check
-    assert widgets[:5] == ["mxint4", "mxint8", 128, "nearest", "awq, gptq"]
+    assert widgets[:6] == ["mxint4", "mxint8", 128, "nearest", "floor", "awq, gptq"]
     assert cost.startswith("Cost: ~")
+
+
+def test_run_with_zero_shot_task_reports_accuracies(url, tmp_path):
+    """arc_easy, 4 examples, on the embedded model: the cost line first, then FP -> quantized acc / acc_norm."""
+    import re
+
+    client = gradio_client.Client(url, verbose=False, download_files=str(tmp_path))
+    cost = client.predict(["arc_easy"], 4, api_name="/task_cost")
+    assert "**16 requests**" in cost and "arc_easy 4 x 4" in cost                 # 4 examples x 4 choices
+    message, runs = client.predict(MODEL, RTN.to_yaml(), "tinystories", 2, "zs", ["arc_easy"], 4, api_name="/run")
+    assert message.startswith("**Done"), message
+    found = re.search(r"zero-shot \(4 examples per task\): arc_easy acc ([\d.]+) -> ([\d.]+), "
+                      r"acc_norm ([\d.]+) -> ([\d.]+)", message)
+    assert found, message
+    values = [float(v) for v in found.groups()]
+    assert all(v * 4 == round(v * 4) and 0 <= v <= 1 for v in values)           # k correct out of 4
+    _, _, results, *_ = client.predict(_rows(runs)[-1]["run"], api_name="/export")
+    zs = json.loads(Path(results).read_text())["metrics"]["zero_shot"]
+    assert zs["limit"] == 4 and zs["fp"]["arc_easy"]["n"] == 4
+    assert values == [zs["fp"]["arc_easy"]["acc"], zs["quant"]["arc_easy"]["acc"],
+                      zs["fp"]["arc_easy"]["acc_norm"], zs["quant"]["arc_easy"]["acc_norm"]]
+    with pytest.raises(gradio_client.exceptions.AppError, match="less than minimum value 1"):   # the box's bound
+        client.predict(MODEL, RTN.to_yaml(), "tinystories", 2, "", ["arc_easy"], 0, api_name="/run")

@@ -74,7 +74,7 @@ def test_positional_widget_values_round_trip():
     recipe = form.build_recipe(**_values(base_yaml=base.to_yaml()))
     *widgets, yaml_text, message = form.form_outputs(recipe)
     assert len(widgets) == len(form.FORM_FIELDS) + len(form.param_keys())
-    assert widgets[:5] == ["mxint4", "mxint8", 32, "nearest", "awq, gptq"]
+    assert widgets[:6] == ["mxint4", "mxint8", 32, "nearest", "floor", "awq, gptq"]
     assert yaml_text == recipe.to_yaml() and message == form.validation_message(recipe)
     kwargs = form.form_kwargs([*widgets, yaml_text])
     assert kwargs["params"]["gptq"]["mx_update"] == "column" and kwargs["params"]["smoothquant"]["alpha"] == 0.5
@@ -128,3 +128,19 @@ def test_normalize_source():
     assert form.normalize_source("  ") is None and form.normalize_source("default") is None
     assert form.normalize_source(form.DEFAULT_SOURCE) is None
     assert form.normalize_source(" org/model ") == "org/model"
+
+
+def test_scale_rule_round_trips_yaml_widgets_recipe():
+    """A recipe with scale_rule 'even' survives import (YAML) -> widgets -> build_recipe -> YAML."""
+    yaml_text = Recipe(weights="mxfp4", scale_rule="even", steps=["gptq"]).to_yaml()
+    *widgets, _, _ = form.form_outputs(form.parse_yaml(yaml_text))
+    assert widgets[form.FORM_FIELDS.index("scale_rule")] == "even"
+    recipe = form.build_recipe(**form.form_kwargs([*widgets, yaml_text]))
+    assert recipe.scale_rule == "even" and "scale_rule: even" in recipe.to_yaml()
+    # the dropdown wins over the YAML box; no value keeps the YAML's
+    widgets[form.FORM_FIELDS.index("scale_rule")] = "rceil"
+    assert form.build_recipe(**form.form_kwargs([*widgets, yaml_text])).scale_rule == "rceil"
+    assert form.build_recipe(**_values(base_yaml=yaml_text)).scale_rule == "even"
+    assert form.build_recipe(**_values()).scale_rule == "floor"
+    _, message = form.recipe_check(**_values(scale_rule="nearest"))
+    assert message.startswith("**Invalid recipe:**") and "scale_rule" in message

@@ -137,3 +137,18 @@ def test_full_analysis_on_the_embedded_model(tmp_path):
     assert set(written) == {"records", "activations", "activation_channels", "weights", "weight_channels", "scales"}
     assert len(re.findall(r'<div id="fig\d+"', path.read_text())) == N_FIGURES - 1  # all but the runs chart
     assert seconds < 60, seconds
+
+
+def test_report_has_zero_shot_table():
+    zs = {"fp": {"arc_easy": {"acc": 0.5, "acc_stderr": 0.29, "acc_norm": 0.25, "acc_norm_stderr": 0.25, "n": 4}},
+          "quant": {"arc_easy": {"acc": 0.25, "acc_stderr": 0.25, "acc_norm": 0.75, "acc_norm_stderr": 0.25, "n": 4}},
+          "limit": 4}
+    html = report.report_html(recipe=None, model_info=None, metrics={"ppl_fp": 10.0, "ppl_quant": 11.0, "zero_shot": zs})
+    section = html.split("<h2>Zero-shot tasks</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = re.findall(r"<tr>\s*<td>(.*?)</td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>",
+                      section)
+    # task, metric, FP, quantized, change
+    assert rows == [("arc_easy", "acc", "0.5", "0.25", "-0.25"), ("arc_easy", "acc_norm", "0.25", "0.75", "0.5")]
+    assert "first 4 examples per task" in section
+    assert "zero_shot" not in html.split("<h2>Metrics</h2>", 1)[1].split("<h2>", 1)[0]   # not dumped as a dict
+    assert "Zero-shot tasks" not in report.report_html(recipe=None, model_info=None, metrics={"ppl_fp": 1.0})

@@ -22,8 +22,8 @@ START_RECIPE = dict(weights="mxint4", acts="mxint8", block_size=32, steps=["awq"
                     calib=dict(dataset="tinystories", n_samples=32, seq_len=256))
 DEFAULT_EVAL_WINDOWS = 40   # 512-token windows: ~20k tokens, enough to rank recipes on the embedded model
 # the form's fixed widgets, in the order the app lays them out; the step parameters (param_keys()) follow
-FORM_FIELDS = ("weights", "acts", "block_size", "rounding", "order", "calib_dataset", "calib_samples",
-               "calib_seq_len", "seed", "allow_requantize")
+FORM_FIELDS = ("weights", "acts", "block_size", "rounding", "scale_rule", "order", "calib_dataset",
+               "calib_samples", "calib_seq_len", "seed", "allow_requantize")
 
 
 # ---------------------------------------------------------------------------- method order
@@ -134,6 +134,7 @@ def form_outputs(recipe: Recipe) -> list:
 
 
 def build_recipe(*, weights: str, acts: str, block_size: Any, rounding: str, order: str,
+                 scale_rule: Optional[str] = None,
                  params: Optional[dict[str, dict[str, Any]]] = None, calib_dataset: Optional[str] = None,
                  calib_samples: Any = None, calib_seq_len: Any = None, seed: Any = None,
                  allow_requantize: Any = None, base_yaml: Optional[str] = None) -> Recipe:
@@ -169,7 +170,8 @@ def build_recipe(*, weights: str, acts: str, block_size: Any, rounding: str, ord
     except ValueError:
         raise MxlabError(f"Block size {block_size!r} is not a whole number; 32 is the MX standard.") from None
     requantize = bool(allow_requantize) if allow_requantize is not None else bool(base and base.allow_requantize)
-    return Recipe(weights=weights, acts=acts, block_size=block, rounding=rounding, steps=steps,
+    rule = scale_rule or (base.scale_rule if base is not None else Recipe.scale_rule)
+    return Recipe(weights=weights, acts=acts, block_size=block, rounding=rounding, scale_rule=rule, steps=steps,
                   calib=calib, seed=_coerce(seed, 0), allow_requantize=requantize, **extra)
 
 
@@ -178,6 +180,7 @@ def recipe_values(recipe: Recipe) -> dict[str, Any]:
     params = {step.name: {f.name: getattr(step, f.name) for f in step_param_fields(type(step))}
               for step in recipe.steps}
     return dict(weights=recipe.weights, acts=recipe.acts, block_size=recipe.block_size, rounding=recipe.rounding,
+                scale_rule=recipe.scale_rule,
                 order=format_order([s.name for s in recipe.steps]), params=params,
                 calib_dataset=recipe.calib.dataset, calib_samples=recipe.calib.n_samples,
                 calib_seq_len=recipe.calib.seq_len, seed=recipe.seed, allow_requantize=recipe.allow_requantize)
@@ -257,7 +260,7 @@ def normalize_source(source: Optional[str]) -> Optional[str]:
 
 
 def field_help(cls: type, name: str) -> str:
-    """The line documenting field ``name`` in a step config's 'Args:' docstring ('' if none)."""
+    """The line documenting field ``name`` in a dataclass's 'Args:' docstring ('' if none)."""
     doc = cls.__doc__ or ""
     match = re.search(rf"^\s*{re.escape(name)}:\s*(.+(?:\n\s{{12,}}.+)*)", doc, flags=re.M)
     return " ".join(match.group(1).split()) if match else ""

@@ -180,8 +180,11 @@ def check_sources(source: Optional[str], recipe: Optional[Recipe], eval_dataset:
 
 
 def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, eval_dataset: str,
-                max_eval_windows: Optional[int], report: Report, name: str = "") -> RunEntry:
-    """Run one experiment into the workspace (load, FP eval, quantize, eval, export) and return it."""
+                max_eval_windows: Optional[int], report: Report, name: str = "",
+                tasks: Optional[list[str]] = None, task_limit: Optional[int] = None) -> RunEntry:
+    """Run one experiment into the workspace (load, FP eval, quantize, eval, export) and return it.
+
+    ``tasks``/``task_limit``: lm-eval zero-shot tasks (offline data) on the FP and the quantized model."""
     if state.busy:
         raise MxlabError("A run of this session is still going; wait for it or press Cancel.")
     check_sources(source, recipe, eval_dataset)
@@ -193,6 +196,7 @@ def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, e
         with POLICY.gate.slot(state, state.cancel, report):
             outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, workspace=state.workspace,
                                      name=name, origin="app", max_eval_windows=max_eval_windows, with_kl=True,
+                                     tasks=tasks or None, task_limit=task_limit if tasks else None,
                                      progress=progress_adapter(report, state.cancel))
     finally:
         state.busy = False

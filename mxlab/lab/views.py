@@ -18,6 +18,7 @@ from ..recipe import Recipe
 from ..rundir import read_results
 from ..sensitivity import sensitivity_table
 from .session import RunEntry, SessionState
+from .tasks import accuracy_text
 
 RUN_COLUMNS = ["run", "name", "model", "recipe", "eval", "bits/weight", "ppl FP", "ppl quant", "change %",
                "KL", "top-1", "tags", "date"]
@@ -106,6 +107,8 @@ def metrics_markdown(entry: RunEntry) -> str:
         parts.append(f"top-1 agreement {_fmt(m.get('top1'))}")
     if m.get("bits_per_weight") is not None:
         parts.append(f"{_fmt(m.get('bits_per_weight'))} bits per weight")
+    if m.get("zero_shot"):
+        parts.append(accuracy_text(m["zero_shot"]))
     return " · ".join(parts)
 
 
