@@ -186,7 +186,8 @@ def test_ctrl_c_keeps_finished_runs_and_the_rerun_completes(tmp_path):
     import time
 
     grid = _grid(tmp_path)
-    grid["axes"] = {"eval.seq_len": [16, 32, 48]}
+    lengths = [16, 32, 48, 64, 80, 96]      # enough cells that the interrupt lands mid-sweep even on a loaded machine
+    grid["axes"] = {"eval.seq_len": lengths}
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     cmd = [sys.executable, "-m", "mxlab", "-q", "sweep", str(tmp_path / "grid.yaml"), "--workspace",
            str(tmp_path / "ws"), "--workers", "1"]
@@ -205,7 +206,7 @@ def test_ctrl_c_keeps_finished_runs_and_the_rerun_completes(tmp_path):
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
     finished = finished_runs()
-    assert 1 <= len(finished) < 3
+    assert 1 <= len(finished) < len(lengths)
     for name in finished:                       # intact: readable, with its metrics
         assert json.loads((sweep_dir / name / "results.json").read_text())["metrics"]["ppl_quant"] > 1
     assert not list(sweep_dir.glob(".*.tmp-*"))
@@ -216,7 +217,7 @@ def test_ctrl_c_keeps_finished_runs_and_the_rerun_completes(tmp_path):
     again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, timeout=600)
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     summary = json.loads(again.stdout)
-    assert (summary["skipped"], summary["done"], summary["failed"]) == (len(finished), 3 - len(finished), 0)
+    assert (summary["skipped"], summary["done"], summary["failed"]) == (len(finished), len(lengths) - len(finished), 0)
 
 
 def test_gpu_slots_and_memory_plan(monkeypatch):
