@@ -282,6 +282,15 @@ def export_run(run_label: str, state: SessionState):
     return (_status(f"**Ready:** the files of run {session.run_key(run_label)}."), *paths)
 
 
+def export_compressed(run_label: str, state: SessionState):
+    """The run's model as a compressed-tensors checkpoint (zip) that transformers + compressed-tensors load."""
+    try:
+        path = session.compressed_tensors_zip(state, state.get(run_label))
+    except Exception as err:  # noqa: BLE001 - e.g. MXINT has no compressed-tensors layout: say so
+        return _status(_error(err)), None
+    return _status(f"**Ready:** compressed-tensors checkpoint of run {session.run_key(run_label)}."), str(path)
+
+
 def download_recipe(yaml_text: str, state: SessionState):
     """The recipe YAML box as a file named after the recipe (what the Recipe tab exports)."""
     try:
@@ -455,6 +464,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 with gr.Row():
                     export_pick = gr.Dropdown([], label="Run", elem_id="export-run", scale=3, **any_value)
                     export_btn = gr.Button("Prepare downloads", variant="primary", elem_id="export-btn", scale=1)
+                    ct_btn = gr.Button("compressed-tensors (MXFP4/6/8)", elem_id="export-ct-btn", scale=1)
                 export_md = gr.Markdown(elem_classes=["mx-status"])
                 with gr.Row():
                     f_model = gr.File(label="Packed model (.zip)", elem_id="dl-model", min_width=360)
@@ -462,6 +472,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                     f_records = gr.File(label="records.csv", elem_id="dl-records", min_width=360)
                     f_report = gr.File(label="report.html", elem_id="dl-report", min_width=360)
                     f_recipe = gr.File(label="recipe.yaml", elem_id="dl-recipe", min_width=360)
+                    f_ct = gr.File(label="compressed-tensors (.zip)", elem_id="dl-ct", min_width=360)
 
         # ---- wiring
         # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
@@ -541,6 +552,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                                  api_name=False)
         export_outputs = [export_md, f_model, f_results, f_records, f_report, f_recipe]
         export_btn.click(export_run, [export_pick, state], export_outputs, api_name=False)
+        ct_btn.click(export_compressed, [export_pick, state], [export_md, f_ct], api_name=False)
 
         # ---- the API (gradio_client, /?view=api): the same handlers with plain values out (_plain), on a
         # hidden trigger. Run pickers take a run id or a picker label (allow_custom_value).
@@ -567,6 +579,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         endpoint("export_comparison", export_comparison, [compare_pick, baseline_pick, state],
                  [compare_md, compare_file])
         endpoint("export", export_run, [export_pick, state], export_outputs)
+        endpoint("export_compressed_tensors", export_compressed, [export_pick, state], [export_md, f_ct])
     return demo
 
 

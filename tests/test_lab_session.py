@@ -66,3 +66,32 @@ def test_export_files_are_named_after_the_run(tmp_path):
     assert files["results"].name == "r1-results.json" and files["model"].name == "r1-model.zip"
     assert files["recipe"].name == f"r1-{RECIPE_FILE}" and "awq" in files["recipe"].read_text()
     state.close()
+
+
+def test_compressed_tensors_download_of_an_mxfp4_run(tmp_path):
+    """The Export tab's compressed-tensors zip: an MXFP4 run's model in the layout transformers loads."""
+    import json
+    import zipfile
+
+    from mxlab.errors import MxlabError
+    from mxlab.lab import session
+    from mxlab.recipe import Recipe
+    from mxlab.runner import run_experiment
+
+    state = session.SessionState(tmp_path / "ws")
+    recipe = Recipe(weights="mxfp4", acts="none", block_size=32, steps=["rtn"],
+                    overrides=[{"pattern": "*.down_proj", "skip": True}],   # 172 inputs: not whole blocks of 32
+                    calib={"dataset": "tinystories", "n_samples": 2, "seq_len": 64})
+    out = run_experiment(None, recipe, max_eval_windows=1, eval_seq_len=64, workspace=state.workspace, name="fp4")
+    entry = state.get(out.out_dir.name)
+    path = session.compressed_tensors_zip(state, entry)
+    with zipfile.ZipFile(path) as z:
+        cfg = json.loads(z.read("config.json"))
+        assert "model.safetensors" in z.namelist()
+    qc = cfg["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "mxfp4-pack-quantized"
+    mxint = run_experiment(None, Recipe(weights="mxint4", acts="none", steps=["rtn"],
+                                        calib={"dataset": "tinystories", "n_samples": 2, "seq_len": 64}),
+                           max_eval_windows=1, eval_seq_len=64, workspace=state.workspace, name="int4")
+    with pytest.raises(MxlabError, match="mxint4"):
+        session.compressed_tensors_zip(state, state.get(mxint.out_dir.name))

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from .. import workspace as ws
 from ..atomic import atomic_file
+from ..compressed_tensors import export_compressed_tensors
 from ..data import DATASETS, evaluation_tokens
 from ..errors import Cancelled, MxlabError
 from ..jsonable import to_jsonable
@@ -258,3 +259,23 @@ def export_files(state: SessionState, entry: RunEntry) -> dict[str, Path]:
         files["recipe"] = target / f"{entry.id}-{RECIPE_FILE}"
         files["recipe"].write_text(entry.recipe_yaml)
     return files
+
+
+def compressed_tensors_zip(state: SessionState, entry: RunEntry) -> Path:
+    """The run's model as a compressed-tensors checkpoint (transformers/vLLM load it), zipped for download.
+
+    MXFP4/MXFP6 E2M3/MXFP8 E4M3 at block 32 only; anything else is refused with the alternatives.
+    """
+    out = Path(entry.out_dir)
+    if not (out / MODEL_DIR).is_dir():
+        raise MxlabError(f"Run {entry.id} has no packed model; run it again.")
+    target = state.workdir / re.sub(r"[^\w.-]", "_", entry.id)
+    target.mkdir(parents=True, exist_ok=True)
+    zip_path = target / f"{entry.id}-compressed-tensors.zip"
+    if not zip_path.exists():
+        ct_dir = target / f".{entry.id}-ct"
+        export_compressed_tensors(out / MODEL_DIR, ct_dir, overwrite=True)
+        partial = shutil.make_archive(str(target / f".{entry.id}-ct.partial"), "zip", ct_dir)
+        Path(partial).replace(zip_path)  # atomic: a half-written zip is never offered
+        shutil.rmtree(ct_dir, ignore_errors=True)
+    return zip_path
