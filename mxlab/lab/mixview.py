@@ -195,15 +195,20 @@ def figures(mix: MixSession, budget: Any) -> tuple[Any, Any]:
     return frontier_chart(data, float(budget)), assignment_grid(data["chosen"]["grid"], data["formats"])
 
 
-def run_point(state: SessionState, budget: Any, *, eval_dataset: str, max_eval_windows: Optional[int],
+def run_point(state: SessionState, budget: Any, *, eval_dataset: str, max_eval_windows: Any,
               report: Report, name: str = "") -> tuple[RunEntry, dict]:
-    """Run the point's recipe as a normal workspace run; its measured KL joins the frontier. (entry, row)"""
+    """Run the point's recipe as a normal workspace run; its measured KL joins the frontier. (entry, row)
+
+    ``max_eval_windows``: evaluation windows (0 or None: the whole set), as the Run tab takes them."""
     mix = current(state)
     point = choose(mix, budget)
+    windows = _whole(max_eval_windows or 0, "Eval windows")
+    if windows < 0:
+        raise MxlabError(f"Eval windows must be 0 (the whole set) or more, got {windows}.")
     fr = mix.frontier
     name = name or f"mix {fr.bits_per_weight(point.bits):.3f} bpw"
     entry = execute_run(state, mix.source, fr.recipe(point), eval_dataset=eval_dataset,
-                        max_eval_windows=max_eval_windows, report=report, name=name)
+                        max_eval_windows=windows or None, report=report, name=name)
     row = fr.add_measured(entry.id, fr.assignment(point), entry.metrics)
     if not math.isclose(row["measured_bits_per_weight"], row["bits_per_weight"], rel_tol=0, abs_tol=1e-9):
         raise RuntimeError(f"predicted {row['bits_per_weight']} bits/weight but run {entry.id} stores "
