@@ -659,7 +659,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                                                report=lambda f, msg: progress(f, desc=msg))
                 mix = state.mix
                 chart, _ = mixview.figures(mix, budget)
-                message = (views.metrics_markdown(entry) + f" On the chart: measured KL {row['kl']:.4g} at "
+                message = (views.metrics_markdown(entry) + f" · On the chart: measured KL {row['kl']:.4g} at "
                            f"{row['bits_per_weight']:.4f} bits/weight (predicted {row['predicted_kl']:.4g}).")
                 return (_status(message), chart, mixview.summary_text(mix, budget), mixview.point_info(mix, budget),
                         views.runs_rows(state), *_run_pickers(state))
