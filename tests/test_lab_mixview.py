@@ -15,6 +15,7 @@ from mxlab.errors import Cancelled, MxlabError
 from mxlab.lab import mixview
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
+from mxlab.mix import clear_cache
 from mxlab.mix.probe import MAX_FORMATS, MAX_WINDOWS
 from mxlab.models import load_model
 from mxlab.recipe import Recipe
@@ -26,6 +27,7 @@ FORMATS = ["mxint4", "mxint8"]
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
+    clear_cache()           # measure here, even if an earlier test of this process probed the same settings
     st = SessionState(tmp_path_factory.mktemp("ws"))
     seen = []
     mixview.compute(st, RTN, FORMATS, "rtn", 4, 64, lambda f, m: seen.append((f, m)))
@@ -60,7 +62,8 @@ def test_the_slider_spans_uniform_mxint4_to_uniform_mxint8(state, linears):
     top = mixview.choose(mix, hi)
     best = sum(min(mix.frontier.sensitivity.kl[m].values()) for m in mix.frontier.sensitivity.kl)
     assert top.loss == pytest.approx(best, rel=1e-12)                      # the least loss any assignment has
-    assert state.seen[0] == (0.0, "loading model") and state.seen[-1][0] == 1.0
+    assert state.seen[0] == (0.0, "loading model") and state.seen[-1] == (1.0, "frontier: 84 points")
+    assert any(m.startswith("sensitivity: model.layers.") for _, m in state.seen)     # the probe, throttled
 
 
 def test_a_budget_picks_the_best_point_within_it(state, linears):

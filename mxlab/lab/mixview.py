@@ -104,6 +104,7 @@ def compute(state: SessionState, recipe: Recipe, formats: Any, method: Any, wind
         frontier, _ = mix_frontier(source, recipe, fmts, probe_windows=n, probe_seq_len=length, method=method,
                                    progress=progress_adapter(report, state.cancel))
     state.mix = MixSession(frontier, source, method, n, length)
+    report(1.0, f"frontier: {len(frontier.points)} points")     # also after a cached probe, which reports less
     return state.mix
 
 
