@@ -21,7 +21,7 @@ from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS, SCALE_RULES
 from mxlab import compare
 from mxlab import workspace as ws
-from mxlab.lab import form, session, tasks, views
+from mxlab.lab import form, mixview, session, tasks, views
 from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
@@ -474,6 +474,47 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                     f_recipe = gr.File(label="recipe.yaml", elem_id="dl-recipe", min_width=360)
                     f_ct = gr.File(label="compressed-tensors (.zip)", elem_id="dl-ct", min_width=360)
 
+            # ---- the Mix tab: mixed formats under a bit budget (logic in mxlab/lab/mixview.py)
+            with gr.Tab("7 · Mix", id="mix"):
+                gr.Markdown("Mixed formats under a bit budget, for the **loaded model** with the **current recipe** as "
+                            "base: each decoder Linear alone is quantized in each candidate format and the model's "
+                            "KL to FP measured on a few calibration windows; an exact solver then finds every "
+                            "Pareto-optimal assignment (bits per weight, scales included, vs predicted KL). Move the "
+                            "budget to pick one; **Run this point** runs its recipe as a normal run (Run tab's "
+                            "evaluation set and windows) that Inspect, Compare and Export list. When every module "
+                            "ends up MXFP4/MXFP6 E2M3/MXFP8 E4M3 at block 32, the Export tab also writes the run as "
+                            "compressed-tensors.")
+                with gr.Row():
+                    mix_formats = gr.Dropdown(mixview.CANDIDATES, value=mixview.DEFAULT_FORMATS, multiselect=True,
+                                              max_choices=bound("mix formats"), label="Candidate weight formats",
+                                              scale=3, elem_id="mix-formats")
+                    mix_method = gr.Dropdown([(f"{k}: {v}", k) for k, v in mixview.METHOD_HELP.items()], value="rtn",
+                                             label="Probe weights", scale=2, elem_id="mix-method")
+                    mix_windows = gr.Number(mixview.DEFAULT_WINDOWS, precision=0, minimum=1,
+                                            maximum=bound("mix probe windows"), label="Probe windows",
+                                            info="of the recipe's calibration text", elem_id="mix-windows")
+                    mix_seq = gr.Number(mixview.DEFAULT_SEQ_LEN, precision=0, minimum=2, maximum=4096,
+                                        label="Tokens per window", elem_id="mix-seq-len")
+                with gr.Row():
+                    mix_btn = gr.Button("Compute frontier", variant="primary", elem_id="mix-btn", scale=3)
+                    mix_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="mix-cancel", scale=1)
+                mix_md = gr.Markdown(elem_id="mix-status", elem_classes=["mx-status"])
+                mix_budget = gr.Slider(0, mixview.MAX_BUDGET, value=6.0, step=mixview.STEP, elem_id="mix-budget",
+                                       label="Budget: bits per weight (scales included)")
+                mix_summary = gr.Markdown(elem_id="mix-summary")
+                with gr.Row():
+                    mix_chart = gr.Plot(label="Frontier: bits per weight vs KL to FP", elem_id="plot-mix-frontier")
+                    mix_grid = gr.Plot(label="Format per module of the chosen point", elem_id="plot-mix-grid")
+                with gr.Row():
+                    mix_run_name = gr.Textbox("", label="Run name (optional)", max_length=80, scale=2,
+                                              elem_id="mix-run-name")
+                    mix_run_btn = gr.Button("Run this point", variant="primary", elem_id="mix-run-btn", scale=1)
+                    mix_recipe_btn = gr.Button("Download this point's recipe", elem_id="mix-recipe-btn", scale=1)
+                mix_note = gr.Markdown(elem_id="mix-export-note")
+                mix_file = gr.File(label="recipe.yaml of the point", elem_id="dl-mix-recipe", interactive=False)
+                with gr.Accordion("The chosen point (JSON: bits, predicted KL, format per module)", open=False):
+                    mix_point = gr.JSON(elem_id="mix-point")
+
         # ---- wiring
         # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
         recipe_widgets = [weights, acts, block_size, rounding, scale_rule, order, calib_ds, calib_n, calib_len, seed,
@@ -580,6 +621,78 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                  [compare_md, compare_file])
         endpoint("export", export_run, [export_pick, state], export_outputs)
         endpoint("export_compressed_tensors", export_compressed, [export_pick, state], [export_md, f_ct])
+
+        # ---- the Mix tab's wiring and API (mix_frontier, mix_point, mix_run, mix_recipe)
+        def mix_compute(recipe_yaml: str, formats: list[str], method: str, windows: float, seq_len: float,
+                        state: SessionState, progress=gr.Progress()):
+            """Probe the loaded model under the recipe, solve the frontier; the budget slider spans it."""
+            try:
+                mix = mixview.compute(state, form.parse_yaml(recipe_yaml), formats, method, windows, seq_len,
+                                      lambda f, msg: progress(f, desc=msg))
+                budget, (lo, hi) = mixview.default_budget(mix), mixview.budget_bounds(mix)
+                chart, grid = mixview.figures(mix, budget)
+                return (_status(mixview.frontier_text(mix)), gr.update(minimum=lo, maximum=hi, value=budget),
+                        mixview.summary_text(mix, budget), chart, grid, mixview.point_info(mix, budget),
+                        mixview.export_note(mix, budget))
+            except Cancelled:
+                message = "**Cancelled:** no new frontier; the previous one (if any) stays."
+            except Exception as err:  # noqa: BLE001
+                message = _error(err)
+            return (_status(message), *[gr.update()] * 6)
+
+        def mix_choose(budget: float, state: SessionState):
+            """The point for the budget: summary, chart with it marked, its grid, its JSON, the export note."""
+            try:
+                mix = mixview.current(state)
+                chart, grid = mixview.figures(mix, budget)
+                return (mixview.summary_text(mix, budget), chart, grid, mixview.point_info(mix, budget),
+                        mixview.export_note(mix, budget))
+            except Exception as err:  # noqa: BLE001
+                return (_error(err), *[gr.update()] * 4)
+
+        def mix_run(budget: float, eval_dataset: str, max_eval_windows: float, name: str, state: SessionState,
+                    progress=gr.Progress()):
+            """Run the chosen point's recipe into the workspace; its measured KL joins the chart."""
+            try:
+                entry, row = mixview.run_point(state, budget, eval_dataset=eval_dataset,
+                                               max_eval_windows=max_eval_windows, name=name or "",
+                                               report=lambda f, msg: progress(f, desc=msg))
+                mix = state.mix
+                chart, _ = mixview.figures(mix, budget)
+                message = (views.metrics_markdown(entry) + f" · On the chart: measured KL {row['kl']:.4g} at "
+                           f"{row['bits_per_weight']:.4f} bits/weight (predicted {row['predicted_kl']:.4g}).")
+                return (_status(message), chart, mixview.summary_text(mix, budget), mixview.point_info(mix, budget),
+                        views.runs_rows(state), *_run_pickers(state))
+            except Cancelled as err:
+                message = f"**Cancelled:** {err}"
+            except Exception as err:  # noqa: BLE001
+                message = _error(err).replace("**Error:**", "**Error: the run did not start or failed:**")
+            return (_status(message), gr.update(), gr.update(), gr.update(), views.runs_rows(state),
+                    *_run_pickers(state))
+
+        def mix_recipe(budget: float, state: SessionState):
+            """The chosen point's recipe as a YAML file, and whether compressed-tensors applies to it."""
+            try:
+                path = mixview.recipe_file(state, budget)
+                return mixview.export_note(state.mix, budget), str(path)
+            except Exception as err:  # noqa: BLE001
+                return _error(err), None
+
+        mix_inputs = [yaml_box, mix_formats, mix_method, mix_windows, mix_seq, state]
+        mix_outputs = [mix_md, mix_budget, mix_summary, mix_chart, mix_grid, mix_point, mix_note]
+        mix_run_inputs = [mix_budget, eval_ds, eval_windows, mix_run_name, state]
+        mix_run_outputs = [mix_md, mix_chart, mix_summary, mix_point, runs_df, *pickers]
+        mix_point_outputs = [mix_summary, mix_chart, mix_grid, mix_point, mix_note]
+        mix_btn.click(mix_compute, mix_inputs, mix_outputs, api_name=False, **runs)
+        mix_cancel_btn.click(cancel_run, state, mix_md, queue=False, api_name=False)
+        mix_budget.input(mix_choose, [mix_budget, state], mix_point_outputs, api_name=False,
+                         trigger_mode="always_last")
+        mix_run_btn.click(mix_run, mix_run_inputs, mix_run_outputs, api_name=False, **runs)
+        mix_recipe_btn.click(mix_recipe, [mix_budget, state], [mix_note, mix_file], api_name=False)
+        endpoint("mix_frontier", mix_compute, mix_inputs, mix_outputs, **runs)
+        endpoint("mix_point", mix_choose, [mix_budget, state], mix_point_outputs)
+        endpoint("mix_run", mix_run, mix_run_inputs, mix_run_outputs[:5], **runs)
+        endpoint("mix_recipe", mix_recipe, [mix_budget, state], [mix_note, mix_file])
     return demo
 
 

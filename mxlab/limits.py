@@ -40,6 +40,11 @@ LIMITS: dict[str, Limit] = {
     "recipe items": Limit(256, "steps and overrides: a handful in any real recipe"),
     "text file bytes": Limit(256 * 1024 * 1024, "calibration/evaluation texts are read whole into memory"),
     "upload bytes": Limit(20 * 1024 * 1024, "uploads are recipes (kB) or texts; the app keeps them on its disk"),
+    "mix formats": Limit(8, "each candidate format is one more probe pass over every module (mix.probe.MAX_FORMATS)"),
+    "mix probe windows": Limit(64, "the probe runs the model once per window batch for every module x format "
+                                   "(mix.probe.MAX_WINDOWS)"),
+    "mix probe tokens": Limit(8192, "the probe keeps the FP and the probed log-probabilities of every token: "
+                                    "8192 tokens x SmolLM2's 49152-word vocabulary = 2 x 1.6 GB"),
 }
 
 SHORT = 40  # characters of a bad value quoted in a message

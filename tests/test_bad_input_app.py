@@ -96,6 +96,9 @@ def _refusals(client, outside) -> dict[str, list[str]]:
             "sensitivity": lambda: client.predict(p, "all layers", api_name="/sensitivity"),
             "compare": lambda: client.predict([p], api_name="/compare"),
             "import_yaml": lambda: client.predict(f"calib: {{dataset: '{p}'}}", api_name="/import_yaml"),
+            "mix_frontier: calib": lambda: client.predict(
+                Recipe(calib=dict(dataset=p, n_samples=2, seq_len=32)).to_yaml(), ["mxint4", "mxint8"], "rtn", 1, 8,
+                api_name="/mix_frontier"),
         }
         for name, call in calls.items():
             try:
@@ -116,7 +119,7 @@ def test_no_endpoint_reads_a_file_outside_the_allowed_roots(client, outside):
             assert "root:" not in text, endpoint                          # /etc/passwd's content
             assert "tokens" not in text or "Error" in text, endpoint
     # the refusal is word for word the same whether the file exists, is missing, is a link or a dir
-    for endpoint in ("load_model", "run: model", "run: calib", "run: eval"):
+    for endpoint in ("load_model", "run: model", "run: calib", "run: eval", "mix_frontier: calib"):
         assert len(set(got[endpoint])) == 1, (endpoint, set(got[endpoint]))
         assert "--allow-path" in got[endpoint][0] or "exception" in got[endpoint][0], got[endpoint][0]
     assert snapshot(POLICY.workspace) == before

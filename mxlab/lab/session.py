@@ -97,6 +97,7 @@ class SessionState:
         self.busy = False
         self.model_source: Optional[str] = None       # the model the last successful Load chose
         self.model_summary: Optional[dict] = None
+        self.mix: Any = None                          # the Mix tab's frontier (lab.mixview.MixSession)
         self._workdir: Optional[Path] = None
         self._cache: dict[str, tuple[float, RunEntry]] = {}
 

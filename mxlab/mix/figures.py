@@ -25,6 +25,12 @@ def frontier_chart(frontier: dict, budget: float | None = None) -> go.Figure:
                                      mode="markers", name=f"{kind} (measured)", text=[m["label"] for m in rows],
                                      marker=dict(symbol=symbol, size=10, color=color),
                                      hovertemplate="%{text}<br>%{x:.3f} bits/weight<br>measured KL %{y:.4g}<extra></extra>"))
+    chosen = frontier.get("chosen")
+    if chosen is not None:      # the point the budget picks (to_dict(budget) adds it)
+        fig.add_trace(go.Scatter(x=[chosen["bits_per_weight"]], y=[chosen["predicted_kl"]], mode="markers",
+                                 name="chosen point", marker=dict(symbol="star", size=16, color="#ff7f0e",
+                                                                  line=dict(width=1, color="black")),
+                                 hovertemplate="chosen: %{x:.4f} bits/weight<br>predicted KL %{y:.4g}<extra></extra>"))
     if budget is not None:
         fig.add_vline(x=budget, line_dash="dash", annotation_text=f"budget {budget:g}")
     fig.update_layout(title="Mixed formats: bits per weight vs KL to FP", xaxis_title="bits per weight (scales included)",
