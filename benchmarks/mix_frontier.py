@@ -55,6 +55,17 @@ def load(source: str | None):
     return load_model(source)
 
 
+def _probe_log(cand: str, seed: int):
+    """A progress callback that logs the probe every 10% (it is the longest part on a 30-block model)."""
+    last = [-1]
+
+    def progress(fraction: float, message: str) -> None:
+        if int(fraction * 10) > last[0]:
+            last[0] = int(fraction * 10)
+            log.info("%s seed %d probe %3.0f%% (%s)", cand, seed, 100 * fraction, message)
+    return progress
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation (no ties expected: continuous KL values)."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
@@ -102,7 +113,7 @@ def main() -> None:
             calib = calibration_batches(tok, args.calib, args.calib_samples, args.calib_seq_len, seed)
             windows = calibration_batches(tok, args.calib, args.probe_windows, args.probe_seq_len, seed + 1)
             t0 = time.time()
-            sens = format_sensitivity(model, base, formats, windows)
+            sens = format_sensitivity(model, base, formats, windows, progress=_probe_log(cand, seed))
             fr = build_frontier(sens, base)
             formats = sens.formats          # canonical names (mxfp4 -> mxfp4_e2m1)
             t_probe = time.time() - t0
@@ -147,7 +158,10 @@ def main() -> None:
                 Path(args.html_dir).mkdir(parents=True, exist_ok=True)
                 frontier_chart(fr.to_dict()).update_layout(title=f"{args.model or 'stories260K'}: {cand}").write_html(
                     str(Path(args.html_dir) / f"mix_frontier_{cand.replace(',', '_')}.html"), include_plotlyjs=True)
-        out["sets"][cand] = dict(seeds=per_seed, summary=summarize(per_seed, budgets))
+            # written after every seed, so a run cut short keeps the seeds it finished
+            out["sets"][cand] = dict(seeds=per_seed, summary=summarize(per_seed, budgets))
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(to_jsonable(out), indent=1))
     out["seconds"] = time.time() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(to_jsonable(out), indent=1))

@@ -106,7 +106,7 @@ def study_markdown(paths: list[Path]) -> str:
     cells = [c for p in paths for c in json.loads(p.read_text())["cells"]]
     methods = [m for m in STUDY_METHODS if any(c["method"] == m for c in cells)]
     seeds = sorted({c["seed"] for c in cells})
-    lines = [f"FP perplexity {data['ppl_fp']:.3f} ({data['model']}, {data['eval_tokens']} {data['dataset']} eval tokens "
+    lines = [f"FP perplexity {data['ppl_fp']:.3f} ({Path(data['model']).name}, {data['eval_tokens']} {data['dataset']} eval tokens "
              f"in windows of {data['seq_len']}, calibration {data['calib_samples']} x {data['seq_len']} tokens, "
              f"calibration seeds {seeds}, A-MXINT8, scale rule floor; best per row in bold).", "",
              "| weights | bits | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
@@ -129,7 +129,7 @@ def markdown(paths: list[Path]) -> str:
     seeds = sorted({c["seed"] for c in cells})
     dataset = {"tinystories": "TinyStories", "wikitext2": "WikiText-2"}.get(data.get("dataset", "tinystories"),
                                                                           data.get("dataset"))
-    lines = [f"FP perplexity {data['ppl_fp']:.3f} ({data['model']}, {data['eval_tokens']} {dataset} eval tokens, "
+    lines = [f"FP perplexity {data['ppl_fp']:.3f} ({Path(data['model']).name}, {data['eval_tokens']} {dataset} eval tokens, "
              f"calibration {data['calib_samples']} x {data['seq_len']} tokens, calibration seeds {seeds}; "
              f"n = seeds behind each cell).", ""]
     for config in dict.fromkeys(c["config"] for c in cells):

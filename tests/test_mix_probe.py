@@ -45,6 +45,25 @@ def test_kl_and_bits_match_independent_references(model):
     assert s.offset > 0  # activations in mxint8 move the model a little
 
 
+def test_probe_uses_the_recipes_scale_rule(model):
+    """A recipe with scale_rule 'even' is probed with 'even' weights (and a different KL than 'floor')."""
+    name = "model.layers.0.self_attn.o_proj"
+    lin = model.get_submodule(name)
+    even = Recipe(weights="mxfp4_e2m1", acts="none", block_size=32, scale_rule="even")
+    s_even = format_sensitivity(model, even, ["mxfp4_e2m1"], WINDOWS)
+    s_floor = format_sensitivity(model, Recipe(weights="mxfp4_e2m1", acts="none", block_size=32), ["mxfp4_e2m1"],
+                                 WINDOWS)
+    with torch.no_grad():
+        ref = F.log_softmax(model(input_ids=WINDOWS).logits[:, :-1], -1)
+        saved = lin.weight.data.clone()
+        lin.weight.data = quantize(saved, "mxfp4_e2m1", block_size=32, scale_rule="even")
+        q = F.log_softmax(model(input_ids=WINDOWS).logits[:, :-1], -1)
+        lin.weight.data = saved
+    expected = F.kl_div(q, ref, log_target=True, reduction="batchmean").item() / 31
+    assert s_even.kl[name]["mxfp4_e2m1"] == pytest.approx(expected, rel=1e-5)
+    assert s_even.kl[name]["mxfp4_e2m1"] != pytest.approx(s_floor.kl[name]["mxfp4_e2m1"], rel=1e-3)
+
+
 def test_cache_key_covers_every_weight(model):
     s1 = format_sensitivity(model, BASE, ["mxint4", "mxint8"], WINDOWS)
     s2 = format_sensitivity(model, BASE, ["mxint4", "mxint8"], WINDOWS)

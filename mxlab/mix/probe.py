@@ -184,8 +184,9 @@ def format_sensitivity(model: nn.Module, recipe: Any, formats: list[str], window
                 for f in fmts:
                     report(probe_progress, j / n, f"sensitivity: {t.name} in {f}")
                     j += 1
-                    q = qweights[t.name][f] if qweights else quantize(saved, f, s.block_size, rounding=s.rounding)
-                    bits[t.name][f] = 8 * pack(q, f, s.block_size, rounding=s.rounding).nbytes
+                    kw = s.quant_kwargs(f)    # the recipe's rounding and scale rule, as the pipeline uses them
+                    q = qweights[t.name][f] if qweights else quantize(saved, f, **kw)
+                    bits[t.name][f] = 8 * pack(q, f, **kw).nbytes
                     w.data = q.to(saved.dtype)
                     kl[t.name][f] = _kl(logp_fp, _logprobs(model, windows, batch_size))
             finally:
@@ -207,7 +208,7 @@ def _acts_offset(model, targets, windows, logp_fp, batch_size) -> float:
         s = t.spec
         if s.acts != "none":
             hooks.append(t.module.register_forward_pre_hook(
-                lambda _m, args, s=s: (quantize(args[0], s.acts, s.block_size, rounding=s.rounding), *args[1:])))
+                lambda _m, args, s=s: (quantize(args[0], s.acts, **s.quant_kwargs(s.acts)), *args[1:])))
     if not hooks:
         return 0.0
     try:
