@@ -138,7 +138,8 @@ def _remember(state: SessionState, key: tuple, rows: list[dict]) -> None:
 def layer_rows(state: SessionState, q: ScaleQuery, layer: str) -> list[dict]:
     """``scalelab.scale_rule_rows`` of one layer, one row per rule (cached per session)."""
     if layer not in layer_names(q):
-        raise MxlabError(f"Scale lab: {str(layer)[:80]!r} is not a decoder Linear of this model; pick one from the list")
+        raise MxlabError(f"Scale lab: {str(layer)[:80]!r} is not a decoder Linear of this model; "
+                         "pick one from the list")
     key = (q, layer)
     cache = _cache(state)
     if key not in cache:
