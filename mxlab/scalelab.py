@@ -115,7 +115,7 @@ def scale_lab_model(model: nn.Module, fmt: str, block_size: int = 32, rounding: 
 
 
 # ----------------------------------------------------------------------------- a run's compact section
-RUN_MAX_ELEMENTS = 1 << 20   # weights per layer a run's section reads; wider layers: evenly strided rows
+RUN_MAX_ELEMENTS = 1 << 18   # weights per layer a run reads (8192 blocks of 32); wider layers: evenly strided rows
 SECTION_DIGITS = 5           # significant digits kept in results.json
 
 
