@@ -158,7 +158,8 @@ def model_rows(state: SessionState, q: ScaleQuery, progress: Optional[Callable[[
     names = layer_names(q)
     missing = [n for n in names if (q, n) not in _cache(state)]
     m = _loaded(q.source)
-    widest = max(mod.weight.shape[1] for name, mod in m.model.named_modules() if name in set(missing)) if missing else 1
+    wanted = set(missing)
+    widest = max((mod.weight.shape[1] for name, mod in m.model.named_modules() if name in wanted), default=1)
     chunk = max(1, CAPTURE_BYTES // max(1, 4 * q.tokens * widest))
     for start in range(0, len(missing), chunk):
         part = missing[start:start + chunk]
