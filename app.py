@@ -21,7 +21,7 @@ from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS, SCALE_RULES
 from mxlab import compare
 from mxlab import workspace as ws
-from mxlab.lab import form, mixview, session, tasks, views
+from mxlab.lab import form, mixview, scaleview, session, tasks, views
 from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
@@ -515,6 +515,34 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 with gr.Accordion("The chosen point (JSON: bits, predicted KL, format per module)", open=False):
                     mix_point = gr.JSON(elem_id="mix-point")
 
+            with gr.Tab("8 · Scale lab", id="scalelab") as scale_tab:
+                gr.Markdown("Every MX **scale rule** side by side on one layer of the loaded model (tab 1): "
+                            "*floor* (OCP v1.0), *ceil*, *even*, *rceil* and *mse* (per-block search). Clipped: "
+                            "blocks whose maximum exceeds the format's largest value after scaling; flushed: "
+                            "nonzero weights that become 0. The output error uses a few calibration tokens.")
+                with gr.Row():
+                    sl_fmt = gr.Dropdown(scaleview.MX_FORMATS, value="mxfp4_e2m1", label="Element format (MX)",
+                                         elem_id="scalelab-format")
+                    sl_block = gr.Number(32, precision=0, minimum=1, maximum=bound("block_size"), label="Block size",
+                                         elem_id="scalelab-block")
+                    sl_rounding = gr.Dropdown(list(ROUNDINGS), value="nearest", label="Rounding",
+                                              elem_id="scalelab-rounding")
+                    sl_tokens = gr.Number(256, precision=0, minimum=0, maximum=bound("scale lab tokens"),
+                                          label="Calibration tokens", info="for the output error; 0: weights only",
+                                          elem_id="scalelab-tokens")
+                    sl_layer = gr.Dropdown([], label="Layer", scale=2, elem_id="scalelab-layer", **any_value)
+                sl_md = gr.Markdown(elem_id="scalelab-note", elem_classes=["mx-status"])
+                sl_table = gr.Dataframe(headers=scaleview.RULE_COLUMNS, label="Scale rules on this layer",
+                                        interactive=False, elem_id="scalelab-table", wrap=False)
+                sl_plot = gr.Plot(label="Clipped / flushed, SQNR and block exponents per rule", elem_id="plot-scalelab")
+                with gr.Row():
+                    sl_sum_btn = gr.Button("Model-wide summary (every layer)", variant="primary",
+                                           elem_id="scalelab-summary-btn", scale=3)
+                    sl_cancel = gr.Button("Cancel", variant="stop", elem_id="scalelab-cancel", scale=1)
+                sl_sum_md = gr.Markdown(elem_id="scalelab-summary-note", elem_classes=["mx-status"])
+                sl_sum_df = gr.Dataframe(label="Mean over layers, per rule", interactive=False,
+                                         elem_id="scalelab-summary", wrap=False)
+
         # ---- wiring
         # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
         recipe_widgets = [weights, acts, block_size, rounding, scale_rule, order, calib_ds, calib_n, calib_len, seed,
@@ -693,6 +721,40 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         endpoint("mix_point", mix_choose, [mix_budget, state], mix_point_outputs)
         endpoint("mix_run", mix_run, mix_run_inputs, mix_run_outputs[:5], **runs)
         endpoint("mix_recipe", mix_recipe, [mix_budget, state], [mix_note, mix_file])
+        # ---- the scale lab (tab, events and its API endpoints 'scale_lab', 'scale_lab_summary')
+        def scale_lab_layer(fmt: str, block: float, rounding_: str, n_tokens: float, layer: str,
+                            state_: SessionState):
+            """Every scale rule on one layer of the loaded model: (note, layer picker, rule table, figure)."""
+            try:
+                q = scaleview.make_query(state_.model_source, fmt, block, rounding_, n_tokens)
+                view = scaleview.layer_view(state_, q, layer or None)
+            except Exception as err:  # noqa: BLE001 - shown to the user, the tab stays usable
+                return _status(_error(err)), gr.update(), None, None
+            return (_status(view["note"]), gr.update(choices=view["layers"], value=view["layer"]), view["table"],
+                    view["figure"])
+
+        def scale_lab_summary(fmt: str, block: float, rounding_: str, n_tokens: float, state_: SessionState,
+                              progress=gr.Progress()):
+            """The mean over every layer per rule (waits at the server's gate; Cancel stops it)."""
+            try:
+                q = scaleview.make_query(state_.model_source, fmt, block, rounding_, n_tokens)
+                view = scaleview.summary_view(state_, q, lambda f, msg: progress(f, desc=msg))
+            except Cancelled as err:
+                return _status(f"**Cancelled:** {err}"), None
+            except Exception as err:  # noqa: BLE001
+                return _status(_error(err)), None
+            return _status(view["note"]), view["table"]
+
+        sl_inputs = [sl_fmt, sl_block, sl_rounding, sl_tokens, sl_layer, state]
+        sl_outputs = [sl_md, sl_layer, sl_table, sl_plot]
+        gr.on([scale_tab.select, sl_fmt.input, sl_block.input, sl_rounding.input, sl_tokens.input, sl_layer.input],
+              scale_lab_layer, sl_inputs, sl_outputs, api_name=False, trigger_mode="always_last")
+        sl_sum_inputs = [sl_fmt, sl_block, sl_rounding, sl_tokens, state]
+        sl_heavy = dict(concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="scalelab-summary")
+        sl_sum_btn.click(scale_lab_summary, sl_sum_inputs, [sl_sum_md, sl_sum_df], api_name=False, **sl_heavy)
+        sl_cancel.click(cancel_run, state, sl_sum_md, queue=False, api_name=False)
+        endpoint("scale_lab", scale_lab_layer, sl_inputs, sl_outputs)
+        endpoint("scale_lab_summary", scale_lab_summary, sl_sum_inputs, [sl_sum_md, sl_sum_df], **sl_heavy)
     return demo
 
 

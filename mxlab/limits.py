@@ -39,6 +39,10 @@ LIMITS: dict[str, Limit] = {
     "recipe depth": Limit(8, "a recipe nests at most 3 levels (steps -> step -> parameter)"),
     "recipe items": Limit(256, "steps and overrides: a handful in any real recipe"),
     "text file bytes": Limit(256 * 1024 * 1024, "calibration/evaluation texts are read whole into memory"),
+    "scale lab tokens": Limit(4096, "calibration tokens whose inputs the app's scale lab keeps per layer for the "
+                                    "output error; a few hundred already give a stable SQNR"),
+    "scale lab cache": Limit(4096, "layers whose rule rows a session keeps (a few kB each); more than the Linears "
+                                   "of a 7B model"),
     "upload bytes": Limit(20 * 1024 * 1024, "uploads are recipes (kB) or texts; the app keeps them on its disk"),
     "mix formats": Limit(8, "each candidate format is one more probe pass over every module (mix.probe.MAX_FORMATS)"),
     "mix probe windows": Limit(64, "the probe runs the model once per window batch for every module x format "

@@ -217,7 +217,8 @@ def headline(metrics: dict | None, model_info: dict | None, recipe: Any) -> str:
 
 
 def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, records: Any = None,
-                stats: Any = None, sensitivity: Any = None, runs: Any = None, title: str = "mxlab report") -> str:
+                stats: Any = None, sensitivity: Any = None, runs: Any = None, title: str = "mxlab report",
+                scale_lab: dict | None = None) -> str:
     """The whole report as one HTML string; plotly.js embedded once (no network needed to view it)."""
     figs = figures(records=records, stats_rows=stats, sensitivity=sensitivity, runs=runs)
     plain = {k: v for k, v in (metrics or {}).items() if k != "zero_shot"}
@@ -229,6 +230,7 @@ def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, r
     if sens is not None and len(sens):
         body += ["<h2>Sensitivity table</h2>", _df_table(sens, worst="kl" if "kl" in sens else None,
                                                            ascending=False, csv="sensitivity.csv")]
+    body += scale_rules_section(scale_lab)
     weights = _stats.weights_table(stats)
     if len(weights):
         body += ["<h2>Weights table</h2>", _df_table(weights, worst="sqnr_db", csv="weights.csv")]
@@ -237,6 +239,33 @@ def report_html(*, recipe: Any, model_info: dict | None, metrics: dict | None, r
                     "module (each bin keeps its extreme and the channel holding it); every channel is in "
                     "activation_channels.csv and weight_channels.csv.</p>")
     return page_html(title, body)
+
+
+SCALE_WORST = 8   # layers listed under "Scale rules"
+
+
+def scale_rules_section(scale_lab: dict | None) -> list[str]:
+    """The "Scale rules" heading: every MX scale rule model-wide (means over layers) and the layers where the
+    run's rule is furthest below the best one in weight SQNR; [] when the run has no MX weights."""
+    df = _stats.scale_lab_section_table(scale_lab)
+    if not len(df):
+        return []
+    summary = _stats.scale_rule_summary(df)
+    used = ", ".join(sorted(set(df.loc[df["chosen"], "scale_rule"]))) or "none"
+    best = summary.loc[summary["weight SQNR dB"].idxmax(), "rule"] if summary["weight SQNR dB"].notna().any() else "?"
+    worst = _stats.scale_rule_worst(df, SCALE_WORST)
+    note = (f"<p class=meta>Each rule applied to the run's FP weights before its steps ({df['module'].nunique()} MX "
+            f"layers, per weight, no forward pass). The run used <b>{html.escape(used)}</b>; the highest mean weight "
+            f"SQNR is <b>{html.escape(str(best))}</b>. Clipped: blocks whose maximum exceeds the format's largest "
+            "value after scaling; flushed: nonzero weights that quantize to 0.</p>")
+    gaps = worst[worst["gap dB"] > 0]
+    out = ["<h2>Scale rules</h2>", note, _df_table(summary)]
+    if len(gaps):
+        out += [f"<p class=meta>Layers where another rule beats the run's rule most (up to {SCALE_WORST}):</p>",
+                _df_table(gaps)]
+    else:
+        out.append("<p class=meta>On every layer the run's rule has the best weight SQNR of the rules.</p>")
+    return out
 
 
 def zero_shot_section(zero_shot: dict | None) -> list[str]:
@@ -269,11 +298,11 @@ def _binned(stats: Any) -> bool:
 
 def write_report(path: str | Path, *, recipe: Any, model_info: dict | None, metrics: dict | None,
                  records: Any = None, stats: Any = None, sensitivity: Any = None, runs: Any = None,
-                 title: str = "mxlab report") -> Path:
+                 title: str = "mxlab report", scale_lab: dict | None = None) -> Path:
     """Write the report atomically (temp file in the same folder, then os.replace); returns the path."""
     path = Path(path)
     text = report_html(recipe=recipe, model_info=model_info, metrics=metrics, records=records, stats=stats,
-                       sensitivity=sensitivity, runs=runs, title=title)
+                       sensitivity=sensitivity, runs=runs, title=title, scale_lab=scale_lab)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -292,4 +321,5 @@ def write_report_from_results(results: dict, path: str | Path) -> Path:
     model_info = {"model": results.get("model"), **(results.get("run") or {})}
     return write_report(path, recipe=results.get("recipe"), model_info=model_info, metrics=results.get("metrics"),
                         records=results.get("records"), stats=results.get("stats"),
-                        sensitivity=results.get("sensitivity"), runs=results.get("runs"))
+                        sensitivity=results.get("sensitivity"), runs=results.get("runs"),
+                        scale_lab=results.get("scale_lab"))

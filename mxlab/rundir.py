@@ -39,6 +39,7 @@ def results_dict(outcome: RunOutcome, max_channels: int | None = None) -> dict[s
     result = outcome.result
     info = dict(outcome.info)
     max_channels = CHANNEL_BINS if max_channels is None else max_channels
+    extra = {"scale_lab": outcome.scale_lab} if getattr(outcome, "scale_lab", None) else {}
     return to_jsonable({
         "mxlab_version": __version__,
         "model": info.pop("model", None),
@@ -49,6 +50,7 @@ def results_dict(outcome: RunOutcome, max_channels: int | None = None) -> dict[s
         "records": list(result.records),
         "stats": compact_stats(result.stats, max_channels),
         "stats_channel_bins": max_channels,
+        **extra,
     })
 
 

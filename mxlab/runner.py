@@ -25,6 +25,7 @@ from .models import check_finite_weights, load_model, resolve_device
 from .placement import same_device
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
+from .scalelab import recipe_scale_lab
 from .zeroshot import parse_tasks, task_cost, zero_shot
 from .progress import ProgressFn, report, scaled
 from .workspace import check_name, new_run_dir, write_meta
@@ -32,7 +33,7 @@ from .workspace import check_name, new_run_dir, write_meta
 log = logging.getLogger(__name__)
 
 # share of the progress bar per stage: load, FP eval, quantize, quantized eval, export
-_STAGES = {"load": (0.0, 0.05), "eval_fp": (0.05, 0.2), "quantize": (0.2, 0.75),
+_STAGES = {"load": (0.0, 0.05), "eval_fp": (0.05, 0.2), "scale_lab": (0.2, 0.22), "quantize": (0.22, 0.75),
            "eval_q": (0.75, 0.92), "export": (0.92, 1.0)}
 
 
@@ -46,6 +47,7 @@ class RunOutcome:
     tokenizer: Any
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # model source, eval set, versions
     out_dir: Path | None = None
+    scale_lab: dict[str, Any] | None = None   # every MX scale rule on the FP weights (scalelab.recipe_scale_lab)
 
 
 def _stage(progress: ProgressFn | None, name: str) -> ProgressFn | None:
@@ -108,6 +110,11 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
     reference = copy.deepcopy(model) if with_kl else None
 
+    # every scale rule on the weights before the pipeline changes them: per weight, no forward pass
+    t0 = time.perf_counter()
+    scale_lab = recipe_scale_lab(model, recipe, progress=_stage(progress, "scale_lab"))
+    seconds_scale_lab = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     result = quantize_model(model, tokenizer, recipe, progress=_stage(progress, "quantize"), device=target,
                             calib_tokens=calib_tokens)
@@ -135,9 +142,10 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
             "max_eval_windows": max_eval_windows, "eval_seq_len": eval_seq_len, "device": device,
             "streamed_blocks": streamed,
             "seconds": {"load": seconds_load, "eval_fp": seconds_eval_fp, "quantize": seconds_quantize,
-                        "eval_quant": seconds_eval - seconds_eval_fp},
+                        "eval_quant": seconds_eval - seconds_eval_fp, "scale_lab": seconds_scale_lab},
             "mxlab_version": __version__}
-    outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info)
+    outcome = RunOutcome(result=result, metrics=metrics, model=qmodel, tokenizer=tokenizer, info=info,
+                         scale_lab=scale_lab)
     if out_dir is not None:
         report(progress, _STAGES["export"][0], "exporting")
         t0 = time.perf_counter()

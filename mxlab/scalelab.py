@@ -112,3 +112,44 @@ def scale_lab_model(model: nn.Module, fmt: str, block_size: int = 32, rounding: 
         rows += scale_rule_rows(t.module.weight, fmt, block_size, rounding, rules, inputs.get(t.name), t.name)
         report(progress, (k + 1) / len(targets), f"scale lab: {t.name}")
     return rows
+
+
+# ----------------------------------------------------------------------------- a run's compact section
+RUN_MAX_ELEMENTS = 1 << 18   # weights per layer a run reads (8192 blocks of 32); wider layers: evenly strided rows
+SECTION_DIGITS = 5           # significant digits kept in results.json
+
+
+def _short(v: float) -> float | None:
+    """A number for JSON: SECTION_DIGITS significant digits; NaN -> None (inf stays: a lossless layer)."""
+    return None if v != v else float(f"{v:.{SECTION_DIGITS}g}")
+
+
+@torch.no_grad()
+def recipe_scale_lab(model: nn.Module, recipe: Recipe, progress: Optional[ProgressFn] = None) -> Optional[dict]:
+    """The compact "scale_lab" section of a run: for every decoder Linear whose weights the recipe puts in an
+    MX format, each rule's clipped-block fraction, flushed fraction and weight SQNR, plus the model-wide
+    exponent histogram per rule; per weight only (no forward pass). None when no weight is MX.
+
+    Read on the weights as given (call it before the recipe's steps: rotate/SmoothQuant/AWQ rescale them,
+    GPTQ updates them while quantizing). Layers over RUN_MAX_ELEMENTS weights are read on evenly strided rows."""
+    targets = [t for t in plan(model, recipe) if t.kind == "linear" and t.spec.weights != "none"
+               and is_mx(t.spec.weights)]
+    if not targets:
+        return None
+    layers, hist = [], {r: {} for r in SCALE_RULES}
+    for k, t in enumerate(targets):
+        w = t.module.weight
+        step = max(1, math.ceil(w.numel() / RUN_MAX_ELEMENTS))
+        rows = scale_rule_rows(w[::step], t.spec.weights, t.spec.block_size, t.spec.rounding)
+        for r in rows:
+            for v, c in zip(r["exp_values"], r["exp_counts"]):
+                hist[r["scale_rule"]][v] = hist[r["scale_rule"]].get(v, 0) + c
+        layers.append({"module": t.name, "format": rows[0]["format"], "block_size": t.spec.block_size,
+                       "rule": t.spec.scale_rule, "rows": f"{math.ceil(w.shape[0] / step)}/{w.shape[0]}",
+                       "clipped_block_frac": [_short(r["clipped_block_frac"]) for r in rows],
+                       "flushed_frac": [_short(r["flushed_frac"]) for r in rows],
+                       "weight_sqnr_db": [_short(r["weight_sqnr_db"]) for r in rows]})
+        report(progress, (k + 1) / len(targets), f"scale lab: {t.name}")
+    return {"rules": list(SCALE_RULES), "rounding": recipe.rounding, "layers": layers,
+            "exp_hist": {r: {"values": sorted(h), "counts": [h[v] for v in sorted(h)]} for r, h in hist.items()},
+            "note": "per weight, on the FP weights before the recipe's steps; lists follow 'rules'"}

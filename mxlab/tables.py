@@ -177,6 +177,61 @@ def scale_lab_table(rows: Iterable[dict]):
     return pd.DataFrame([{c: r.get(c) for c in SCALE_LAB_COLS} for r in rows], columns=SCALE_LAB_COLS)
 
 
+SECTION_COLS = ["module", "format", "block_size", "scale_rule", "chosen", "clipped_block_frac", "flushed_frac",
+                "weight_sqnr_db"]
+
+
+def scale_lab_section_table(section: dict | None):
+    """A run's compact "scale_lab" section (``scalelab.recipe_scale_lab``) as long rows: module x rule, with
+    ``chosen`` True on the rule the recipe used for that module."""
+    import pandas as pd
+
+    rules = (section or {}).get("rules") or []
+    rows = [{"module": l["module"], "format": l["format"], "block_size": l["block_size"], "scale_rule": rule,
+             "chosen": rule == l.get("rule"), "clipped_block_frac": l["clipped_block_frac"][i],
+             "flushed_frac": l["flushed_frac"][i], "weight_sqnr_db": l["weight_sqnr_db"][i]}
+            for l in (section or {}).get("layers") or [] for i, rule in enumerate(rules)]
+    return pd.DataFrame(rows, columns=SECTION_COLS).astype({c: float for c in SECTION_COLS[-3:]})
+
+
+def scale_rule_summary(df):
+    """Model-wide, per scale rule (rows of ``scale_lab_table`` or ``scale_lab_section_table``): layers, the mean
+    over layers of clipped blocks and flushed elements (%) and of weight (and output) SQNR (dB), and how many
+    layers the recipe quantized with that rule (when ``chosen`` is known)."""
+    import pandas as pd
+
+    agg = {"layers": ("module", "nunique"), "clipped blocks %": ("clipped_block_frac", "mean"),
+           "flushed %": ("flushed_frac", "mean"), "weight SQNR dB": ("weight_sqnr_db", "mean")}
+    if "output_sqnr_db" in df and df["output_sqnr_db"].astype(float).notna().any():
+        agg["output SQNR dB"] = ("output_sqnr_db", "mean")
+    if "chosen" in df:
+        agg["used by the run (layers)"] = ("chosen", "sum")
+    out = df.astype({c: float for c in ("clipped_block_frac", "flushed_frac", "weight_sqnr_db", "output_sqnr_db")
+                     if c in df}).groupby("scale_rule", sort=False).agg(**agg).reset_index()
+    out[["clipped blocks %", "flushed %"]] *= 100
+    return out.rename(columns={"scale_rule": "rule"}) if len(out) else pd.DataFrame(columns=["rule", *agg])
+
+
+def scale_rule_worst(df, n: int = 10):
+    """The ``n`` layers where the recipe's rule falls furthest below the best rule in weight SQNR (rows of
+    ``scale_lab_section_table``): rule used, its SQNR and clipped %, the best rule, its SQNR, the gap (dB)."""
+    import pandas as pd
+
+    rows = []
+    for module, g in df.groupby("module", sort=False):
+        sqnr = g["weight_sqnr_db"].astype(float)
+        used = g[g["chosen"].astype(bool)]
+        if used.empty or sqnr.isna().all():
+            continue
+        u, best = used.iloc[0], g.loc[sqnr.idxmax()]
+        rows.append({"module": module, "rule used": u["scale_rule"], "SQNR dB": u["weight_sqnr_db"],
+                     "clipped blocks %": 100 * u["clipped_block_frac"], "best rule": best["scale_rule"],
+                     "best SQNR dB": best["weight_sqnr_db"], "gap dB": best["weight_sqnr_db"] - u["weight_sqnr_db"]})
+    out = pd.DataFrame(rows, columns=["module", "rule used", "SQNR dB", "clipped blocks %", "best rule",
+                                      "best SQNR dB", "gap dB"])
+    return out.sort_values("gap dB", ascending=False, kind="stable").head(n).reset_index(drop=True)
+
+
 def to_csv(df, path: str | Path) -> Path:
     """Write one table as CSV atomically (temp file + rename); returns the path."""
     import os
