@@ -39,6 +39,9 @@ LIMITS: dict[str, Limit] = {
     "recipe depth": Limit(8, "a recipe nests at most 3 levels (steps -> step -> parameter)"),
     "recipe items": Limit(256, "steps and overrides: a handful in any real recipe"),
     "text file bytes": Limit(256 * 1024 * 1024, "calibration/evaluation texts are read whole into memory"),
+    "sweep bytes": Limit(64 * 1024, "a sweep file is a base recipe and a few axes: a few kB"),
+    "sweep cells": Limit(64, "the app runs a sweep's cells on this server; larger grids belong to the CLI "
+                             "(python -m mxlab sweep FILE --workers N, or --ray)"),
     "upload bytes": Limit(20 * 1024 * 1024, "uploads are recipes (kB) or texts; the app keeps them on its disk"),
 }
 
