@@ -157,3 +157,19 @@ def test_cancel_mid_sweep_keeps_the_finished_runs_loadable(tmp_path, roots):
     table = sv.result_view(state.workspace, "grid")[0]          # one row (ppl_quant), a column per length
     assert table.shape == (1, 1 + len(lengths)) and int(table[[str(n) for n in lengths]].notna().sum(axis=1)[0]) \
         == len(finished)
+
+
+def test_upload_is_size_capped_utf8(tmp_path):
+    ok = tmp_path / "s.yaml"
+    ok.write_text(sv.EXAMPLE)
+    assert sv.read_upload(str(ok)) == sv.EXAMPLE
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (64 * 1024 + 1))
+    with pytest.raises(MxlabError, match="The uploaded sweep file"):
+        sv.read_upload(str(big))
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(MxlabError, match="not UTF-8"):
+        sv.read_upload(str(bad))
+    with pytest.raises(MxlabError, match="did not arrive"):
+        sv.read_upload(None)

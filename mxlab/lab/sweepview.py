@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from .. import workspace as ws
 from ..errors import Cancelled, MxlabError
-from ..limits import LIMITS, bound, check_max, short
+from ..limits import LIMITS, bound, check_file_size, check_max, short
 from ..recipe import Recipe
 from ..safe_yaml import load_yaml
 from ..sweep import Sweep, expand, plan, run_sweep, sweep_status
@@ -74,9 +74,26 @@ def parse_sweep(text: str) -> Sweep:
     return sweep
 
 
+def read_upload(path: Any) -> str:
+    """The text of an uploaded sweep file: within the sweep size limit, UTF-8; MxlabError otherwise."""
+    p = Path(str(path or ""))
+    if not path or not p.is_file():
+        raise MxlabError("The upload did not arrive; upload the .yaml file again.")
+    check_file_size(p, "sweep bytes", "The uploaded sweep file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MxlabError("The uploaded sweep file is not UTF-8 text; upload a .yaml sweep file.") from None
+
+
+def max_workers() -> int:
+    """The most local worker processes the app starts for one sweep: this machine's CPU count."""
+    return os.cpu_count() or 1
+
+
 def check_workers(workers: Any) -> int:
     """Local worker processes for a sweep: a whole number from 1 to this machine's CPU count."""
-    cpus = os.cpu_count() or 1
+    cpus = max_workers()
     n = workers
     if isinstance(n, float) and n.is_integer():      # gr.Number sends floats
         n = int(n)
@@ -232,9 +249,14 @@ def result_view(workspace: Path, name: Any, value: Optional[str] = None) -> tupl
         raise MxlabError(f"Table value {value!r}: choose one of {', '.join(VALUES)}.")
     table = sweep_table(d, value)
     fig = figure(table, value)
-    flat = table.reset_index()
+    flat = table.reset_index().round(4)
     flat.columns = [str(c) for c in flat.columns]
-    return flat.round(4), fig
+    return flat, fig
+
+
+def display_table(df: Any) -> Any:
+    """A table for the browser and API clients: missing values (failed, not run) as empty cells, not NaN."""
+    return df.astype(object).where(df.notna(), None)
 
 
 def cell_runs(workspace: Path, name: Any) -> list[str]:
