@@ -49,6 +49,10 @@ def test_check_counts_cells_and_refuses_bad_files_in_one_line(client):
     assert [r["cell"] for r in _rows(cells)][:2] == ["weights-mxint4__steps-rtn", "weights-mxint4__steps-gptq"]
     message, _ = client.predict("base: {model: /etc}\naxes: {recipe.seed: [1, 2]}\n", 1, api_name="/sweep_check")
     assert message.startswith("**Error:**") and "/etc" in message and "\n" not in message
+    outside = "name: outside\nbase: {eval: {dataset: /etc/passwd}}\naxes: {recipe.seed: [1]}\n"
+    message, status, *_ = client.predict(outside, 1, "ppl_quant", api_name="/sweep_start")
+    assert message.startswith("**Error:**") and "/etc/passwd" in message and not status["data"]
+    assert "outside" not in client.predict(api_name="/sweeps")              # refused before anything ran
     with pytest.raises(gradio_client.exceptions.AppError, match="greater than maximum value"):   # the widget's bound
         client.predict(sweepview.EXAMPLE, 10_000, api_name="/sweep_check")
 
