@@ -265,7 +265,8 @@ def export_comparison(labels: list[str], baseline: str, state: SessionState):
     """One self-contained HTML comparison report of the picked runs."""
     try:
         view = views.compare_view(state, labels, baseline)
-        path = state.workdir / f"comparison-{'-vs-'.join(label.split(' ', 1)[0] for label in labels)[:120]}.html"
+        ids = (session.run_key(label).replace("/", "_") for label in labels)    # a sweep cell's id has a '/'
+        path = state.workdir / f"comparison-{'-vs-'.join(ids)[:120]}.html"
         path.write_text(compare.comparison_html(view["runs"], view["baseline"]), encoding="utf-8")
     except Exception as err:  # noqa: BLE001
         return _status(_error(err)), None

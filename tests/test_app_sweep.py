@@ -3,8 +3,11 @@ the embedded model with one failing cell, read its status and table, open a cell
 cancel a sweep mid-way (the finished cells stay runs of the workspace)."""
 from __future__ import annotations
 
+import json
 import math
 import time
+import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -86,6 +89,15 @@ def test_sweep_with_a_failing_cell_then_open_a_cell_in_inspect(client, workspace
     note, _layer, *_figs, modules = client.predict(picked, "all layers", "output SQNR (dB)", api_name="/inspect")
     mods = _rows(modules)
     assert len({m["module"] for m in mods}) == 35 and all(math.isfinite(m["sqnr_after"]) for m in mods)
+    other = "grid/dataset-tinystories__seq_len-64"
+    message, html = client.predict([cell, other], cell, api_name="/export_comparison")   # ids with a '/'
+    assert message == "Comparison of 2 runs ready to download." and Path(html).name == (
+        "comparison-grid_dataset-tinystories__seq_len-16-vs-grid_dataset-tinystories__seq_len-64.html")
+    assert "<td>dataset-tinystories__seq_len-64 · stories260K" in Path(html).read_text()
+    message, model_zip, results, *_ = client.predict(cell, api_name="/export")          # the cell's files
+    assert Path(model_zip).name.endswith("dataset-tinystories__seq_len-16-model.zip") and zipfile.is_zipfile(model_zip)
+    assert json.loads(Path(results).read_text())["metrics"]["ppl_quant"] == pytest.approx(
+        rows["dataset-tinystories__seq_len-16"]["ppl_quant"], abs=1e-4)
     message, *_ = client.predict("grid/dataset-short.txt__seq_len-64", api_name="/sweep_open")
     assert message.startswith("**Error:**") and "no run" in message
 
