@@ -133,6 +133,8 @@ def test_cancel_mid_sweep_keeps_the_finished_runs_loadable(tmp_path, roots):
     job = sv.start_sweep(state, _grid_text(tmp_path, {"eval.seq_len": lengths}), workers=1)
     with pytest.raises(MxlabError, match="still going"):                              # one heavy job per session
         sv.start_sweep(state, sv.EXAMPLE, workers=1)
+    with pytest.raises(MxlabError, match="running in another session"):               # one driver per sweep
+        sv.start_sweep(SessionState(tmp_path / "ws"), _grid_text(tmp_path, {"eval.seq_len": lengths}), workers=1)
     sweep_dir = state.workspace / "grid"
     deadline = time.time() + 120
     while not list(sweep_dir.glob("seq_len-*/results.json")) and time.time() < deadline:

@@ -48,6 +48,8 @@ table: {rows: [recipe.weights], columns: recipe.steps, value: ppl_quant}
 STATUS_COLUMNS = ["cell", "status", "attempts", "progress", "message", "error", "ppl_quant", "seconds"]
 CELL_COLUMNS = ["cell", "axes", "state", "TFLOP (estimate)"]
 _RESERVED = ("mxlab-session-", "_")    # the sessions' scratch folders; the job records' folder
+_ACTIVE: set[Path] = set()              # sweep folders a session of this server is running now
+_ACTIVE_LOCK = threading.Lock()
 
 
 def parse_sweep(text: str) -> Sweep:
@@ -193,9 +195,16 @@ def start_sweep(state: SessionState, text: str, workers: Any, report: Optional[R
                 except Exception:  # noqa: BLE001 - the run directories are the result; say why, keep the error
                     log.exception("cannot write the table of sweep %s", job.name)
         finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(job.sweep_dir)
             state.busy = False
             state.cancel.clear()      # a Cancel pressed for this sweep must not stop the next run
 
+    with _ACTIVE_LOCK:         # two sessions must not write one sweep's records at once
+        if job.sweep_dir in _ACTIVE:
+            raise MxlabError(f"Sweep {sweep.name!r} is running in another session; wait for it, or give this "
+                             "sweep another `name`.")
+        _ACTIVE.add(job.sweep_dir)
     state.busy = True
     state.cancel.clear()
     job.thread = threading.Thread(target=work, name=f"sweep-{sweep.name}", daemon=True)
