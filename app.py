@@ -21,7 +21,7 @@ from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS, SCALE_RULES
 from mxlab import compare
 from mxlab import workspace as ws
-from mxlab.lab import form, mixview, scaleview, session, tasks, views
+from mxlab.lab import form, mixview, scaleview, session, sweepview, tasks, views
 from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
@@ -265,7 +265,8 @@ def export_comparison(labels: list[str], baseline: str, state: SessionState):
     """One self-contained HTML comparison report of the picked runs."""
     try:
         view = views.compare_view(state, labels, baseline)
-        path = state.workdir / f"comparison-{'-vs-'.join(label.split(' ', 1)[0] for label in labels)[:120]}.html"
+        ids = (session.run_key(label).replace("/", "_") for label in labels)    # a sweep cell's id has a '/'
+        path = state.workdir / f"comparison-{'-vs-'.join(ids)[:120]}.html"
         path.write_text(compare.comparison_html(view["runs"], view["baseline"]), encoding="utf-8")
     except Exception as err:  # noqa: BLE001
         return _status(_error(err)), None
@@ -303,6 +304,100 @@ def download_recipe(yaml_text: str, state: SessionState):
     return gr.update(), str(path)
 
 
+# ----------------------------------------------------------------------------- sweep tab (mxlab/lab/sweepview.py)
+def sweep_check(text: str, workers: float, state: SessionState):
+    """'Check': the sweep file's cells, which are already finished, and the cost estimate; nothing runs."""
+    try:
+        summary, rows = sweepview.check_sweep(text, state.workspace, workers)
+    except Exception as err:  # noqa: BLE001
+        return _status(_error(err)), []
+    return _status(summary.replace("\n", "  \n")), rows
+
+
+def sweep_upload(path: str):
+    """An uploaded sweep file (size-capped, UTF-8) into the editor."""
+    try:
+        return sweepview.read_upload(path), gr.update()
+    except MxlabError as err:
+        return gr.update(), _status(_error(err))
+
+
+def sweep_list(state: SessionState, value: str | None = None):
+    """The sweep picker: every sweep of the workspace (the app's and the CLI's), ``value`` or the last picked."""
+    names = sweepview.list_sweeps(state.workspace)
+    return gr.update(choices=names, value=value if value in names else (names[-1] if names else None))
+
+
+def sweep_names(state: SessionState):
+    """API 'sweeps': the workspace's sweeps, one line (the picker lists the same names)."""
+    names = sweepview.list_sweeps(state.workspace)
+    return _status("Sweeps in the workspace: " + (", ".join(names) if names else "none yet") + ".")
+
+
+def _sweep_view(name: str, value: str, state: SessionState) -> tuple:
+    """(status rows, result table, heatmap, cell-run picker) of one sweep; empty while it has no manifest yet."""
+    try:
+        rows = sweepview.status_rows(state.workspace, name)
+        table, fig = sweepview.result_view(state.workspace, name, value or None)
+        cells = sweepview.cell_runs(state.workspace, name)
+    except MxlabError:
+        return [], None, None, gr.update(choices=[], value=None)
+    return rows, sweepview.display_table(table), fig, gr.update(choices=cells, value=cells[0] if cells else None)
+
+
+def sweep_show(name: str, value: str, state: SessionState):
+    """A sweep's cells (status, attempts, progress, error, ppl), its table and heatmap, its finished cells."""
+    try:
+        rows = sweepview.status_rows(state.workspace, name)
+    except Exception as err:  # noqa: BLE001
+        return _status(_error(err)), [], None, None, gr.update()
+    try:
+        view = _sweep_view(name, value, state)
+    except Exception as err:  # noqa: BLE001 - e.g. a table value the sweep lacks: the status still shows
+        return _status(_error(err)), rows, None, None, gr.update()
+    return _status(f"Sweep **{name}**: {sweepview.status_counts(rows)}."), *view
+
+
+def sweep_start(text: str, workers: float, value: str, state: SessionState, progress=gr.Progress()):
+    """'Start sweep': run it into the workspace in the background, refreshing the cells' status every second."""
+    keep = [gr.update()] * 6
+    try:
+        job = sweepview.start_sweep(state, text, workers)
+    except Exception as err:  # noqa: BLE001
+        yield (_status(_error(err)), *keep, *[gr.update()] * 6)
+        return
+    while not job.wait(1.0):
+        progress(job.last[0], desc=job.last[1])
+        try:
+            rows = sweepview.status_rows(state.workspace, job.name)
+        except MxlabError:      # waiting at the gate: the sweep has no manifest yet
+            rows = []
+        yield (_status(job.message()), rows, *keep[:4], gr.update(), *[gr.update()] * 6)
+    labels = state.labels()
+    pickers = [gr.update(choices=labels)] * 5       # new cell runs in every run picker; selections stay
+    yield (_status(job.message()), *_sweep_view(job.name, value, state), sweep_list(state, job.name), gr.update(),
+           views.runs_rows(state), *pickers)
+
+
+def sweep_run(text: str, workers: float, value: str, state: SessionState, progress=gr.Progress()):
+    """API 'sweep_start': start the sweep and return when it has ended, with the same outputs as the button."""
+    out = None
+    for out in sweep_start(text, workers, value, state, progress=progress):
+        pass
+    return out
+
+
+def sweep_open(run_id: str, state: SessionState):
+    """'Open in Inspect': select a finished cell's run in Inspect (and Export, and offer it to Compare), switch tab."""
+    try:
+        label = sweepview.cell_label(state.workspace, run_id)
+    except Exception as err:  # noqa: BLE001
+        return _status(_error(err)), gr.update(), gr.update(), gr.update(), gr.update()
+    labels = state.labels()
+    return (_status(f"Opened run **{session.run_key(label)}** in Inspect."), gr.update(choices=labels, value=label),
+            gr.update(choices=labels, value=label), gr.update(choices=labels), gr.Tabs(selected="inspect"))
+
+
 # ----------------------------------------------------------------------------- layout
 def build(default_preset: str | None = None, workspace: str | None = None) -> gr.Blocks:
     """The app's Blocks (not launched), over the workspace folder ``workspace`` (default ./mxlab-runs)."""
@@ -320,7 +415,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         # gradio deep-copies the value for each session (SessionState.__deepcopy__: a fresh one)
         state = gr.State(SessionState(root), delete_callback=lambda s: s.close())
         gr.Markdown(HELP)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1 · Model", id="model"):
                 gr.Markdown("A Hugging Face hub id, a local model directory, or empty for the embedded default. "
                             "Only safetensors checkpoints load (no pickles).")
@@ -543,6 +638,44 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 sl_sum_df = gr.Dataframe(label="Mean over layers, per rule", interactive=False,
                                          elem_id="scalelab-summary", wrap=False)
 
+            with gr.Tab("9 · Sweep", id="sweep"):
+                gr.Markdown("A grid of recipes (and models) from one YAML file: each cell is a normal run, "
+                            "`<workspace>/<sweep>/<cell>/`, listed as run `<sweep>/<cell>`. Same file as "
+                            "`python -m mxlab sweep FILE`; cells already finished with the same settings are kept.")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        sweep_yaml = gr.Code(value=sweepview.EXAMPLE, language="yaml", label="sweep.yaml",
+                                             interactive=True, elem_id="sweep-yaml")
+                    with gr.Column(scale=2):
+                        sweep_file = gr.File(label="...or upload a sweep .yaml", file_types=[".yaml", ".yml"],
+                                             height=80, elem_id="sweep-upload")
+                        sweep_workers = gr.Number(1, precision=0, minimum=1, maximum=sweepview.max_workers(),
+                                                  label="Workers", elem_id="sweep-workers",
+                                                  info=f"local worker processes, 1 to {sweepview.max_workers()}")
+                        with gr.Row():
+                            sweep_check_btn = gr.Button("Check", elem_id="sweep-check")
+                            sweep_start_btn = gr.Button("Start sweep", variant="primary", elem_id="sweep-start")
+                            sweep_cancel_btn = gr.Button("Cancel", variant="stop", elem_id="sweep-cancel")
+                sweep_md = gr.Markdown(elem_id="sweep-status", elem_classes=["mx-status"])
+                sweep_cells_df = gr.Dataframe(headers=sweepview.CELL_COLUMNS, label="Cells (Check)",
+                                              interactive=False, elem_id="sweep-cells", wrap=False, max_height=300)
+                with gr.Row():
+                    sweep_pick = gr.Dropdown([], label="Sweep in the workspace", scale=3, elem_id="sweep-pick",
+                                             **any_value)
+                    sweep_value = gr.Dropdown(list(sweepview.VALUES), value="ppl_quant", label="Table value",
+                                              elem_id="sweep-value")
+                    sweep_refresh_btn = gr.Button("Refresh", elem_id="sweep-refresh", scale=1)
+                sweep_status_df = gr.Dataframe(headers=sweepview.STATUS_COLUMNS, label="Cells: status per job",
+                                               interactive=False, elem_id="sweep-jobs", wrap=False, max_height=360)
+                with gr.Row():
+                    sweep_table_df = gr.Dataframe(label="Result table (rows x columns from the sweep's `table`)",
+                                                  interactive=False, elem_id="sweep-table", wrap=False)
+                    sweep_plot = gr.Plot(label="Heatmap", elem_id="plot-sweep")
+                with gr.Row():
+                    sweep_cell_pick = gr.Dropdown([], label="Finished cell (a run)", scale=3,
+                                                  elem_id="sweep-cell", **any_value)
+                    sweep_open_btn = gr.Button("Open in Inspect", elem_id="sweep-open", scale=1)
+
         # ---- wiring
         # the order of form.FORM_FIELDS, then the step parameters in form.param_keys() order
         recipe_widgets = [weights, acts, block_size, rounding, scale_rule, order, calib_ds, calib_n, calib_len, seed,
@@ -755,6 +888,29 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         sl_cancel.click(cancel_run, state, sl_sum_md, queue=False, api_name=False)
         endpoint("scale_lab", scale_lab_layer, sl_inputs, sl_outputs)
         endpoint("scale_lab_summary", scale_lab_summary, sl_sum_inputs, [sl_sum_md, sl_sum_df], **sl_heavy)
+        # ---- sweep tab wiring (mxlab/lab/sweepview.py); Cancel is the session's, as on the Run tab
+        sweep_view_outputs = [sweep_md, sweep_status_df, sweep_table_df, sweep_plot, sweep_cell_pick]
+        sweep_start_outputs = [*sweep_view_outputs, sweep_pick, sweep_cells_df, runs_df, *pickers]
+        sweep_check_btn.click(sweep_check, [sweep_yaml, sweep_workers, state], [sweep_md, sweep_cells_df],
+                              api_name=False)
+        sweep_file.upload(sweep_upload, sweep_file, [sweep_yaml, sweep_md], api_name=False)
+        sweep_start_btn.click(sweep_start, [sweep_yaml, sweep_workers, sweep_value, state], sweep_start_outputs,
+                              api_name=False, **runs)
+        sweep_cancel_btn.click(cancel_run, state, sweep_md, queue=False, api_name=False)
+        demo.load(sweep_list, state, sweep_pick, api_name=False)
+        sweep_refresh_btn.click(sweep_list, [state, sweep_pick], sweep_pick, api_name=False).then(
+            sweep_show, [sweep_pick, sweep_value, state], sweep_view_outputs, api_name=False)
+        gr.on([sweep_pick.change, sweep_value.input], sweep_show, [sweep_pick, sweep_value, state],
+              sweep_view_outputs, api_name=False)
+        sweep_open_btn.click(sweep_open, [sweep_cell_pick, state],
+                             [sweep_md, inspect_pick, export_pick, compare_pick, tabs], api_name=False)
+        endpoint("sweep_check", sweep_check, [sweep_yaml, sweep_workers, state], [sweep_md, sweep_cells_df],
+                 queue=False)
+        endpoint("sweep_start", sweep_run, [sweep_yaml, sweep_workers, sweep_value, state], sweep_view_outputs,
+                 **runs)
+        endpoint("sweeps", sweep_names, state, [sweep_md], queue=False)
+        endpoint("sweep_status", sweep_show, [sweep_pick, sweep_value, state], sweep_view_outputs)
+        endpoint("sweep_open", sweep_open, [sweep_cell_pick, state], [sweep_md, inspect_pick])
     return demo
 
 

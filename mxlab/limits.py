@@ -43,6 +43,9 @@ LIMITS: dict[str, Limit] = {
                                     "output error; a few hundred already give a stable SQNR"),
     "scale lab cache": Limit(4096, "layers whose rule rows a session keeps (a few kB each); more than the Linears "
                                    "of a 7B model"),
+    "sweep bytes": Limit(64 * 1024, "a sweep file is a base recipe and a few axes: a few kB"),
+    "sweep cells": Limit(64, "the app runs a sweep's cells on this server; larger grids belong to the CLI "
+                             "(python -m mxlab sweep FILE --workers N, or --ray)"),
     "upload bytes": Limit(20 * 1024 * 1024, "uploads are recipes (kB) or texts; the app keeps them on its disk"),
     "mix formats": Limit(8, "each candidate format is one more probe pass over every module (mix.probe.MAX_FORMATS)"),
     "mix probe windows": Limit(64, "the probe runs the model once per window batch for every module x format "

@@ -1,8 +1,9 @@
 """The workspace: one folder whose subfolders are run directories (app, CLI and API runs alike).
 
 A run directory is what ``rundir.export_run`` writes (results.json, recipe.yaml, report.html,
-model/). The workspace adds one small file per run, ``run.json`` (name, tags, creation time, who
-made it), and lists, renames, tags and deletes runs. Runs still being written are invisible: the
+model/). A sweep (``mxlab.sweep``) is a folder holding ``sweep.json`` whose cells are run
+directories: they list as ``<sweep>/<cell>``. The workspace adds one small file per run, ``run.json``
+(name, tags, creation time, who made it), and lists, renames, tags and deletes runs. Runs still being written are invisible: the
 run directory appears atomically when the run is done.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE = "mxlab-runs"    # relative to the working directory
 META_FILE = "run.json"
+SWEEP_FILE = "sweep.json"    # marks a sweep folder (mxlab.sweep.run writes it)
 MAX_NAME = 80
 MAX_TAGS = 16
 _TAG = re.compile(r"^[\w.+-]{1,32}$")
@@ -106,8 +108,8 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def run_info(run_dir: str | os.PathLike) -> RunInfo:
-    """The RunInfo of one run directory; MxlabError when it holds no readable results.json."""
+def run_info(run_dir: str | os.PathLike, run_id: Optional[str] = None) -> RunInfo:
+    """The RunInfo of one run directory (id: ``run_id``, else its folder name); MxlabError without results.json."""
     path = Path(run_dir)
     try:
         results = json.loads((path / RESULTS_FILE).read_text())
@@ -116,7 +118,8 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
     meta = read_meta(path)
     created = meta.get("created") or datetime.fromtimestamp((path / RESULTS_FILE).stat().st_mtime).isoformat(
         timespec="seconds")
-    return RunInfo(id=path.name, path=path, name=str(meta.get("name") or ""), tags=list(meta.get("tags") or []),
+    return RunInfo(id=run_id or path.name, path=path, name=str(meta.get("name") or ""),
+                   tags=list(meta.get("tags") or []),
                    created=created, origin=str(meta.get("origin") or ""), model=str(results.get("model") or "?"),
                    recipe=results.get("recipe") or {}, metrics=results.get("metrics") or {},
                    run=results.get("run") or {})
@@ -125,27 +128,37 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
 def list_runs(workspace: str | os.PathLike | None = None) -> list[RunInfo]:
     """Every finished run of the workspace, oldest first (folders without results.json are skipped)."""
     root = resolve(workspace)
-    runs = []
+    found = []
     for child in root.iterdir():
-        if child.name.startswith(".") or not (child / RESULTS_FILE).is_file():
+        if child.name.startswith("."):
             continue
+        if (child / RESULTS_FILE).is_file():
+            found.append((child, child.name))
+        elif (child / SWEEP_FILE).is_file():     # a sweep: its finished cells are runs too
+            found += [(cell, f"{child.name}/{cell.name}") for cell in child.iterdir()
+                      if not cell.name.startswith(".") and (cell / RESULTS_FILE).is_file()]
+    runs = []
+    for path, run_id in found:
         try:
-            runs.append(run_info(child))
+            runs.append(run_info(path, run_id))
         except MxlabError as e:
-            log.warning("skipping %s: %s", child, e)
+            log.warning("skipping %s: %s", path, e)
     return sorted(runs, key=lambda r: (r.created, r.id))
 
 
 def get_run(workspace: str | os.PathLike | None, run_id: str) -> RunInfo:
-    """One run by its id (directory name) or by a picker label that starts with it."""
+    """One run by its id (directory name, or '<sweep>/<cell>') or by a picker label that starts with it."""
     root = resolve(workspace)
     key = str(run_id or "").strip().split(" ", 1)[0]
     if not key:
         raise MxlabError("No run is selected; pick one from the list (or run a recipe first).")
-    path = root / key
-    if key in {".", ".."} or "/" in key or "\\" in key or not (path / RESULTS_FILE).is_file():
+    parts = key.split("/")
+    sweep_cell = len(parts) == 2 and (root / parts[0] / SWEEP_FILE).is_file()
+    path = root.joinpath(*parts)
+    bad_part = any(p in {"", ".", ".."} or p.startswith(".") or "\\" in p for p in parts)
+    if bad_part or (len(parts) > 1 and not sweep_cell) or not (path / RESULTS_FILE).is_file():
         raise MxlabError(f"There is no run {key!r} in the workspace {root}; pick one from the list.")
-    return run_info(path)
+    return run_info(path, key)
 
 
 # ---------------------------------------------------------------------------- writing

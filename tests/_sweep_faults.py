@@ -23,3 +23,14 @@ def run_or_die(config: dict, run_dir: str, record: str) -> dict:
     (cell.parent / f".{cell.name}.tmp-dead0000").mkdir()   # what a dying export leaves behind
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
+
+
+def run_slowly(config: dict, run_dir: str, record: str) -> dict:
+    """A job that marks itself running and then sleeps (for the cancel tests: it never finishes by itself)."""
+    import time
+
+    from mxlab.sweep.jobs import update_record
+
+    update_record(record, status="running", attempts=1, pid=os.getpid())
+    time.sleep(600)
+    raise AssertionError("unreachable: the driver kills this worker")

@@ -248,3 +248,40 @@ def test_gpu_slots_and_memory_plan(monkeypatch):
     assert jobs_per_gpu([est], gpu_bytes=143_771 * 2**20) == 1          # one per H200 (139.8 GiB x 0.9)
     assert jobs_per_gpu([JobEstimate("s", 1, 1.0, 0.11 * GIB)], gpu_bytes=143_771 * 2**20) == 1148  # 0.9 x 140.4 / 0.11
     assert jobs_per_gpu([est, JobEstimate("hub", None, None, None)], gpu_bytes=10) is None
+
+
+def test_cancel_event_stops_running_workers_within_seconds(tmp_path):
+    """The app's Cancel (run_sweep's ``cancel`` event): the worker is killed, Cancelled raised, records say so."""
+    import os
+    import threading
+    import time
+
+    from _sweep_faults import run_slowly
+    from mxlab.errors import Cancelled
+    from mxlab.sweep.jobs import read_record, record_path
+
+    sweep = expand({**_grid(tmp_path), "axes": {"eval.seq_len": [16, 32, 48]}})
+    sweep_dir = tmp_path / "ws" / "grid"
+    cancel, caught = threading.Event(), []
+
+    def drive() -> None:
+        try:
+            run_sweep(sweep, tmp_path / "ws", workers=1, job_fn=run_slowly, cancel=cancel)
+        except Cancelled as e:
+            caught.append(e)
+    thread = threading.Thread(target=drive)
+    thread.start()
+    first = record_path(sweep_dir, sweep.cells[0].name)
+    deadline = time.time() + 120
+    while (read_record(first) or {}).get("status") != "running" and time.time() < deadline:
+        time.sleep(0.1)
+    pid = read_record(first)["pid"]
+    t0 = time.perf_counter()
+    cancel.set()
+    thread.join(30)
+    took = time.perf_counter() - t0
+    assert not thread.is_alive() and len(caught) == 1 and "finished cells are kept" in str(caught[0])
+    assert took < 8, took                       # POLL = 0.5 s, then kill + join of one worker
+    with pytest.raises(ProcessLookupError):     # the sleeping worker is gone
+        os.kill(pid, 0)
+    assert {r["cell"]: r["status"] for r in sweep_status(sweep_dir)} == {c.name: "cancelled" for c in sweep.cells}

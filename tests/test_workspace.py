@@ -45,3 +45,22 @@ def test_cli_runs_json(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["id"], r["name"], r["recipe"], r["ppl_quant"]) for r in rows] == [
         ("a", "first", "W-mxint4 A-mxint8 b32 awq+gptq", 11.0)]
+
+
+def test_sweep_cells_are_runs_named_sweep_slash_cell(tmp_path):
+    make_run(tmp_path, "plain", ppl_fp=10.0, ppl_quant=11.0)
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / ws.SWEEP_FILE).write_text("{}")
+    make_run(tmp_path / "grid", "steps-rtn", ppl_fp=10.0, ppl_quant=12.0)
+    (tmp_path / "grid" / "_jobs").mkdir()                        # job records: not a run
+    (tmp_path / "other").mkdir()                                 # not a sweep: its subfolders are not runs
+    make_run(tmp_path / "other", "hidden", ppl_fp=10.0, ppl_quant=13.0)
+    assert sorted(r.id for r in ws.list_runs(tmp_path)) == ["grid/steps-rtn", "plain"]
+    info = ws.get_run(tmp_path, "grid/steps-rtn · anything after the id")
+    assert info.path == tmp_path / "grid" / "steps-rtn" and info.metrics["ppl_quant"] == 12.0
+    assert ws.tag_run(tmp_path, "grid/steps-rtn", "sweep").tags == ["sweep"]
+    for bad in ("other/hidden", "grid/../plain", "grid/_jobs", "grid/steps-rtn/x", "/grid/steps-rtn", "grid/"):
+        with pytest.raises(MxlabError, match="no run"):
+            ws.get_run(tmp_path, bad)
+    ws.delete_run(tmp_path, "grid/steps-rtn")
+    assert [r.id for r in ws.list_runs(tmp_path)] == ["plain"] and (tmp_path / "grid" / ws.SWEEP_FILE).is_file()

@@ -242,22 +242,23 @@ def export_files(state: SessionState, entry: RunEntry) -> dict[str, Path]:
     out = Path(entry.out_dir)
     if not (out / RESULTS_FILE).is_file():
         raise MxlabError(f"Run {entry.id} has no exported files; run it again.")
-    target = state.workdir / re.sub(r"[^\w.-]", "_", entry.id)
+    stem = re.sub(r"[^\w.-]", "_", entry.id)      # a sweep cell's id is '<sweep>/<cell>'
+    target = state.workdir / stem
     target.mkdir(parents=True, exist_ok=True)
     files = {}
     if (out / MODEL_DIR).is_dir():
-        zip_path = target / f"{entry.id}-model.zip"
+        zip_path = target / f"{stem}-model.zip"
         if not zip_path.exists():
-            partial = shutil.make_archive(str(target / f".{entry.id}-model.partial"), "zip", out / MODEL_DIR)
+            partial = shutil.make_archive(str(target / f".{stem}-model.partial"), "zip", out / MODEL_DIR)
             Path(partial).replace(zip_path)  # atomic: a half-written zip is never offered
         files["model"] = zip_path
     for key, name in (("results", RESULTS_FILE), ("records", csv_name("records")), ("report", REPORT_FILE),
                       ("recipe", RECIPE_FILE)):
         if (out / name).is_file():
-            files[key] = target / f"{entry.id}-{name}"
+            files[key] = target / f"{stem}-{name}"
             shutil.copyfile(out / name, files[key])
     if "recipe" not in files:
-        files["recipe"] = target / f"{entry.id}-{RECIPE_FILE}"
+        files["recipe"] = target / f"{stem}-{RECIPE_FILE}"
         files["recipe"].write_text(entry.recipe_yaml)
     return files
 
@@ -270,13 +271,14 @@ def compressed_tensors_zip(state: SessionState, entry: RunEntry) -> Path:
     out = Path(entry.out_dir)
     if not (out / MODEL_DIR).is_dir():
         raise MxlabError(f"Run {entry.id} has no packed model; run it again.")
-    target = state.workdir / re.sub(r"[^\w.-]", "_", entry.id)
+    stem = re.sub(r"[^\w.-]", "_", entry.id)
+    target = state.workdir / stem
     target.mkdir(parents=True, exist_ok=True)
-    zip_path = target / f"{entry.id}-compressed-tensors.zip"
+    zip_path = target / f"{stem}-compressed-tensors.zip"
     if not zip_path.exists():
-        ct_dir = target / f".{entry.id}-ct"
+        ct_dir = target / f".{stem}-ct"
         export_compressed_tensors(out / MODEL_DIR, ct_dir, overwrite=True)
-        partial = shutil.make_archive(str(target / f".{entry.id}-ct.partial"), "zip", ct_dir)
+        partial = shutil.make_archive(str(target / f".{stem}-ct.partial"), "zip", ct_dir)
         Path(partial).replace(zip_path)  # atomic: a half-written zip is never offered
         shutil.rmtree(ct_dir, ignore_errors=True)
     return zip_path

@@ -13,13 +13,14 @@ import logging
 import multiprocessing
 import os
 import re
+import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import MxlabError
+from ..errors import Cancelled, MxlabError
 from .jobs import JobFn, update_record
 
 
@@ -36,6 +37,13 @@ class Task:
 
 
 OnDone = Callable[[Task, dict], None]
+POLL = 0.5   # seconds between checks of the cancel flag while jobs run
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise Cancelled when the front end asked the sweep to stop (the same path as Ctrl-C)."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Sweep cancelled: finished cells are kept; start it again to run the rest.")
 
 
 def _died(task: Task, deaths: int, retries: int) -> dict | None:
@@ -71,16 +79,20 @@ def slot_envs(workers: int, gpus: int) -> list[dict[str, str]]:
 def _kill(executor: ProcessPoolExecutor | None) -> None:
     if executor is None:
         return
-    for p in list(getattr(executor, "_processes", {}).values()):
+    procs = list(getattr(executor, "_processes", {}).values())
+    for p in procs:
         if p.is_alive():
             p.kill()
+    for p in procs:    # dead before the driver tidies its temporary directories
+        p.join(5)
     executor.shutdown(wait=False, cancel_futures=True)
 
 
 def run_local(tasks: list[Task], job_fn: JobFn, on_done: OnDone, *, workers: int, envs: list[dict[str, str]],
-              retries: int = 2) -> None:
+              retries: int = 2, cancel: threading.Event | None = None) -> None:
     """Run ``tasks`` on ``workers`` spawned processes; each worker is its own one-process pool, so a
-    worker that dies takes down only its own job (which is re-run), never the others."""
+    worker that dies takes down only its own job (which is re-run), never the others. ``cancel`` set:
+    the workers are killed within ``POLL`` seconds and Cancelled raised (as Ctrl-C does)."""
     ctx = multiprocessing.get_context("spawn")
     pools: list[ProcessPoolExecutor | None] = [None] * workers
     pending = deque(tasks)
@@ -97,7 +109,9 @@ def run_local(tasks: list[Task], job_fn: JobFn, on_done: OnDone, *, workers: int
                                                       initargs=(envs[slot],))
                 task = pending.popleft()
                 running[pools[slot].submit(job_fn, task.config, task.run_dir, task.record)] = (slot, task)
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            check_cancel(cancel)
+            done, _ = wait(list(running), timeout=POLL if cancel is not None else None, return_when=FIRST_COMPLETED)
+            check_cancel(cancel)
             for fut in done:
                 slot, task = running.pop(fut)
                 try:
@@ -140,7 +154,7 @@ def _ray_init(address: str) -> Any:
 
 
 def run_ray(tasks: list[Task], job_fn: JobFn, on_done: OnDone, *, address: str = "auto", cpus_per_job: float = 1,
-            gpus_per_job: float = 0, retries: int = 2) -> None:
+            gpus_per_job: float = 0, retries: int = 2, cancel: threading.Event | None = None) -> None:
     """Run ``tasks`` as Ray tasks (each asks for ``cpus_per_job`` CPUs and ``gpus_per_job`` GPUs, so
     the cluster packs them); Ray re-runs a task whose worker died up to ``retries`` times."""
     try:
@@ -159,7 +173,8 @@ def run_ray(tasks: list[Task], job_fn: JobFn, on_done: OnDone, *, address: str =
     refs = {remote.remote(t.config, t.run_dir, t.record): t for t in tasks}
     try:
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
+            check_cancel(cancel)
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL if cancel is not None else None)
             for ref in ready:
                 task = refs.pop(ref)
                 try:

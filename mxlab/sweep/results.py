@@ -13,6 +13,7 @@ from typing import Any
 
 from ..atomic import atomic_file
 from ..errors import MxlabError
+from ..workspace import SWEEP_FILE
 from .jobs import read_record, record_path
 
 
@@ -24,7 +25,7 @@ CELLS_CSV, TABLE_CSV, TABLE_MD, FIGURE_HTML, REPORT_HTML = ("cells.csv", "table.
 
 def read_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
     """sweep.json of a sweep directory (MxlabError when it is not one)."""
-    path = Path(sweep_dir) / "sweep.json"
+    path = Path(sweep_dir) / SWEEP_FILE
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:

@@ -10,6 +10,7 @@ import dataclasses
 import fnmatch
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..atomic import atomic_file
 from ..errors import MxlabError
 from ..jsonable import write_json
 from ..progress import ProgressFn, report
+from ..workspace import SWEEP_FILE
 from .cost import describe, estimate_sweep, gpu_memory, jobs_per_gpu
 from .executors import Task, _ray_init, run_local, run_ray, slot_envs
 from .jobs import JobFn, cancel_leftovers, read_record, record_path, run_job, write_record
@@ -27,7 +29,6 @@ from .spec import Sweep
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
 MAX_WORKERS = 256
 CPU_SLOT = 4   # cores per local CPU worker by default
 
@@ -118,7 +119,7 @@ class SweepOutcome:
 def run_sweep(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: int | None = None,
               ray: str | None = None, gpus_per_job: float | None = None, progress: ProgressFn | None = None,
               job_fn: JobFn = run_job, sweep_plan: SweepPlan | None = None,
-              only: list[str] | None = None) -> SweepOutcome:
+              only: list[str] | None = None, cancel: threading.Event | None = None) -> SweepOutcome:
     """Run every unfinished cell (failed ones again), locally or on Ray, then write the table and report.
 
     Args:
@@ -130,6 +131,8 @@ def run_sweep(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: i
         progress: ``progress(fraction, message)`` after every finished job; may raise ``Cancelled``.
         job_fn: the function a worker runs per cell (tests substitute one that kills its worker).
         only: run only the cells whose names match one of these fnmatch patterns.
+        cancel: once set, the running jobs are stopped within seconds and ``Cancelled`` is raised; finished
+            cells stay intact, unfinished ones are recorded as cancelled (the app's Cancel; Ctrl-C does the same).
     """
     p = sweep_plan or plan(sweep, workspace, workers=workers, ray=ray, only=only)
     p.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -162,10 +165,12 @@ def run_sweep(sweep: Sweep, workspace: str | os.PathLike = "runs", *, workers: i
     try:
         if ray is not None:
             gpj = gpus_per_job if gpus_per_job is not None else _ray_gpus_per_job(ray)
-            run_ray(tasks, job_fn, on_done, address=ray, gpus_per_job=gpj, retries=sweep.retries)
+            run_ray(tasks, job_fn, on_done, address=ray, gpus_per_job=gpj, retries=sweep.retries,
+                    cancel=cancel)
         else:
             envs = slot_envs(p.workers, len(p.gpus))
-            run_local(tasks, job_fn, on_done, workers=p.workers, envs=envs, retries=sweep.retries)
+            run_local(tasks, job_fn, on_done, workers=p.workers, envs=envs, retries=sweep.retries,
+                      cancel=cancel)
     except BaseException:
         cancel_leftovers(p.sweep_dir, p.todo)
         raise
