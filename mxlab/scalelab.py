@@ -69,6 +69,10 @@ def scale_rule_rows(w: torch.Tensor, fmt: str, block_size: int = 32, rounding: s
     return rows
 
 
+class _Captured(Exception):
+    """Raised by a capture hook once every layer has its tokens, to end the forward pass early."""
+
+
 @torch.no_grad()
 def scale_lab_model(model: nn.Module, fmt: str, block_size: int = 32, rounding: str = "nearest", *,
                     tokens: Optional[torch.Tensor] = None, layers: Optional[Sequence[str]] = None,
@@ -90,6 +94,10 @@ def scale_lab_model(model: nn.Module, fmt: str, block_size: int = 32, rounding: 
     inputs: dict[str, torch.Tensor] = {}
     if tokens is not None:
         hooks = []
+
+        def full() -> bool:
+            return all(inputs.get(t.name) is not None and inputs[t.name].shape[0] >= max_tokens for t in targets)
+
         for t in targets:
             def hook(_m, args, name=t.name):
                 x = args[0].reshape(-1, args[0].shape[-1])
@@ -97,13 +105,17 @@ def scale_lab_model(model: nn.Module, fmt: str, block_size: int = 32, rounding: 
                 room = max_tokens - (0 if have is None else have.shape[0])
                 if room > 0:
                     inputs[name] = x[:room].float() if have is None else torch.cat([have, x[:room].float()])
+                if full():
+                    raise _Captured    # every input is in: the rest of the forward pass would be wasted
             hooks.append(t.module.register_forward_pre_hook(hook))
         try:
             device = next(model.parameters()).device
-            for i in range(tokens.shape[0]):
-                model(tokens[i:i + 1].to(device))
-                if all(inputs.get(t.name) is not None and inputs[t.name].shape[0] >= max_tokens for t in targets):
-                    break
+            with torch.no_grad():
+                for i in range(tokens.shape[0]):
+                    try:
+                        model(tokens[i:i + 1].to(device))
+                    except _Captured:
+                        break
         finally:
             for h in hooks:
                 h.remove()
