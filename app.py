@@ -428,11 +428,11 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
                     inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **any_value)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", **any_value)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", elem_id="layer-pick", **any_value)
                     metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
                                               label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
-                inspect_md = gr.Markdown()
+                inspect_md = gr.Markdown(elem_id="inspect-note")
                 with gr.Row():
                     heatmap = gr.Plot(label="Activation outliers (channels x layers)", elem_id="plot-heatmap")
                     scales = gr.Plot(label="MX scale exponents (weights, activations)", elem_id="plot-scales")
@@ -440,7 +440,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                     waterfall = gr.Plot(label="Error by step", elem_id="plot-waterfall")
                     sens_plot = gr.Plot(label="Sensitivity (one module quantized at a time)",
                                         elem_id="plot-sensitivity")
-                module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360)
+                module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360, elem_id="inspect-table")
 
             with gr.Tab("5 · Compare", id="compare"):
                 with gr.Row():

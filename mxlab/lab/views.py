@@ -19,6 +19,7 @@ from ..rundir import read_results
 from ..sensitivity import sensitivity_table
 from .session import RunEntry, SessionState
 from .tasks import accuracy_text
+from . import wide
 
 RUN_COLUMNS = ["run", "name", "model", "recipe", "eval", "bits/weight", "ppl FP", "ppl quant", "change %",
                "KL", "top-1", "tags", "date"]
@@ -136,9 +137,14 @@ def run_figures(entry: RunEntry, layer: Optional[str], metric: str = "sqnr") -> 
     from .. import plots
 
     block = layer_index(layer)
+    channels = _only(tables.activation_channel_table(entry.stats), block)
+    scales = _only(tables.scale_table(entry.stats), block)
+    many = scales["block"].nunique() > wide.WIDE_LAYERS if len(scales) else False
+    if len(channels) and channels["module"].nunique() * wide.CHANNEL_COLUMNS > wide.HEATMAP_CELLS:
+        channels = wide.rebin_channels(channels, wide.heatmap_columns(channels["module"].nunique()))
     figs = {
-        "heatmap": plots.activation_heatmap(_only(tables.activation_channel_table(entry.stats), block)),
-        "scales": plots.scale_histogram(_only(tables.scale_table(entry.stats), block)),
+        "heatmap": plots.activation_heatmap(channels),
+        "scales": wide.exponent_map(scales) if many else plots.scale_histogram(scales),
         "waterfall": plots.error_waterfall(_only(tables.records_table(entry.records), block), metric=metric),
         "sensitivity": None,
     }
