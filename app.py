@@ -21,7 +21,7 @@ from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS, SCALE_RULES
 from mxlab import compare
 from mxlab import workspace as ws
-from mxlab.lab import form, session, tasks, views
+from mxlab.lab import form, session, tasks, views, wide
 from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
@@ -234,7 +234,7 @@ def inspect_run(run_label: str, layer: str, metric: str, state: SessionState):
         table = views.module_table(entry, layer)
     except Exception as err:  # noqa: BLE001
         return (_error(err), *empty)
-    note = "" if figs["sensitivity"] is not None else "Press **Compute sensitivity** for the ranking."
+    note = "" if figs["sensitivity"] is not None else wide.sensitivity_line(entry)   # its cost, before it starts
     return (note, gr.update(choices=[views.ALL_LAYERS, *layers], value=layer), figs["heatmap"], figs["scales"],
             figs["waterfall"], figs["sensitivity"], table)
 
@@ -400,7 +400,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 with gr.Row():
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
                     eval_windows = gr.Number(form.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
-                                             info="of 512 tokens; 0: the whole set", minimum=0, maximum=10_000,
+                                             info="of the model's context, at most 2048 tokens (stories260K: 512); 0: the whole set", minimum=0, maximum=10_000,
                                              elem_id="eval-windows")
                     run_name = gr.Textbox("", label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
                 with gr.Row():
@@ -428,7 +428,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
                     inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **any_value)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", elem_id="layer-pick", **any_value)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", elem_id="layer-pick",
+                                             **any_value)
                     metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
                                               label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
@@ -440,7 +441,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                     waterfall = gr.Plot(label="Error by step", elem_id="plot-waterfall")
                     sens_plot = gr.Plot(label="Sensitivity (one module quantized at a time)",
                                         elem_id="plot-sensitivity")
-                module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360, elem_id="inspect-table")
+                module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360,
+                                         elem_id="inspect-table")
 
             with gr.Tab("5 · Compare", id="compare"):
                 with gr.Row():

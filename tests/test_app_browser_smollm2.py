@@ -115,11 +115,15 @@ def run_w4a8(page, order: str = "rtn", name: str = "smollm2-w4a8") -> str:
 
 
 # the time from a selection until every Inspect plot holds new data and is drawn, and the table has its rows
-_MARK = """() => { window.__mx = {t0: performance.now(), done: {}, old: {}};
+_MARK = """() => { window.__mx = {t0: null, done: {}, old: {}};
+  // the clock starts when the option is pressed (not when Playwright starts looking for it)
+  document.addEventListener('mousedown', e => { if (e.target.closest('[role=option]') && window.__mx.t0 === null)
+                                                  window.__mx.t0 = performance.now(); }, true);
   for (const id of %s) { const gd = document.querySelector('#' + id + ' .js-plotly-plot');
                          window.__mx.old[id] = gd ? gd.data : null; }
   window.__mx.oldRows = document.querySelector('#inspect-table')?.innerText || '';
-  const poll = () => { const now = performance.now() - window.__mx.t0;
+  const poll = () => { if (window.__mx.t0 === null) { requestAnimationFrame(poll); return; }
+    const now = performance.now() - window.__mx.t0;
     for (const id of %s) { if (window.__mx.done[id]) continue;
       const gd = document.querySelector('#' + id + ' .js-plotly-plot');
       if (gd && gd.data && gd.data !== window.__mx.old[id] && gd._fullLayout && gd.querySelector('.main-svg'))

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from mxlab import plots, tables
+from mxlab import plots
 from mxlab.errors import MxlabError
 from mxlab.lab import session, views, wide
 from mxlab.rundir import RESULTS_FILE
@@ -45,12 +46,13 @@ def test_rebin_of_compacted_bins_weights_means_by_channels():
 def test_rebinned_heatmap_of_30_blocks_is_small():
     modules = [f"model.layers.{b}.{m}" for b in range(30) for m in
                ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
-    df = pd.concat([_channels(256, [m]).assign(block=int(m.split(".")[2])) for m in modules])
+    df = pd.concat([_channels(256, [m]).assign(block=int(m.split(".")[2]), absmax=lambda d, i=i: d["absmax"] + i)
+                    for i, m in enumerate(modules)])                  # distinct inputs: one row each
     cols = wide.heatmap_columns(len(modules))
-    assert cols == 16384 // 120 == 136
+    assert cols == 8192 // 120 == 68
     fig = plots.activation_heatmap(wide.rebin_channels(df, cols))
-    assert len(fig.data[0].y) == 120 and len(fig.data[0].z[0]) == 128      # ceil(256/136)=2 per column -> 128
-    assert len(fig.to_json()) < len(plots.activation_heatmap(df).to_json()) / 1.8
+    assert len(fig.data[0].y) == 120 and np.asarray(fig.data[0].z).size == 120 * 64   # ceil(256/68)=4 channels per bin
+    assert len(fig.to_json()) < len(plots.activation_heatmap(df).to_json()) / 3
     assert wide.heatmap_columns(5) == 256 and wide.heatmap_columns(10_000) == 16
 
 
@@ -69,7 +71,7 @@ def test_exponent_map_is_one_row_per_layer_with_shares():
     weights, acts = fig.data
     assert weights.x == (-3, -2) and len(weights.y) == 30 and weights.y[29] == "layer 29"
     assert weights.z[29] == pytest.approx([39 / (39 + 59), 59 / (39 + 59)], abs=1e-4)
-    assert weights.customdata[29] == (39, 59) and acts.z[0] == (1.0,)
+    assert list(weights.customdata[29]) == [39, 59] and list(acts.z[0]) == [1.0]
     assert len(fig.to_json()) < len(plots.scale_histogram(_scales(30)).to_json()) / 2
 
 
@@ -98,10 +100,24 @@ def test_sensitivity_line_per_module_when_few(tmp_path):
     assert "**14 modules**" in line and "60 forward passes" in line and "about 26 s" in line
 
 
-def test_run_figures_switch_to_the_wide_forms_above_8_layers(tmp_path):
-    entry = _run(tmp_path, 30, 7)
-    entry.stats = {}
-    scales = _scales(30)
-    many = scales["block"].nunique() > wide.WIDE_LAYERS
-    assert many and not _scales(8)["block"].nunique() > wide.WIDE_LAYERS
-    assert views.ALL_LAYERS == "all layers" and tables is not None
+def test_run_figures_of_a_real_run_switch_to_the_wide_forms_and_are_cached(tmp_path, monkeypatch):
+    from mxlab.recipe import Recipe
+    from mxlab.runner import run_experiment
+
+    recipe = Recipe(steps=["rtn"], calib=dict(dataset="tinystories", n_samples=2, seq_len=64))
+    out = run_experiment(None, recipe, workspace=tmp_path, max_eval_windows=1, with_kl=False).out_dir
+    entry = session.SessionState(tmp_path).get(out.name)             # stories260K: 5 blocks x 7 linears, width 64
+    monkeypatch.setattr(wide, "WIDE_LAYERS", 2)                      # 5 layers count as many here
+    monkeypatch.setattr(wide, "HEATMAP_CELLS", 35 * 16)              # 35 modules x 16 bins
+    figs = views.run_figures(entry, views.ALL_LAYERS)
+    assert [t.type for t in figs["scales"].data] == ["heatmap", "heatmap"]      # weights, activations
+    assert list(figs["scales"].data[0].y) == [f"layer {b}" for b in range(5)]
+    heat = figs["heatmap"].data[0]
+    assert len(heat.y) == 20 and np.asarray(heat.z).shape == (20, 16)           # 64 channels -> 16 bins of 4
+    assert heat.y[0].endswith("(4 ch/bin)") and heat.y[3].startswith("0.mlp.down_proj (")   # wider: more per bin
+    again = views.run_figures(entry, views.ALL_LAYERS)
+    assert again["heatmap"] is figs["heatmap"]                       # the second selection builds nothing
+    one = views.run_figures(entry, "layer 3")
+    assert {t.type for t in one["scales"].data} == {"bar"} and len(one["heatmap"].data[0].y) == 4
+    assert np.asarray(one["heatmap"].data[0].z).shape == (4, 64)                # one layer keeps every channel
+    assert views.module_table(entry, "layer 3")["block"].tolist() == [3] * 7

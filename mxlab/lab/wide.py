@@ -8,8 +8,10 @@ bins are merged down to ``HEATMAP_CELLS`` cells; a single layer keeps every bin.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
+from .. import tables
 from ..compact import CHANNEL_BINS
 from ..errors import MxlabError
 from ..sensitivity import AUTO_MODULE_LIMIT
@@ -17,8 +19,29 @@ from .session import RunEntry
 
 WIDE_LAYERS = 8            # the bar histogram stays readable up to this many layers (one colour each)
 CHANNEL_COLUMNS = CHANNEL_BINS    # bins per module that results.json keeps (mxlab.compact)
-HEATMAP_CELLS = 16384      # modules x bins of one heatmap: SmolLM2's 210 modules get 78 bins each (0.2 MB)
+HEATMAP_CELLS = 8192       # modules x bins of one heatmap: SmolLM2's 210 modules get 39 bins each (0.1 MB)
+_CACHED_RUNS = 4           # runs whose tables stay built (SmolLM2's: ~10 MB each)
+_TABLES: dict[int, tuple[weakref.ref, dict]] = {}
 SENS_WINDOWS, SENS_SEQ_LEN = 4, 128    # what the app's Compute sensitivity measures (session.compute_sensitivity)
+
+
+def run_tables(entry: RunEntry) -> dict[str, Any]:
+    """The run's activation-channel, scale and records tables, built once per loaded run (a few per process):
+    switching layers then only filters them (SmolLM2: 42,240 channel rows, 0.1 s to build)."""
+    key = id(entry)
+    if key in _TABLES and _TABLES[key][0]() is entry:
+        return _TABLES[key][1]
+    built = {"channels": tables.activation_channel_table(entry.stats), "scales": tables.scale_table(entry.stats),
+             "records": tables.records_table(entry.records), "figures": {}}
+    remember(_TABLES, key, (weakref.ref(entry), built), keep=_CACHED_RUNS)
+    return built
+
+
+def remember(cache: dict, key: Any, value: Any, keep: int = 16) -> None:
+    """Store ``value`` in ``cache``, dropping the oldest entries beyond ``keep`` (a run's figures per layer)."""
+    cache[key] = value
+    while len(cache) > keep:
+        cache.pop(next(iter(cache)))
 
 
 def rebin_channels(channels, max_columns: int):
@@ -34,7 +57,7 @@ def rebin_channels(channels, max_columns: int):
         raise MxlabError(f"max_columns must be at least 1, got {max_columns}")
     if not len(channels):
         return channels
-    df = channels.copy()
+    df = channels.reset_index(drop=True)      # idxmax below needs unique labels
     if "peak_channel" not in df:        # one row per channel: each is its own bin
         df["channel_end"] = df["peak_channel"] = df["channel"]
     keys = ["module", "stage"]
