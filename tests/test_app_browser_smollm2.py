@@ -46,9 +46,9 @@ pytestmark = [
 
 # ---------------------------------------------------------------------------- steps (the screenshot script reuses them)
 def baseline_run(workspace: Path) -> None:
-    """A quick CLI run of the embedded model (W-MXINT8/A-MXINT8, RTN) to compare against, named 'embedded'."""
+    """A quick CLI run of the embedded model (W-MXINT8/A-MXINT8, GPTQ) to compare against, named 'embedded'."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "mxlab", "-q", "run", "--weights", "mxint8", "--steps", "rtn",
+    proc = subprocess.run([sys.executable, "-m", "mxlab", "-q", "run", "--weights", "mxint8", "--steps", "gptq",
                            "--calib-samples", "4", "--calib-seq-len", "64", "--max-eval-windows", "2",
                            "--workspace", str(workspace), "--name", "embedded"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
@@ -193,7 +193,7 @@ def test_inspect_figures_render_within_2_s_of_a_selection(page, workspace):
     tab(page, "4 · Inspect")
     pick(page, "#inspect-run", run_label(workspace, "embedded"))       # start from the other run
     page.locator("#plot-waterfall .main-svg").first.wait_for(state="visible")
-    seconds = timed_selection(page, "#inspect-run", run_label(workspace, "smollm2-w4a8"), "")
+    seconds = timed_selection(page, "#inspect-run", run_label(workspace, "smollm2-w4a8"), "rtn")  # baseline: gptq
     print("\nInspect, selecting the SmolLM2 run (s):", {k: round(v, 2) for k, v in seconds.items()})
     assert all(v < BUDGET_S for v in seconds.values()), seconds
     heat = page.evaluate("document.querySelector('#plot-heatmap .js-plotly-plot').data[0].y.length")

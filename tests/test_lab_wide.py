@@ -53,6 +53,7 @@ def test_rebinned_heatmap_of_30_blocks_is_small():
     fig = plots.activation_heatmap(wide.rebin_channels(df, cols))
     assert len(fig.data[0].y) == 120 and np.asarray(fig.data[0].z).size == 120 * 64   # ceil(256/68)=4 channels per bin
     assert len(fig.to_json()) < len(plots.activation_heatmap(df).to_json()) / 3
+    assert fig.layout.height == 22 * 120 + 150 and wide.fit_height(fig).layout.height == 900
     assert wide.heatmap_columns(5) == 256 and wide.heatmap_columns(10_000) == 16
 
 

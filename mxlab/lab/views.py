@@ -146,7 +146,7 @@ def run_figures(entry: RunEntry, layer: Optional[str], metric: str = "sqnr") -> 
     if len(channels) and channels["module"].nunique() * wide.CHANNEL_COLUMNS > wide.HEATMAP_CELLS:
         channels = wide.rebin_channels(channels, wide.heatmap_columns(channels["module"].nunique()))
     figs = {
-        "heatmap": plots.activation_heatmap(channels),
+        "heatmap": wide.fit_height(plots.activation_heatmap(channels)),
         "scales": wide.exponent_map(scales) if many else plots.scale_histogram(scales),
         "waterfall": plots.error_waterfall(_only(whole["records"], block), metric=metric),
         "sensitivity": None,

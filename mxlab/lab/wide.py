@@ -20,6 +20,7 @@ from .session import RunEntry
 WIDE_LAYERS = 8            # the bar histogram stays readable up to this many layers (one colour each)
 CHANNEL_COLUMNS = CHANNEL_BINS    # bins per module that results.json keeps (mxlab.compact)
 HEATMAP_CELLS = 8192       # modules x bins of one heatmap: SmolLM2's 210 modules get 39 bins each (0.1 MB)
+MAX_FIGURE_PX = 900        # SmolLM2's heatmap asked for 2,790 px: slower to draw, everything else out of view
 _CACHED_RUNS = 4           # runs whose tables stay built (SmolLM2's: ~10 MB each)
 _TABLES: dict[int, tuple[weakref.ref, dict]] = {}
 SENS_WINDOWS, SENS_SEQ_LEN = 4, 128    # what the app's Compute sensitivity measures (session.compute_sensitivity)
@@ -35,6 +36,13 @@ def run_tables(entry: RunEntry) -> dict[str, Any]:
              "records": tables.records_table(entry.records), "figures": {}}
     remember(_TABLES, key, (weakref.ref(entry), built), keep=_CACHED_RUNS)
     return built
+
+
+def fit_height(fig: Any, max_px: int = MAX_FIGURE_PX) -> Any:
+    """Cap a figure's height (plotly then labels every n-th row of a category axis); returns the figure."""
+    if (fig.layout.height or 0) > max_px:
+        fig.update_layout(height=max_px)
+    return fig
 
 
 def remember(cache: dict, key: Any, value: Any, keep: int = 16) -> None:
