@@ -400,7 +400,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 with gr.Row():
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
                     eval_windows = gr.Number(form.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
-                                             info="of the model's context, at most 2048 tokens (stories260K: 512); 0: the whole set", minimum=0, maximum=10_000,
+                                             info="of the model's context, at most 2048 tokens (stories260K: 512); 0: the whole set",
+                                             minimum=0, maximum=10_000,
                                              elem_id="eval-windows")
                     run_name = gr.Textbox("", label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
                 with gr.Row():
@@ -428,8 +429,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
                     inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **any_value)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", elem_id="layer-pick",
-                                             **any_value)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer",
+                                             elem_id="layer-pick", **any_value)
                     metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
                                               label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")

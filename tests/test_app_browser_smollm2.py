@@ -183,8 +183,8 @@ def test_load_smollm2_and_run_w_mxint4_a_mxint8(page):
     assert "30 decoder blocks" in summary and "210 of 211" in summary, summary
     status = run_w4a8(page)
     assert "Done." in status and "W-mxint4 A-mxint8" in status, status
-    ppl_fp, ppl_q = (float(x) for x in
-                     status.split("perplexity FP ")[1].split(" · ")[0].replace("->", " ").replace("quantized", "").split())
+    ppl = status.split("perplexity FP ")[1].split(" · ")[0]            # '18.84 -> quantized 20.1'
+    ppl_fp, ppl_q = (float(x) for x in ppl.replace("->", " ").replace("quantized", "").split())
     assert 10 < ppl_fp < 40 and ppl_fp < ppl_q < 3 * ppl_fp, status     # 4-bit weights cost perplexity, not all of it
     assert "4.25 bits per weight" in status
 

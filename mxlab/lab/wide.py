@@ -142,8 +142,8 @@ def sensitivity_line(entry: RunEntry) -> str:
     per_block = len(modules) > AUTO_MODULE_LIMIT
     units = len(blocks) if per_block else len(modules)
     forwards = (units + 1) * SENS_WINDOWS
-    line = (f"Sensitivity is not computed yet: **{units} {'blocks' if per_block else 'modules'}**"
-            f"{f' (one block at a time: {len(modules)} modules are more than {AUTO_MODULE_LIMIT})' if per_block else ''}"
+    why = f" (one block at a time: {len(modules)} modules are more than {AUTO_MODULE_LIMIT})" if per_block else ""
+    line = (f"Sensitivity is not computed yet: **{units} {'blocks' if per_block else 'modules'}**{why}"
             f" x {SENS_WINDOWS} windows of {SENS_SEQ_LEN} tokens = {forwards} forward passes")
     seconds = _seconds_per_token(entry)
     if seconds is not None:
