@@ -35,7 +35,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     workspace = Path(args.workspace or tempfile.mkdtemp(prefix="mxlab-smollm2-"))
-    steps.baseline_run(workspace)
+    steps.baseline_run(workspace, steps="rtn" if args.order != "rtn" else "gptq")   # the table tells them apart
     with running_app(workspace, allow=[str(steps.GGUF.parent)]) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(steps.CHROMIUM), args=steps.ARGS, headless=True)
         page = steps.new_page(browser, url, height=1500)

@@ -45,10 +45,10 @@ pytestmark = [
 
 
 # ---------------------------------------------------------------------------- steps (the screenshot script reuses them)
-def baseline_run(workspace: Path) -> None:
-    """A quick CLI run of the embedded model (W-MXINT8/A-MXINT8, GPTQ) to compare against, named 'embedded'."""
+def baseline_run(workspace: Path, steps: str = "gptq") -> None:
+    """A quick CLI run of the embedded model (W-MXINT8/A-MXINT8, ``steps``) to compare against, named 'embedded'."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "mxlab", "-q", "run", "--weights", "mxint8", "--steps", "gptq",
+    proc = subprocess.run([sys.executable, "-m", "mxlab", "-q", "run", "--weights", "mxint8", "--steps", steps,
                            "--calib-samples", "4", "--calib-seq-len", "64", "--max-eval-windows", "2",
                            "--workspace", str(workspace), "--name", "embedded"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import weakref
 from typing import Any, Optional
 
+import numpy as np
+
 from .. import tables
 from ..compact import CHANNEL_BINS
 from ..errors import MxlabError
@@ -121,8 +123,8 @@ def exponent_map(scales) -> Any:
         grid = grid.reindex(columns=range(int(grid.columns.min()), int(grid.columns.max()) + 1), fill_value=0)
         share = grid.div(grid.sum(axis=1), axis=0)
         fig.add_trace(go.Heatmap(
-            z=share.round(4).values.tolist(), x=[int(e) for e in share.columns], y=[f"layer {b}" for b in share.index],
-            customdata=grid.values.tolist(), colorscale="Viridis", zmin=0, zmax=1, showscale=c == len(panels),
+            z=share.to_numpy(np.float32), x=[int(e) for e in share.columns], y=[f"layer {b}" for b in share.index],
+            customdata=grid.to_numpy(np.float32), colorscale="Viridis", zmin=0, zmax=1, showscale=c == len(panels),
             colorbar=dict(title="share"), name=f"{tensor}",
             hovertemplate="%{y} " + tensor + "<br>2^%{x}: %{customdata} blocks (%{z:.1%})<extra>" + fmt + "</extra>"),
             row=1, col=c)
