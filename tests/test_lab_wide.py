@@ -115,6 +115,7 @@ def test_run_figures_of_a_real_run_switch_to_the_wide_forms_and_are_cached(tmp_p
     assert list(figs["scales"].data[0].y) == [f"layer {b}" for b in range(5)]
     heat = figs["heatmap"].data[0]
     assert len(heat.y) == 20 and np.asarray(heat.z).shape == (20, 16)           # 64 channels -> 16 bins of 4
+    assert "at most 16 per module" in figs["heatmap"].layout.xaxis.title.text
     assert heat.y[0].endswith("(4 ch/bin)") and heat.y[3].startswith("0.mlp.down_proj (")   # wider: more per bin
     again = views.run_figures(entry, views.ALL_LAYERS)
     assert again["heatmap"] is figs["heatmap"]                       # the second selection builds nothing

@@ -143,10 +143,11 @@ def run_figures(entry: RunEntry, layer: Optional[str], metric: str = "sqnr") -> 
         return dict(whole["figures"][key])
     channels, scales = _only(whole["channels"], block), _only(whole["scales"], block)
     many = scales["block"].nunique() > wide.WIDE_LAYERS if len(scales) else False
-    if len(channels) and channels["module"].nunique() * wide.CHANNEL_COLUMNS > wide.HEATMAP_CELLS:
-        channels = wide.rebin_channels(channels, wide.heatmap_columns(channels["module"].nunique()))
+    columns = wide.heatmap_columns(channels["module"].nunique()) if len(channels) else wide.CHANNEL_COLUMNS
+    if columns < wide.CHANNEL_COLUMNS:
+        channels = wide.rebin_channels(channels, columns)
     figs = {
-        "heatmap": wide.fit_height(plots.activation_heatmap(channels)),
+        "heatmap": wide.fit_height(plots.activation_heatmap(channels, max_columns=columns)),
         "scales": wide.exponent_map(scales) if many else plots.scale_histogram(scales),
         "waterfall": plots.error_waterfall(_only(whole["records"], block), metric=metric),
         "sensitivity": None,

@@ -128,7 +128,9 @@ def exponent_map(scales) -> Any:
             colorbar=dict(title="share"), name=f"{tensor}",
             hovertemplate="%{y} " + tensor + "<br>2^%{x}: %{customdata} blocks (%{z:.1%})<extra>" + fmt + "</extra>"),
             row=1, col=c)
-        fig.update_xaxes(title_text="shared exponent e (scale 2^e)", dtick=1, row=1, col=c)
+        span = int(share.columns.max()) - int(share.columns.min())     # every exponent labelled while they fit
+        fig.update_xaxes(title_text="shared exponent e (scale 2^e)", row=1, col=c,
+                         dtick=1 if span <= 12 else 2 if span <= 24 else None)
         fig.update_yaxes(autorange="reversed", type="category", row=1, col=c)
     n_layers = agg["block"].nunique()
     fig.update_layout(title=title, template=plots._TEMPLATE, height=max(350, 14 * n_layers + 160))
