@@ -139,6 +139,7 @@ def run_recipe(*args, progress=gr.Progress(), source: str | None = None):
         entry = session.execute_run(state, model, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
                                     report=lambda f, msg: progress(f, desc=msg), name=name or "", **zero_shot)
         message = views.metrics_markdown(entry) + f" Workspace: {tree_bytes(state.workspace) / 2**20:.1f} MB."
+        views.run_figures(entry, views.ALL_LAYERS)      # built now (cached), so Inspect shows the new run at once
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
         gr.Info(str(err))

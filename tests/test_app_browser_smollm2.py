@@ -119,14 +119,16 @@ _MARK = """() => { window.__mx = {t0: null, done: {}, old: {}};
   // the clock starts when the option is pressed (not when Playwright starts looking for it)
   document.addEventListener('mousedown', e => { if (e.target.closest('[role=option]') && window.__mx.t0 === null)
                                                   window.__mx.t0 = performance.now(); }, true);
-  for (const id of %s) { const gd = document.querySelector('#' + id + ' .js-plotly-plot');
-                         window.__mx.old[id] = gd ? gd.data : null; }
+  // a plot's content: trace types and sizes (gradio redraws the old figure, as new objects, while it waits)
+  const sig = gd => gd && gd.data ? gd.data.map(t => `${t.type}:${t.y?.length ?? 0}:${t.x?.length ?? 0}`).join('|') : '';
+  window.__mx.sig = sig;
+  for (const id of %s) window.__mx.old[id] = sig(document.querySelector('#' + id + ' .js-plotly-plot'));
   window.__mx.oldRows = document.querySelector('#inspect-table')?.innerText || '';
   const poll = () => { if (window.__mx.t0 === null) { requestAnimationFrame(poll); return; }
     const now = performance.now() - window.__mx.t0;
     for (const id of %s) { if (window.__mx.done[id]) continue;
       const gd = document.querySelector('#' + id + ' .js-plotly-plot');
-      if (gd && gd.data && gd.data !== window.__mx.old[id] && gd._fullLayout && gd.querySelector('.main-svg'))
+      if (gd && gd._fullLayout && gd.querySelector('.main-svg') && window.__mx.sig(gd) !== window.__mx.old[id])
         window.__mx.done[id] = now; }
     const rows = document.querySelector('#inspect-table')?.innerText || '';
     if (!window.__mx.done.table && rows !== window.__mx.oldRows && rows.includes(window.__mx.want))
@@ -136,8 +138,9 @@ _MARK = """() => { window.__mx = {t0: null, done: {}, old: {}};
 
 
 def timed_selection(page, selector: str, option: str, table_text: str) -> dict[str, float]:
-    """Select ``option`` in ``selector``; seconds until each plot holds new data and is drawn, and until the
-    per-module table shows other rows (holding ``table_text``; the table draws only the rows in view)."""
+    """Select ``option`` in ``selector``; seconds until each plot is drawn with other traces (types, sizes), and
+    until the per-module table shows other rows (holding ``table_text``; the table draws only the rows in view).
+    Every figure must differ between the two selections (they do: 5 vs 30 layers, all layers vs one)."""
     page.evaluate(_MARK % (list(PLOTS), list(PLOTS), len(PLOTS) + 1))
     page.evaluate(f"window.__mx.want = {table_text!r}")
     pick(page, selector, option)
