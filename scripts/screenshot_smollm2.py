@@ -43,7 +43,7 @@ def main() -> None:
         print(steps.run_w4a8(page, order=args.order, name="smollm2-w4a8"))
         steps.tab(page, "4 · Inspect")
         steps.pick(page, "#inspect-run", steps.run_label(workspace, "embedded"))
-        page.locator("#plot-waterfall .main-svg").first.wait_for(state="visible")
+        steps.wait_heatmap_rows(page, 5 * 4)
         seconds = steps.timed_selection(page, "#inspect-run", steps.run_label(workspace, "smollm2-w4a8"),
                                         args.order)
         print("seconds from selecting the run to each figure drawn:", {k: round(v, 2) for k, v in seconds.items()})

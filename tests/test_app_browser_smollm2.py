@@ -151,6 +151,13 @@ def timed_selection(page, selector: str, option: str, table_text: str) -> dict[s
     return {k: v / 1000 for k, v in page.evaluate("window.__mx.done").items()}
 
 
+def wait_heatmap_rows(page, rows: int) -> None:
+    """Wait until the heatmap shows ``rows`` rows: the previous selection's figures are drawn, so a timed
+    selection starts from a settled page (the embedded model: 5 blocks x 4 rows; SmolLM2: 30 x 4)."""
+    page.wait_for_function("document.querySelector('#plot-heatmap .js-plotly-plot')?.data?.[0]?.y?.length"
+                           f" === {rows}", timeout=60_000)
+
+
 def run_label(workspace: Path, name: str) -> str:
     """The pickers' label of the workspace's run named ``name``."""
     return next(r.label for r in ws.list_runs(workspace) if r.name == name)
@@ -195,12 +202,11 @@ def test_load_smollm2_and_run_w_mxint4_a_mxint8(page):
 def test_inspect_figures_render_within_2_s_of_a_selection(page, workspace):
     tab(page, "4 · Inspect")
     pick(page, "#inspect-run", run_label(workspace, "embedded"))       # start from the other run
-    page.locator("#plot-waterfall .main-svg").first.wait_for(state="visible")
+    wait_heatmap_rows(page, 5 * 4)
     seconds = timed_selection(page, "#inspect-run", run_label(workspace, "smollm2-w4a8"), "rtn")  # baseline: gptq
     print("\nInspect, selecting the SmolLM2 run (s):", {k: round(v, 2) for k, v in seconds.items()})
     assert all(v < BUDGET_S for v in seconds.values()), seconds
-    heat = page.evaluate("document.querySelector('#plot-heatmap .js-plotly-plot').data[0].y.length")
-    assert heat == 30 * 4           # one row per activation (q/k/v share one, o, gate/up share one, down)
+    wait_heatmap_rows(page, 30 * 4)  # one row per activation (q/k/v share one, o, gate/up share one, down)
     assert "sensitivity" in page.locator("#inspect-note").inner_text().lower()
     seconds = timed_selection(page, "#layer-pick", "layer 29", "layers.29.self_attn.q_proj")
     print("Inspect, selecting layer 29 (s):", {k: round(v, 2) for k, v in seconds.items()})
