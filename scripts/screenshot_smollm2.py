@@ -47,6 +47,8 @@ def main() -> None:
         seconds = steps.timed_selection(page, "#inspect-run", steps.run_label(workspace, "smollm2-w4a8"),
                                         args.order)
         print("seconds from selecting the run to each figure drawn:", {k: round(v, 2) for k, v in seconds.items()})
+        steps.wait_heatmap_rows(page, 30 * 4)
+        page.wait_for_timeout(1500)               # gradio's pending overlay fades out
         page.mouse.move(0, 0)
         raw = Path(tempfile.mkdtemp()) / "raw.png"
         page.screenshot(path=str(raw), style=".toast-wrap {display: none !important;}")
