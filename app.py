@@ -21,7 +21,7 @@ from mxlab.errors import Cancelled, MxlabError
 from mxlab.formats import FORMATS, ROUNDINGS, SCALE_RULES
 from mxlab import compare
 from mxlab import workspace as ws
-from mxlab.lab import form, mixview, scaleview, session, sweepview, tasks, views
+from mxlab.lab import form, mixview, scaleview, session, sweepview, tasks, views, wide
 from mxlab.lab.server import POLICY, tree_bytes
 from mxlab.lab.session import SessionState
 from mxlab.limits import bound
@@ -139,6 +139,7 @@ def run_recipe(*args, progress=gr.Progress(), source: str | None = None):
         entry = session.execute_run(state, model, recipe, eval_dataset=eval_dataset, max_eval_windows=windows,
                                     report=lambda f, msg: progress(f, desc=msg), name=name or "", **zero_shot)
         message = views.metrics_markdown(entry) + f" Workspace: {tree_bytes(state.workspace) / 2**20:.1f} MB."
+        views.run_figures(entry, views.ALL_LAYERS)      # built now (cached), so Inspect shows the new run at once
     except Cancelled as err:
         message = f"**Cancelled:** {err}"
         gr.Info(str(err))
@@ -234,7 +235,7 @@ def inspect_run(run_label: str, layer: str, metric: str, state: SessionState):
         table = views.module_table(entry, layer)
     except Exception as err:  # noqa: BLE001
         return (_error(err), *empty)
-    note = "" if figs["sensitivity"] is not None else "Press **Compute sensitivity** for the ranking."
+    note = "" if figs["sensitivity"] is not None else wide.sensitivity_line(entry)   # its cost, before it starts
     return (note, gr.update(choices=[views.ALL_LAYERS, *layers], value=layer), figs["heatmap"], figs["scales"],
             figs["waterfall"], figs["sensitivity"], table)
 
@@ -495,7 +496,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                 with gr.Row():
                     eval_ds = gr.Dropdown(list(DATASETS), value="tinystories", label="Evaluation set")
                     eval_windows = gr.Number(form.DEFAULT_EVAL_WINDOWS, precision=0, label="Eval windows",
-                                             info="of 512 tokens; 0: the whole set", minimum=0, maximum=10_000,
+                                             info="of the model's context, at most 2048 tokens (stories260K: 512); 0: the whole set",
+                                             minimum=0, maximum=10_000,
                                              elem_id="eval-windows")
                     run_name = gr.Textbox("", label="Run name (optional)", max_length=80, elem_id="run-name", scale=2)
                 with gr.Row():
@@ -523,11 +525,12 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
             with gr.Tab("4 · Inspect", id="inspect"):
                 with gr.Row():
                     inspect_pick = gr.Dropdown([], label="Run", elem_id="inspect-run", scale=3, **any_value)
-                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer", **any_value)
+                    layer_pick = gr.Dropdown([views.ALL_LAYERS], value=views.ALL_LAYERS, label="Layer",
+                                             elem_id="layer-pick", **any_value)
                     metric_pick = gr.Dropdown(["output SQNR (dB)", "output MSE (absolute)"], value="output SQNR (dB)",
                                               label="Error by step shows", elem_id="metric-pick")
                     sens_btn = gr.Button("Compute sensitivity", elem_id="sens-btn")
-                inspect_md = gr.Markdown()
+                inspect_md = gr.Markdown(elem_id="inspect-note")
                 with gr.Row():
                     heatmap = gr.Plot(label="Activation outliers (channels x layers)", elem_id="plot-heatmap")
                     scales = gr.Plot(label="MX scale exponents (weights, activations)", elem_id="plot-scales")
@@ -535,7 +538,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
                     waterfall = gr.Plot(label="Error by step", elem_id="plot-waterfall")
                     sens_plot = gr.Plot(label="Sensitivity (one module quantized at a time)",
                                         elem_id="plot-sensitivity")
-                module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360)
+                module_df = gr.Dataframe(label="Per-module records", interactive=False, max_height=360,
+                                         elem_id="inspect-table")
 
             with gr.Tab("5 · Compare", id="compare"):
                 with gr.Row():

@@ -5,7 +5,7 @@ import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,16 +18,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(workspace: Optional[Path] = None) -> Iterator[str]:
+def running_app(workspace: Optional[Path] = None, allow: Sequence[str] = ()) -> Iterator[str]:
     """The app over ``workspace`` served from a background thread; yields its URL and closes it afterwards.
 
-    As ``app.main``: the server policy's workspace (session scratch folders, allowed root) is the runs' one."""
+    As ``app.main``: the server policy's workspace (session scratch folders, allowed root) is the runs' one;
+    ``allow``: directories clients may name as model sources (``app.py --allow-path``)."""
     sys.path.insert(0, str(REPO))
     import app
     from mxlab.lab.server import POLICY
 
     if workspace is not None:
-        POLICY.configure([], concurrency=1, workspace=workspace)
+        POLICY.configure(list(allow), concurrency=1, workspace=workspace)
     demo = app.build(workspace=str(workspace) if workspace else None)
     demo.queue(default_concurrency_limit=2)
     port = free_port()

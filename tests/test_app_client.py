@@ -101,6 +101,7 @@ def test_inspect_and_compare(client, first_run):
     note, layer, heatmap, scales, waterfall, sens, table = client.predict(
         awq["run"], "layer 1", "output SQNR (dB)", api_name="/inspect")
     assert layer == "layer 1" and None not in (heatmap, scales, waterfall) and sens is None
+    assert "**35 modules** x 4 windows of 128 tokens = 144 forward passes" in note      # the cost, before it starts
     records = _rows(table)
     assert {r["block"] for r in records} == {1} and {r["step"] for r in records} >= {"awq", "gptq"}
     assert all(r["sqnr_after"] > 10 for r in records if r["step"] == "gptq")   # 4-bit weights: > 10 dB each

@@ -95,3 +95,19 @@ def test_compressed_tensors_download_of_an_mxfp4_run(tmp_path):
                            max_eval_windows=1, eval_seq_len=64, workspace=state.workspace, name="int4")
     with pytest.raises(MxlabError, match="mxint4"):
         session.compressed_tensors_zip(state, state.get(mxint.out_dir.name))
+
+
+def test_zip_dir_round_trips_every_file_and_leaves_no_partial(tmp_path):
+    import zipfile
+
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    blobs = {"model.safetensors": bytes(range(256)) * 1000, "config.json": b'{"a": 1}', "sub/tok.json": b"x" * 5000}
+    for name, data in blobs.items():
+        (src / name).write_bytes(data)
+    (tmp_path / "out").mkdir()
+    dest = session.zip_dir(src, tmp_path / "out" / "r1-model.zip")
+    with zipfile.ZipFile(dest) as z:
+        assert sorted(z.namelist()) == sorted(blobs) and all(z.read(n) == d for n, d in blobs.items())
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert dest.stat().st_size < 50_000 and [p.name for p in dest.parent.iterdir()] == ["r1-model.zip"]

@@ -19,6 +19,7 @@ from ..rundir import read_results
 from ..sensitivity import sensitivity_table
 from .session import RunEntry, SessionState
 from .tasks import accuracy_text
+from . import wide
 
 RUN_COLUMNS = ["run", "name", "model", "recipe", "eval", "bits/weight", "ppl FP", "ppl quant", "change %",
                "KL", "top-1", "tags", "date"]
@@ -136,21 +137,31 @@ def run_figures(entry: RunEntry, layer: Optional[str], metric: str = "sqnr") -> 
     from .. import plots
 
     block = layer_index(layer)
+    whole = wide.run_tables(entry)            # built once per run: a layer switch only filters them
+    key = (block, metric, entry.sensitivity is not None)
+    if key in whole["figures"]:               # selected before: no rebuilding
+        return dict(whole["figures"][key])
+    channels, scales = _only(whole["channels"], block), _only(whole["scales"], block)
+    many = scales["block"].nunique() > wide.WIDE_LAYERS if len(scales) else False
+    columns = wide.heatmap_columns(channels["module"].nunique()) if len(channels) else wide.CHANNEL_COLUMNS
+    if columns < wide.CHANNEL_COLUMNS:
+        channels = wide.rebin_channels(channels, columns)
     figs = {
-        "heatmap": plots.activation_heatmap(_only(tables.activation_channel_table(entry.stats), block)),
-        "scales": plots.scale_histogram(_only(tables.scale_table(entry.stats), block)),
-        "waterfall": plots.error_waterfall(_only(tables.records_table(entry.records), block), metric=metric),
+        "heatmap": wide.fit_height(plots.activation_heatmap(channels, max_columns=columns)),
+        "scales": wide.exponent_map(scales) if many else plots.scale_histogram(scales),
+        "waterfall": plots.error_waterfall(_only(whole["records"], block), metric=metric),
         "sensitivity": None,
     }
     if entry.sensitivity is not None:
         figs["sensitivity"] = plots.sensitivity_chart(_only(sensitivity_table(entry.sensitivity), block))
-    return figs
+    wide.remember(whole["figures"], key, figs)
+    return dict(figs)
 
 
 def module_table(entry: RunEntry, layer: Optional[str]):
     """Per-module x step records of one run (and layer), numbers rounded for display."""
     cols = ["block", "module", "step", "mse_before", "mse_after", "sqnr_before", "sqnr_after", "seconds"]
-    df = _only(tables.records_table(entry.records), layer_index(layer))
+    df = _only(wide.run_tables(entry)["records"], layer_index(layer))
     df = df[[c for c in cols if c in df.columns]].copy()
     for c in df.columns[3:]:
         df[c] = df[c].astype(float).map(lambda v: float(f"{v:.4g}"))
