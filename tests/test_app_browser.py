@@ -11,16 +11,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from app_server import REPO, running_app
+from app_server import ARGS, CHROMIUM, REPO, running_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "tests" / "artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 QUICK = ["--steps", "rtn", "--calib-samples", "4", "--calib-seq-len", "64", "--max-eval-windows", "2"]
 
 pytestmark = [

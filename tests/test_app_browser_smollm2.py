@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from app_server import REPO, running_app
+from app_server import ARGS, CHROMIUM, REPO, running_app
 from mxlab import workspace as ws
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 PLOTS = ("plot-heatmap", "plot-scales", "plot-waterfall")
 BUDGET_S = 2.0        # issue 19: every Inspect figure within 2 s of selecting the run or a layer
 

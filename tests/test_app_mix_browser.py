@@ -3,15 +3,11 @@ Uses Debian's /usr/bin/chromium (as tests/test_app_browser.py); never downloads 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-from app_server import REPO, running_app
+from app_server import ARGS, CHROMIUM, REPO, running_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.browser, pytest.mark.slow,

@@ -3,15 +3,11 @@ shows the first layer's rule table and figure; picking another layer redraws bot
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from app_server import running_app
+from app_server import ARGS, CHROMIUM, running_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.browser, pytest.mark.slow,

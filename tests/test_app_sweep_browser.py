@@ -10,17 +10,14 @@ import sys
 import pytest
 import yaml
 
-from app_server import REPO, running_app
+from app_server import ARGS, CHROMIUM, REPO, running_app
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 TINY = {"save_model": False, "with_kl": False, "eval": {"dataset": "tinystories", "max_windows": 1},
         "recipe": {"weights": "mxint4", "acts": "mxint8", "block_size": 32, "steps": ["rtn"],
                    "calib": {"dataset": "tinystories", "n_samples": 2, "seq_len": 32}}}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")]
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def workspace(tmp_path_factory):
 def page(workspace):
     sync_api = pytest.importorskip("playwright.sync_api")
     with running_app(workspace) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         pg = browser.new_page(viewport={"width": 1280, "height": 900})
         pg.set_default_timeout(60_000)
         pg.goto(url)

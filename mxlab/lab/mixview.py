@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from ..compressed_tensors import check_exportable
 from ..errors import MxlabError
@@ -23,8 +22,7 @@ from ..mix.probe import MAX_SEQ_LEN, METHODS
 from ..mix.solver import Point
 from ..mix.workflow import mix_frontier
 from ..recipe import Recipe
-from .server import POLICY
-from .session import Report, RunEntry, SessionState, check_sources, execute_run, progress_adapter
+from .session import Report, RunEntry, SessionState, check_sources, exclusive, execute_run, progress_adapter
 
 # every format a module's weights can take (aliases and 'none' left out: 'none' has no packed size)
 CANDIDATES = [f for f in FORMATS if f != "none" and canonical_format(f) == f]
@@ -79,28 +77,14 @@ def _whole(value: Any, what: str) -> int:
     return int(value)
 
 
-@contextmanager
-def _exclusive(state: SessionState, report: Report) -> Iterator[None]:
-    """One job per session, through the server's fair gate (the protocol of ``session.execute_run``)."""
-    if state.busy:
-        raise MxlabError("A job of this session (a run or a frontier) is still going; wait for it or press Cancel.")
-    state.busy = True
-    state.cancel.clear()
-    try:
-        with POLICY.gate.slot(state, state.cancel, report):
-            yield
-    finally:
-        state.busy = False
-        state.cancel.clear()     # a Cancel pressed for this job must not stop the next one
-
-
 def compute(state: SessionState, recipe: Recipe, formats: Any, method: Any, windows: Any, seq_len: Any,
             report: Report) -> MixSession:
     """Probe the session's model (every module x format, KL to FP) under ``recipe`` and solve the frontier."""
     fmts, method, n, length = check_settings(formats, method, windows, seq_len)
     source = state.model_source
     check_sources(source, recipe, None)
-    with _exclusive(state, report):
+    with exclusive(state, report, "A job of this session (a run or a frontier) is still going; wait for it or "
+                   "press Cancel."):
         frontier, _ = mix_frontier(source, recipe, fmts, probe_windows=n, probe_seq_len=length, method=method,
                                    progress=progress_adapter(report, state.cancel))
     state.mix = MixSession(frontier, source, method, n, length)

@@ -26,8 +26,7 @@ from ..models import load_model
 from ..ptq.plan import plan
 from ..recipe import Recipe
 from ..scalelab import scale_lab_model
-from .server import POLICY
-from .session import SessionState, check_sources, progress_adapter
+from .session import SessionState, check_sources, exclusive, progress_adapter
 
 MX_FORMATS = list(dict.fromkeys(canonical_format(f) for f in FORMATS if is_mx(f)))
 CALIB_SET = "tinystories"     # the embedded calibration text: no file access, same tokens for every session
@@ -205,16 +204,8 @@ def layer_view(state: SessionState, q: ScaleQuery, layer: Optional[str]) -> dict
 def summary_view(state: SessionState, q: ScaleQuery, report: Callable[[float, str], None]) -> dict[str, Any]:
     """The mean over every layer per rule (``tables.scale_rule_summary``): a session's heavy job, so it waits
     at the server's gate like a run and stops within a layer when Cancel is pressed."""
-    if state.busy:
-        raise MxlabError("A job of this session is still going; wait for it or press Cancel.")
-    state.busy = True
-    state.cancel.clear()
-    try:
-        with POLICY.gate.slot(state, state.cancel, report):
-            rows = model_rows(state, q, progress_adapter(report, state.cancel))
-    finally:
-        state.busy = False
-        state.cancel.clear()
+    with exclusive(state, report, "A job of this session is still going; wait for it or press Cancel."):
+        rows = model_rows(state, q, progress_adapter(report, state.cancel))
     summary = tables.scale_rule_summary(tables.scale_lab_table(rows))
     for c in summary.columns[2:]:
         summary[c] = summary[c].map(_g)

@@ -14,9 +14,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .. import workspace as ws
 from ..atomic import atomic_file
@@ -193,18 +194,28 @@ def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, e
     check_sources(source, recipe, eval_dataset)
     if max_eval_windows is not None:
         check_max(max_eval_windows, "eval windows", "eval windows")
+    with exclusive(state, report, "A run of this session is still going; wait for it or press Cancel."):
+        outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, workspace=state.workspace,
+                                 name=name, origin="app", max_eval_windows=max_eval_windows, with_kl=True,
+                                 tasks=tasks or None, task_limit=task_limit if tasks else None,
+                                 progress=progress_adapter(report, state.cancel))
+    return state.get(outcome.out_dir.name)
+
+
+@contextmanager
+def exclusive(state: SessionState, report: Report, busy_message: str) -> Iterator[None]:
+    """The session's one heavy job at a time: refused with ``busy_message`` while another runs, then a turn
+    at the server's fair gate; Cancel (``state.cancel``) reaches the job through ``progress_adapter``."""
+    if state.busy:
+        raise MxlabError(busy_message)
     state.busy = True
     state.cancel.clear()
     try:
         with POLICY.gate.slot(state, state.cancel, report):
-            outcome = run_experiment(source, recipe, eval_dataset=eval_dataset, workspace=state.workspace,
-                                     name=name, origin="app", max_eval_windows=max_eval_windows, with_kl=True,
-                                     tasks=tasks or None, task_limit=task_limit if tasks else None,
-                                     progress=progress_adapter(report, state.cancel))
+            yield
     finally:
         state.busy = False
-        state.cancel.clear()  # a Cancel pressed for this run must not stop the next one
-    return state.get(outcome.out_dir.name)
+        state.cancel.clear()  # a Cancel pressed for this job must not stop the next one
 
 
 def compute_sensitivity(state: SessionState, entry: RunEntry, report: Optional[Report] = None,
