@@ -60,6 +60,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--eval-windows", type=int, default=40, help="evaluation windows of --seq-len tokens")
     ap.add_argument("--out", default="/tmp/bench_cli_8b")
+    ap.add_argument("--fast", action="store_true",
+                    help="the speed options of issue 17 (awq grid_batch 4; gptq batch_linears, bf16 Hessians, "
+                         "fused) through a --recipe file instead of the default steps")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -76,9 +79,16 @@ def main(argv=None) -> None:
     del model
     print(f"built and saved the model in {time.perf_counter() - t0:.1f} s ({_size(model_dir) / 1e9:.2f} GB)")
 
+    if args.fast:
+        recipe = out / "fast_recipe.json"
+        recipe.write_text(json.dumps({"weights": "mxint4", "acts": "mxint8", "block_size": 32, "steps": [
+            {"name": "awq", "grid_batch": 4},
+            {"name": "gptq", "batch_linears": True, "hessian_dtype": "bf16", "fused": True}]}))
+        how = ["--recipe", str(recipe)]
+    else:
+        how = ["--weights", "mxint4", "--acts", "mxint8", "--block-size", "32", "--steps", "awq,gptq"]
     cmd = [sys.executable, "-m", "mxlab", "run", "--model", str(model_dir), "--device", args.device,
-           "--offload", args.offload, "--weights", "mxint4", "--acts", "mxint8", "--block-size", "32",
-           "--steps", "awq,gptq", "--calib", "wikitext2", "--calib-samples", str(args.samples),
+           "--offload", args.offload, *how, "--calib", "wikitext2", "--calib-samples", str(args.samples),
            "--calib-seq-len", str(args.seq_len), "--eval", "wikitext2", "--eval-seq-len", str(args.seq_len),
            "--max-eval-windows", str(args.eval_windows), "--out", str(run_dir)]
     print(" ".join(cmd), flush=True)
