@@ -68,12 +68,15 @@ def heavy(shape, dev, seed=0, dtype=torch.float32) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the MX kernel
-def _candidates(kind: str, bs: int, quick: bool) -> list[tuple[int, int]]:
+def _candidates(kind: str, bs: int, quick: bool) -> list[tuple[int, int, int]]:
+    """Launch configs to time: (tile, warps, variant), variant bit 0 = streaming cache hints, bit 1 = the
+    row-loop kernel for axis 0 (kernels.STREAM, kernels.ROWS)."""
     kp = 1 << (bs - 1).bit_length()
     if kind == "last":
-        c = [(max(1, 2048 // kp), 4)] + [(max(1, tile // kp), w) for tile in (4096, 8192, 16384) for w in (4, 8)]
+        c = [(max(1, tile // kp), w, v) for tile in (2048, 4096) for w in (2, 4, 8) for v in (0, 1)]
     else:
-        c = [(ni, w) for ni in (64, 128, 256) for w in (4, 8) if ni * kp <= 16384]
+        c = [(ni, 4, 0) for ni in (128, 256) if ni * kp <= 16384] + \
+            [(ni, w, 2 | v) for ni in (256, 512, 1024) for w in (2, 4, 8) for v in (0, 1)]
     return c[:2] if quick else c
 
 
@@ -98,7 +101,7 @@ def kernel_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
             if dev.type == "cuda":
                 kernels.set_tuned(kind, bs, best, dev)
             res["tuning"][f"{kind}/{bs}"] = {"best": list(best), "of_copy": copy / times[best],
-                                             "all": {f"{c[0]}x{c[1]}": copy / t for c, t in times.items()}}
+                                             "all": {"x".join(map(str, c)): copy / t for c, t in times.items()}}
             log.info("tuned %s block %d: %s -> %.1f%% of copy", kind, bs, best, 100 * copy / times[best])
     rows = []
     names = MX_NAMES[:2] if quick else MX_NAMES

@@ -258,3 +258,21 @@ def test_eta_extrapolates_the_rate_so_far():
     beat(0.5), beat(1.0)
     # 0.625 reached 10 s after 0.25: 0.375 more takes 10 s; then 0.75 after 15 s: 0.25 more takes 7.5 s
     assert seen == [(0.625, "awq 50% · ~10 s left"), (0.75, "awq 100% · ~8 s left")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_diagnostics_on_tensor_cores_match_float32_for_bf16_models(random_tokens, monkeypatch):
+    """bf16 operands are exact in TF32: the error records move only by float32 summation order."""
+    from mxlab.ptq import diagnostics
+
+    def records(exact_dtypes):
+        monkeypatch.setattr(diagnostics, "TF32_EXACT", exact_dtypes)
+        model = make_tiny_model("llama").to(torch.bfloat16)
+        result = quantize_model(model, None, Recipe(weights="mxint4", acts="mxint8", steps=["rtn"]),
+                                device=torch.device("cuda"), calib_tokens=random_tokens)
+        return [(m.module, m.sqnr_after) for r in result.records for m in r.modules]
+
+    tf32, fp32 = records((torch.bfloat16, torch.float16)), records(())
+    assert [n for n, _ in tf32] == [n for n, _ in fp32] and len(tf32) == 14
+    assert max(abs(a - b) for (_, a), (_, b) in zip(tf32, fp32)) < 1e-3   # dB

@@ -90,7 +90,7 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr):
 @triton.jit
 def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
-               CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr):
+               CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr, STREAM: tl.constexpr):
     pid = tl.program_id(0)
     b = pid.to(tl.int64) * NB + tl.arange(0, NB).to(tl.int64)  # (NB,) block ids
     j = tl.arange(0, KP)  # (KP,) position in the block
@@ -101,8 +101,13 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
         col = (b % blocks_per_row)[:, None] * BLOCK + j[None, :]
         offs = (b // blocks_per_row)[:, None] * L + col
         mask = (b[:, None] < n_blocks) & (j[None, :] < BLOCK) & (col < L)
-    if MASKED:
+    # STREAM: read once, written once, so hint the caches to keep neither (speed only, never bits)
+    if MASKED and STREAM:
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    elif MASKED:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    elif STREAM:
+        x = tl.load(x_ptr + offs, eviction_policy="evict_first").to(tl.float32)
     else:
         x = tl.load(x_ptr + offs).to(tl.float32)
 
@@ -117,8 +122,12 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
         out = tl.where((tl.sum(d1 * d1, axis=1) < tl.sum(d0 * d0, axis=1))[:, None], out1, out)
     out = tl.where(nan_block[:, None], float("nan"), out)
     out = out.to(y_ptr.dtype.element_ty)
-    if MASKED:
+    if MASKED and STREAM:
+        tl.store(y_ptr + offs, out, mask=mask, cache_modifier=".cs")
+    elif MASKED:
         tl.store(y_ptr + offs, out, mask=mask)
+    elif STREAM:
+        tl.store(y_ptr + offs, out, cache_modifier=".cs")
     else:
         tl.store(y_ptr + offs, out)
 
@@ -148,35 +157,74 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
     tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-# Launch configurations: (blocks per program, warps) along the last axis and (inner columns per program,
-# warps) across it, per block size. Bits never depend on them, only speed. ``DEVICE_CONFIGS`` holds
-# what was measured per device (name substring -> kind -> block size -> config); ``set_tuned`` (called by
-# benchmarks/bench_h200.py after measuring candidates on the current device) overrides both for this process.
+@triton.jit
+def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
+                          BLOCK: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr, RULE: tl.constexpr,
+                          STREAM: tl.constexpr):
+    """``_mx_kernel_inner``'s blocks, one row of NI columns at a time: pass 1 keeps each column's running max
+    of |x| bits in registers (no reduction across threads, the tile kernel's cost at small blocks), pass 2
+    re-reads the block's rows (from cache) and quantizes them. Not for the mse rule (it needs both
+    candidates' errors summed over the block before anything is written)."""
+    ob = tl.program_id(0).to(tl.int64)
+    o, bl = ob // blocks_per_col, ob % blocks_per_col
+    c = tl.program_id(1).to(tl.int64) * NI + tl.arange(0, NI).to(tl.int64)   # (NI,) inner columns
+    base = o * L * inner + bl * BLOCK * inner + c
+    cmask = c < inner
+    rows = tl.minimum(L - bl * BLOCK, BLOCK)                                  # the last block may be short
+    amax = tl.zeros((NI,), dtype=tl.int32)
+    for r in tl.static_range(BLOCK):
+        x = tl.load(x_ptr + base + r * inner, mask=cmask & (r < rows), other=0.0, eviction_policy="evict_last")
+        amax = tl.maximum(amax, x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+    e, nan_block = block_exponent(amax, emax, thresh, RULE)                   # (NI,)
+    for r in tl.static_range(BLOCK):
+        m = cmask & (r < rows)
+        if STREAM:
+            x = tl.load(x_ptr + base + r * inner, mask=m, other=0.0, eviction_policy="evict_first")
+        else:
+            x = tl.load(x_ptr + base + r * inner, mask=m, other=0.0)
+        out = tl.where(nan_block, float("nan"), quant_elements(x.to(tl.float32), e, mb, min_exp, max_norm, ROUND))
+        if STREAM:
+            tl.store(y_ptr + base + r * inner, out.to(y_ptr.dtype.element_ty), mask=m, cache_modifier=".cs")
+        else:
+            tl.store(y_ptr + base + r * inner, out.to(y_ptr.dtype.element_ty), mask=m)
+
+
+# Launch configurations: (blocks per program, warps, variant) along the last axis and (inner columns per
+# program, warps, variant) across it, per block size. variant: bit 0 = streaming cache hints, bit 1 = the
+# row-loop kernel (non-last axes, rules other than mse). Bits never depend on them, only speed.
+# ``DEVICE_CONFIGS`` holds what was measured per device (name substring -> kind -> block size -> config);
+# ``set_tuned`` (called by benchmarks/bench_h200.py after measuring candidates on the current device)
+# overrides both for this process. A 2-tuple means variant 0.
+STREAM, ROWS = 1, 2
 LAST_AXIS_DEFAULT = {16: (128, 4), 32: (64, 4), 64: (32, 4), 128: (16, 4)}
 INNER_DEFAULT = {16: (256, 4), 32: (128, 4), 64: (64, 4), 128: (32, 4)}
-DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, int]]]] = {
+DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, ...]]]] = {
     "H100": {"last": {32: (64, 4)}},   # 97.8% of copy at block 32 (BENCHMARKS.md, 2026-11-23)
 }
-_TUNED: dict[tuple[str, str, int], tuple[int, int]] = {}
+_TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
 
 
-def launch_config(kind: str, block_size: int, device: torch.device | None = None) -> tuple[int, int]:
-    """(tile parameter, num_warps) for ``kind`` "last" or "inner" at ``block_size`` on ``device``."""
+def launch_config(kind: str, block_size: int, device: torch.device | None = None) -> tuple[int, int, int]:
+    """(tile parameter, num_warps, variant) for ``kind`` "last" or "inner" at ``block_size`` on ``device``."""
     name = _device_name(torch.cuda.current_device() if device is None or device.index is None else device.index) \
         if torch.cuda.is_available() else ""
     if (name, kind, block_size) in _TUNED:
-        return _TUNED[(name, kind, block_size)]
+        return _full(_TUNED[(name, kind, block_size)])
     for key, table in DEVICE_CONFIGS.items():
         if key in name and block_size in table.get(kind, {}):
-            return table[kind][block_size]
+            return _full(table[kind][block_size])
     default = LAST_AXIS_DEFAULT if kind == "last" else INNER_DEFAULT
     if block_size in default:
-        return default[block_size]
+        return _full(default[block_size])
     kp = triton.next_power_of_2(block_size)
-    return (max(1, 2048 // kp), 4) if kind == "last" else (max(16, 4096 // kp), 4)
+    return (max(1, 2048 // kp), 4, 0) if kind == "last" else (max(16, 4096 // kp), 4, 0)
 
 
-def set_tuned(kind: str, block_size: int, config: tuple[int, int], device: torch.device | None = None) -> None:
+def _full(config: tuple[int, ...]) -> tuple[int, int, int]:
+    return (config[0], config[1], config[2] if len(config) > 2 else 0)
+
+
+def set_tuned(kind: str, block_size: int, config: tuple[int, ...], device: torch.device | None = None) -> None:
     """Use ``config`` for ``kind``/``block_size`` on this device for the rest of the process."""
     index = torch.cuda.current_device() if device is None or device.index is None else device.index
     _TUNED[(_device_name(index), kind, block_size)] = config
@@ -191,7 +239,7 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
                 config: tuple[int, int] | None = None, scale_rule: str = "floor") -> torch.Tensor:
     """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative).
 
-    ``config``: (tile parameter, num_warps) instead of ``launch_config``'s (for tuning).
+    ``config``: (tile parameter, num_warps[, variant]) instead of ``launch_config``'s (for tuning).
     """
     thresh, rule = rule_threshold(f, scale_rule), RULE_IDS[scale_rule]
     xm = x.reshape(1) if x.dim() == 0 else x.contiguous()
@@ -200,20 +248,27 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     inner = math.prod(xm.shape[axis + 1:])
     min_exp = f.min_exp if f.ebits else 0
     y = torch.empty_like(xm)
-    ni, warps = config or launch_config("inner", block_size, x.device)
+    ni, warps, variant = _full(config or launch_config("inner", block_size, x.device))
     if inner > 1 and triton.cdiv(inner, ni) <= 65535:   # blocks across the memory order: tiles read in place
         outer = xm.numel() // (L * inner)
         bpc = triton.cdiv(L, block_size)
         grid = (outer * bpc, triton.cdiv(inner, ni))
-        _mx_kernel_inner[grid](xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm), thresh,
-                               BLOCK=block_size, KP=triton.next_power_of_2(block_size), NI=ni,
-                               ROUND=_ROUND[rounding], RULE=rule, num_warps=warps)
+        args = (xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm), thresh)
+        if variant & ROWS and rule != RULE_IDS["mse"]:
+            _mx_kernel_inner_rows[grid](*args, BLOCK=block_size, NI=ni, ROUND=_ROUND[rounding], RULE=rule,
+                                        STREAM=bool(variant & STREAM), num_warps=warps)
+        else:   # the (KP, NI) tile kernel; a row-loop config's wide NI is cut to a tile of <= 16384 elements
+            kp = triton.next_power_of_2(block_size)
+            ni_tile = min(ni, max(16, 16384 // kp))
+            grid = (outer * bpc, triton.cdiv(inner, ni_tile))
+            _mx_kernel_inner[grid](*args, BLOCK=block_size, KP=kp, NI=ni_tile, ROUND=_ROUND[rounding], RULE=rule,
+                                   num_warps=warps)
         return y.reshape(x.shape)
     if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
         return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding,
                            scale_rule=scale_rule).movedim(-1, axis) \
             .contiguous().reshape(x.shape)
-    nb, warps = config or launch_config("last", block_size, x.device)
+    nb, warps, variant = _full(config or launch_config("last", block_size, x.device))
     rows = xm.numel() // L
     blocks_per_row = triton.cdiv(L, block_size)
     n_blocks = rows * blocks_per_row
@@ -224,5 +279,5 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     grid = (triton.cdiv(n_blocks, nb),)
     _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
                      thresh, BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
-                     RULE=rule, num_warps=warps)
+                     RULE=rule, STREAM=bool(variant & STREAM), num_warps=warps)
     return y.reshape(x.shape)

@@ -52,6 +52,18 @@ for shape, axis, bs in cases:
         ref = quantize(x, "mxfp4_e2m1", bs, axis=axis, rounding="even", scale_rule=rule)
         check(torch.equal(got.view(torch.int32), ref.view(torch.int32)), f"mx kernel scale_rule {rule} shape {shape}")
 
+# 1b. the launch variants (streaming hints; the row-loop kernel for non-last axes) give the same bits
+for shape, axis, bs in [((64, 40), 0, 32), ((40, 24), 0, 16), ((3, 40, 5), 1, 16), ((24, 64), 0, 64),
+                        ((16, 96), 1, 32)]:
+    x = heavy(*shape).to(torch.bfloat16)
+    for variant in (kernels.STREAM, kernels.ROWS, kernels.ROWS | kernels.STREAM):
+        for rule in ("floor", "rceil", "mse"):
+            got = kernels.mx_quantize(x, FORMATS["mxfp4_e2m1"], bs, axis, "even", config=(16, 2, variant),
+                                      scale_rule=rule)
+            ref = quantize(x, "mxfp4_e2m1", bs, axis=axis, rounding="even", scale_rule=rule)
+            check(torch.equal(got.view(torch.int16), ref.view(torch.int16)),
+                  f"mx kernel variant {variant} rule {rule} shape {shape} axis {axis} block {bs}")
+
 # 2. GPTQ column kernel against the torch column loop
 for fmt, bs, rnd, (out_f, in_f), blocksize in [("int4", 32, "nearest", (24, 80), 32), ("int3", 32, "even", (9, 64), 64),
                                                ("mxint4", 32, "nearest", (20, 96), 64),
@@ -69,5 +81,20 @@ for fmt, bs, rnd, (out_f, in_f), blocksize in [("int4", 32, "nearest", (24, 80),
     got = gptq_quantize(W, H, quantizer, block_size=block, blocksize=blocksize, block_quantizer=bq,
                         fused=column_rule(W, spec), info=info)
     check(info["fused"] and torch.equal(got, ref), f"gptq kernel {fmt} block {bs} {rnd} W {tuple(W.shape)} b1 {blocksize}"
+          f" (equal {float((got == ref).float().mean()):.4f})")
+# 2b. static MX exponents (any scale rule, act-order too) in the kernel against the torch static loop
+for fmt, rule, act_order in [("mxint4", "floor", False), ("mxfp4_e2m1", "mse", False), ("mxint4", "rceil", True),
+                             ("mxfp6_e2m3", "even", True)]:
+    spec = QuantSpec(fmt, "none", 16, "nearest", scale_rule=rule)
+    W = torch.randn(12, 96, generator=g) * 0.05
+    X = torch.randn(384, 96, generator=g) * torch.linspace(0.2, 3, 96)
+    H = 2 * X.T @ X / X.shape[0]
+    quantizer, block, _ = weight_quantizer(W, spec)
+    bq = mx_block_quantizer(spec, W)
+    ref = gptq_quantize(W, H, quantizer, block_size=block, blocksize=32, block_quantizer=bq, act_order=act_order)
+    info = {}
+    got = gptq_quantize(W, H, quantizer, block_size=block, blocksize=32, block_quantizer=bq, act_order=act_order,
+                        fused=column_rule(W, spec, "static"), info=info)
+    check(info["fused"] and torch.equal(got, ref), f"gptq kernel static {fmt} rule {rule} act_order {act_order}"
           f" (equal {float((got == ref).float().mean()):.4f})")
 print("all equal")

@@ -25,6 +25,7 @@ column's error fed to all later columns (``block_quantizer`` of :func:`gptq_quan
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -33,13 +34,14 @@ from typing import Callable
 import torch
 
 from ...errors import MxlabError
-from ...formats import (FORMATS, block_amax, canonical_format, int_qparams, mx_elements, pack, pack_quantized,
-                         quantize, scale_factors, search_exponent, shared_exponent)
+from ...formats import (FORMATS, canonical_format, int_qparams, mx_elements, pack, pack_quantized, quantize,
+                         scale_factors)
 from ...records import ModuleRecord, StepRecord
 from ...steps import GPTQConfig
 from ...progress import Pulse, no_pulse, part, spans
 from ..context import BlockContext
-from .gptq_fused import ColumnRule, column_rule, fused_available, fused_column_block, fused_supports
+from .gptq_fused import (ColumnRule, block_exponents, column_rule, fused_available, fused_column_block,
+                         fused_supports)
 from .hessian import hessian
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     perm = act_order_permutation(H.diagonal(), block_size) if act_order else None
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
+        if fused is not None and fused.exps is not None:   # static exponents follow their (whole) blocks
+            fused = dataclasses.replace(fused, exps=fused.exps[:, perm[::block_size] // block_size].contiguous())
 
     U, damp = inverse_cholesky(H, percdamp)  # (in, in) upper triangular
     del H
@@ -167,7 +171,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
         W1 = W[:, i1:i2]          # a view: updates below write into W
         U1 = U[i1:i2, i1:i2]
         if fused is not None:     # the whole column loop of this outer block in one kernel
-            Q[:, i1:i2], Err1 = fused_column_block(W1, U1, fused)
+            Q[:, i1:i2], Err1 = fused_column_block(W1, U1, fused, i1)
             W[:, i2:] -= Err1 @ U[i1:i2, i2:]
             continue
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
@@ -255,10 +259,8 @@ def mx_block_quantizer(spec, W: torch.Tensor | None = None) -> BlockQuantizer | 
                          "the largest element); use mx_update='microblock' for it")
     rounding, rule, bs = spec.rounding, spec.scale_rule, spec.block_size
 
-    def exponents(Wb: torch.Tensor) -> torch.Tensor:              # (out, m) -> (out, 1, 1)
-        xb = Wb if Wb.dtype in (torch.float32, torch.bfloat16, torch.float16) else Wb.float()
-        e = shared_exponent(block_amax(xb.unsqueeze(-1)), f, rule)   # 128: a NaN block
-        return search_exponent(xb.unsqueeze(-1), e, f, rounding) if rule == "mse" else e
+    def exponents(Wb: torch.Tensor) -> torch.Tensor:              # (out, m) -> (out, 1, 1); 128: a NaN block
+        return block_exponents(Wb, f, rule, rounding)
 
     fixed = None
     if W is not None:  # static: the exponents of every block, from the weights before the loop
@@ -327,12 +329,12 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
         use_fused = fused and fused_supports(spec, config.mx_update)
         if fused and not use_fused and not any(n.startswith("fused:") for n in record.notes):
             record.notes.append(f"fused: {spec.weights} with mx_update={config.mx_update!r} and scale_rule "
-                                f"{spec.scale_rule!r} is not fused (the kernel runs the floor column rule and INT); "
+                                f"{spec.scale_rule!r} is not fused (the kernel runs INT, static MX and the floor column rule); "
                                 "ran the torch path")
         Q = gptq_quantize(W, H, quantizer, block_size=block_size, blocksize=config.blocksize,
                           percdamp=config.percdamp, act_order=config.act_order,
                           block_quantizer=block_quantizer, info=info,
-                          fused=column_rule(W, spec) if use_fused else None,
+                          fused=column_rule(W, spec, config.mx_update) if use_fused else None,
                           pulse=part(ctx.pulse, start, stop))
         seconds = (time.perf_counter() - t0) / len(names)
         for n, Wn, Qn in zip(names, Ws, Q.split([w.shape[0] for w in Ws])):

@@ -31,7 +31,7 @@ def round_tf32(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _tf32_matmul(on: bool) -> Iterator[None]:
+def tf32_matmul(on: bool) -> Iterator[None]:
     """CUDA float32 GEMMs on TF32 tensor cores inside the block (no-op when ``on`` is False)."""
     if not on:
         yield
@@ -59,10 +59,10 @@ def _accumulate(H: torch.Tensor, c: torch.Tensor, dtype: str) -> None:
                 log.warning("torch.mm(out_dtype=float32) unavailable (%s): bf16 Hessian inputs go through TF32 "
                             "tensor cores instead (bf16 values are exact in TF32: same products)", exc)
         r = b.to(torch.float32)
-        with _tf32_matmul(True):
+        with tf32_matmul(True):
             H.addmm_(r.T, r)
     elif c.is_cuda:  # tf32
-        with _tf32_matmul(True):
+        with tf32_matmul(True):
             H.addmm_(c.T, c)
     else:  # CPU emulation: round the inputs as the tensor cores would, multiply exactly in float32
         r = round_tf32(c) if dtype == "tf32" else c.to(torch.bfloat16).to(torch.float32)
