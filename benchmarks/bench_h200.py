@@ -110,6 +110,9 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU: a smoke test of this script")
     ap.add_argument("--budget", type=float, default=500.0, help="seconds for the whole run (pipelines stop early)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: kernel,hessian,gptq,pipeline")
+    ap.add_argument("--column-layers", type=int, default=4, help="layers of the GPTQ column-rule pipeline run")
+    ap.add_argument("--static-layers", type=int, default=0, help="layers of the GPTQ static-scale pipeline run (0: none)")
+    ap.add_argument("--no-defaults-run", action="store_true", help="skip the pipeline run with the former defaults")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.perf_counter()
@@ -165,8 +168,12 @@ def main(argv=None) -> None:
              ("gptq", "GPTQ per Llama-3.1-8B-shaped decoder layer (Hessians given, not timed)",
               lambda: gptq_section(dev, args.quick, res.setdefault("gptq", {})), True),
              ("pipeline", None, lambda: pipeline("fast, gptq column (fused)",
-                                                 [FAST_AWQ, {**FAST_GPTQ, "mx_update": "column"}], 4, 40), True),
-             ("pipeline", None, lambda: pipeline("defaults (before)", ["awq", "gptq"], 2, 5), True),
+                                                 [FAST_AWQ, {**FAST_GPTQ, "mx_update": "column"}],
+                                                 args.column_layers, 40), args.column_layers > 0),
+             ("pipeline", None, lambda: pipeline("fast, gptq static (fused)",
+                                                 [FAST_AWQ, {**FAST_GPTQ, "mx_update": "static"}],
+                                                 args.static_layers, 20), args.static_layers > 0),
+             ("pipeline", None, lambda: pipeline("defaults (before)", ["awq", "gptq"], 2, 5), not args.no_defaults_run),
              ("torchao", "torchao to_mx (compiled), bf16 8192 x 8192, block 32", lambda: torchao_section(dev, args.quick, res),
               dev.type == "cuda")]
     sections_md: list[str] = []

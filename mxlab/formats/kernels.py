@@ -200,6 +200,10 @@ LAST_AXIS_DEFAULT = {16: (128, 4), 32: (64, 4), 64: (32, 4), 128: (16, 4)}
 INNER_DEFAULT = {16: (256, 4), 32: (128, 4), 64: (64, 4), 128: (32, 4)}
 DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, ...]]]] = {
     "H100": {"last": {32: (64, 4)}},   # 97.8% of copy at block 32 (BENCHMARKS.md, 2026-11-23)
+    # best of 12 (last axis) and 20 (axis 0) candidates, bf16 8192 x 8192, 2026-12-03 (BENCHMARKS.md):
+    # 78-80% of copy on the last axis at every block, 70% on axis 0 at block 16 (46% with the tile kernel)
+    "H200": {"last": {16: (128, 2, STREAM), 32: (64, 2, STREAM), 64: (32, 2, STREAM), 128: (16, 2, STREAM)},
+             "inner": {16: (256, 2, ROWS)}},
 }
 _TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
 
