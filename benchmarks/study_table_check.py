@@ -3,8 +3,9 @@
     python -m mxlab sweep benchmarks/study_table.yaml --workspace runs
     python benchmarks/study_table_check.py runs/study_table [--out benchmarks/results/x.json]
 
-Prints, per finished cell, the sweep's perplexity, the reference (benchmarks/results/study_table_h100.json,
-written by the former benchmarks/study_table.py on an H100) and their difference; writes them to --out.
+Prints, per finished cell, the sweep's perplexity, the reference (default benchmarks/results/study_table_h200.json:
+the README's tables, this sweep on an H200; --reference benchmarks/results/study_table_h100.json for the former
+benchmarks/study_table.py's H100 numbers) and their difference; writes them to --out.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mxlab.sweep.results import sweep_status  # noqa: E402
 from mxlab.sweep.spec import label_of  # noqa: E402
 
-REFERENCE = Path(__file__).resolve().parent / "results" / "study_table_h100.json"
+REFERENCE = Path(__file__).resolve().parent / "results" / "study_table_h200.json"   # the README's tables
 
 
 def main() -> int:

@@ -12,18 +12,19 @@ from mxlab.recipe import Recipe
 from mxlab.steps import step_config
 
 
-def _run(fmt: str, update: str, **gptq):
+def _run(fmt: str, update: str, device: str = "cpu", **gptq):
     tokens = torch.randint(0, 512, (6, 64), generator=torch.Generator().manual_seed(0))
     model = make_tiny_model("llama")
     recipe = Recipe(weights=fmt, acts="mxint8", block_size=32,
                     steps=["awq", {"name": "gptq", "mx_update": update, **gptq}])
-    result = quantize_model(model, None, recipe, device="cpu", calib_tokens=tokens)
+    result = quantize_model(model, None, recipe, device=device, calib_tokens=tokens)
     mods = {m.module.split("layers.0.")[-1]: m.details for r in result.records if r.step == "gptq" and r.block == 0
             for m in r.modules}
-    return {k: v.clone() for k, v in model.state_dict().items()}, mods, result
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, mods, result
 
 
-@pytest.mark.parametrize("fmt, update", [("mxint4", "microblock"), ("mxint4", "column"), ("int4", "column")])
+@pytest.mark.parametrize("fmt, update", [("mxint4", "microblock"), ("mxint4", "column"), ("int4", "column"),
+                                         ("mxfp4_e2m1", "column"), ("mxint4", "static")])
 def test_batched_linears_bit_identical(fmt, update):
     ref, _, _ = _run(fmt, update)
     got, mods, result = _run(fmt, update, batch_linears=True)
@@ -33,6 +34,18 @@ def test_batched_linears_bit_identical(fmt, update):
     # the packed form of each linear still dequantizes to its weight
     lin = result.model.model.layers[0].self_attn.k_proj
     assert torch.equal(lin.packed().dequantize().to(lin.weight.dtype), lin.weight.data)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fmt, update", [("int4", "column"), ("mxfp4_e2m1", "column"), ("mxint4", "static")])
+def test_fused_and_batched_linears_bit_identical_on_the_gpu(fmt, update):
+    """The fused kernel and stacked linears on CUDA: the update GEMMs run per linear, so each linear gets
+    the bits it gets alone (cuBLAS picks its kernel by the row count)."""
+    ref, _, _ = _run(fmt, update, device="cuda", fused=True)
+    got, mods, _ = _run(fmt, update, device="cuda", fused=True, batch_linears=True)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert mods["self_attn.q_proj"]["fused"] and mods["self_attn.q_proj"]["batched_with"]
 
 
 def test_round_tf32_keeps_ten_mantissa_bits_ties_to_even():

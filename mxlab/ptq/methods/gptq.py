@@ -109,7 +109,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
                   blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
                   microblock: int | None = None, block_quantizer: BlockQuantizer | None = None,
                   info: dict | None = None, fused: ColumnRule | None = None,
-                  pulse: Pulse = no_pulse) -> torch.Tensor:
+                  pulse: Pulse = no_pulse, row_groups: list[int] | None = None) -> torch.Tensor:
     """Quantize W (out, in) with GPTQ against H (in, in); returns Q (out, in), on the quantizer's grid.
 
     ``quantizer`` maps a slab of columns (out, m) to its fake-quantized values; it is called on
@@ -129,6 +129,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
     ``fused`` (a ``gptq_fused.ColumnRule`` of W, CUDA with triton): the column-wise loop of each outer
     block runs as one Triton kernel (INT: ``block_size=1``; MX: the column rule, with
     ``block_quantizer`` given) instead of the torch loop; float32 W only.
+
+    ``row_groups``: sizes of consecutive row ranges of W that are separate linears stacked to share H
+    (``batch_linears``). Rows are independent in GPTQ, but a BLAS picks its GEMM kernel by the row count,
+    so the updates run per range: each linear gets the bits it would get alone.
     """
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise MxlabError(f"gptq_quantize: W must be (out, in) and H (in, in); got {tuple(W.shape)} "
@@ -172,7 +176,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
         U1 = U[i1:i2, i1:i2]
         if fused is not None:     # the whole column loop of this outer block in one kernel
             Q[:, i1:i2], Err1 = fused_column_block(W1, U1, fused, i1)
-            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            _update(W[:, i2:], Err1, U[i1:i2, i2:], row_groups)
             continue
         Err1 = torch.empty_like(W1)  # (out, i2 - i1): scaled errors, for the lazy update
         for j in range(0, i2 - i1, b2):
@@ -186,17 +190,36 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantizer: Quantizer, *, blo
             if k - j == 1:
                 E = D / U1[j, j]
             else:  # E = D @ inv(U1[j:k, j:k])
-                E = torch.linalg.solve_triangular(U1[j:k, j:k], D, upper=True, left=False)
-            W1[:, k:] -= E @ U1[j:k, k:]
+                E = _per_rows(lambda d: torch.linalg.solve_triangular(U1[j:k, j:k], d, upper=True, left=False),
+                              D, row_groups)
+            _update(W1[:, k:], E, U1[j:k, k:], row_groups)
             Q[:, i1 + j:i1 + k] = Qj
             Err1[:, j:k] = E
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        _update(W[:, i2:], Err1, U[i1:i2, i2:], row_groups)
 
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     if info is not None:
         info.update(damp=damp, dead_columns=int(dead.sum()), fused=fused is not None)
     return Q
+
+
+def _update(A: torch.Tensor, E: torch.Tensor, U: torch.Tensor, row_groups: list[int] | None) -> None:
+    """A -= E @ U in place, one GEMM per row range of ``row_groups`` (one for all rows when None)."""
+    if row_groups is None or len(row_groups) == 1:
+        A -= E @ U
+        return
+    start = 0
+    for rows in row_groups:
+        A[start:start + rows] -= E[start:start + rows] @ U
+        start += rows
+
+
+def _per_rows(fn: Callable[[torch.Tensor], torch.Tensor], D: torch.Tensor, row_groups: list[int] | None) -> torch.Tensor:
+    """fn(D), applied per row range of ``row_groups`` and concatenated (fn acts on rows independently)."""
+    if row_groups is None or len(row_groups) == 1:
+        return fn(D)
+    return torch.cat([fn(d) for d in D.split(row_groups)])
 
 
 # ----------------------------------------------------------------------------- the pipeline step
@@ -335,7 +358,7 @@ def apply(ctx: BlockContext, config: GPTQConfig) -> StepRecord:
                           percdamp=config.percdamp, act_order=config.act_order,
                           block_quantizer=block_quantizer, info=info,
                           fused=column_rule(W, spec, config.mx_update) if use_fused else None,
-                          pulse=part(ctx.pulse, start, stop))
+                          pulse=part(ctx.pulse, start, stop), row_groups=[w.shape[0] for w in Ws])
         seconds = (time.perf_counter() - t0) / len(names)
         for n, Wn, Qn in zip(names, Ws, Q.split([w.shape[0] for w in Ws])):
             quant_n, _, pack_n = weight_quantizer(Wn, spec)       # per-row parameters: the same rows as W's
