@@ -7,6 +7,7 @@ final norm, head, rotary tables) to ``device`` and each block there for its own 
 """
 from __future__ import annotations
 
+import copy
 import logging
 from contextlib import contextmanager
 from typing import Iterator
@@ -37,6 +38,31 @@ def too_big_for(nbytes: int, device: torch.device, fraction: float = STREAM_FRAC
         return False
     total = torch.cuda.get_device_properties(device).total_memory
     return nbytes > fraction * total
+
+
+def fp_reference(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` (the KL / top-1 reference, taken before quantization edits the model):
+    beside the model when both copies fit in ``STREAM_FRACTION`` of its accelerator, else in host memory,
+    where evaluation streams its blocks (``streamed_blocks``) instead of running out of GPU memory."""
+    device = next(model.parameters()).device
+    if not too_big_for(2 * model_bytes(model), device):
+        return copy.deepcopy(model)
+    log.info("the FP reference for KL (%.1f GB) is kept in host memory: a second copy on %s would not fit; "
+             "its evaluation streams blocks", model_bytes(model) / 1e9, device)
+    return cpu_copy(model)
+
+
+def cpu_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are in host memory, made without a second
+    copy on the accelerator (tied tensors stay tied)."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if id(b) not in memo:
+            memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(model, memo)
 
 
 def _outside_blocks(model: nn.Module, blocks: nn.ModuleList) -> list[tuple[nn.Module, str, bool]]:

@@ -4,7 +4,6 @@ The CLI's ``run`` and the app both call ``run_experiment``; it owns the progress
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -22,7 +21,7 @@ from .data import calibration_batches
 from .evaluate import evaluate_model
 from .errors import MxlabError
 from .models import check_finite_weights, load_model, resolve_device
-from .placement import same_device
+from .placement import fp_reference, same_device
 from .ptq.pipeline import quantize_model
 from .rundir import export_run
 from .scalelab import recipe_scale_lab
@@ -108,7 +107,7 @@ def run_experiment(source: str | os.PathLike | None, recipe: Any, *, eval_datase
     seconds_eval = seconds_eval_fp = time.perf_counter() - t0
     log.info("FP perplexity on %s: %.4f (%d tokens)", eval_dataset, fp["ppl"], fp["n_tokens"])
     # the pipeline edits the model in place: keep an FP copy as the KL / top-1 reference
-    reference = copy.deepcopy(model) if with_kl else None
+    reference = fp_reference(model) if with_kl else None
 
     # every scale rule on the weights before the pipeline changes them: per weight, no forward pass
     t0 = time.perf_counter()
