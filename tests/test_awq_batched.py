@@ -62,8 +62,11 @@ def test_pipeline_same_model_with_batched_grid(fmt):
         model = make_tiny_model("llama")
         recipe = Recipe(weights=fmt, acts="mxint8", block_size=32, steps=[{"name": "awq", "grid_batch": gb}, "gptq"])
         result = quantize_model(model, None, recipe, device="cpu", calib_tokens=tokens)
-        assert {m.details["grid_batch"] for r in result.records if r.step == "awq" for m in r.modules
-                if "alpha" in m.details} == {gb}
+        # module-scored groups (q/k/v -> attention, gate/up -> MLP) run their module once per alpha: 1
+        used = {m.module.rsplit(".", 2)[-2] + "." + m.module.rsplit(".", 1)[-1]: m.details["grid_batch"]
+                for r in result.records if r.step == "awq" for m in r.modules if "alpha" in m.details}
+        assert used["mlp.down_proj"] == gb                        # scored on its own output: batched
+        assert used["self_attn.q_proj"] == used["mlp.gate_proj"] == 1
         states.append({k: v.clone() for k, v in model.state_dict().items()})
         with torch.no_grad():
             logits.append(model(tokens[:2]).logits)

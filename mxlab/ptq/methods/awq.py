@@ -299,7 +299,8 @@ def _scale_group(block: nn.Module, ctx: BlockContext, group: ScalingGroup, confi
             pulse=beat)
     fold_scales(block, group, s)
     ctx.invalidate()                                              # the block changed: inputs are stale
-    details = {"alpha": alpha, "grid_batch": config.grid_batch, "prev": f"{ctx.prefix}.{group.prev}",
+    # a module-scored search runs the module once per alpha (grid_batch batches the linears' GEMMs only)
+    details = {"alpha": alpha, "grid_batch": 1 if scored_on else config.grid_batch, "prev": f"{ctx.prefix}.{group.prev}",
                "score": f"module {scored_on}" if scored_on else "linears", "search_loss_plain": losses[0],
                "search_loss_best": min(losses), "scale_min": float(s.min()), "scale_max": float(s.max())}
     return {n: dict(details) for n in group.linears if n in ctx.linears}
