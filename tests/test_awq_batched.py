@@ -95,3 +95,13 @@ def test_mean_and_sample_is_mean_abs_and_inputs():
             m, xs = awq.mean_and_sample(ctx, name, 100)
             assert torch.equal(m, awq.mean_abs(ctx.input_batches(name)))
             assert torch.equal(xs, ctx.inputs(name, max_tokens=100)) and xs.shape == (100, 64)
+        # one module's inputs: the block stops there (the MLP after it never runs), same values as a full pass
+        ran = []
+        handle = blocks[0].mlp.down_proj.register_forward_pre_hook(lambda *a: ran.append(1))
+        try:
+            alone = ctx.collect(["self_attn.q_proj"])["self_attn.q_proj"]
+            assert ran == []
+            both = ctx.collect(["self_attn.q_proj", "mlp.down_proj"])
+            assert len(ran) == len(hidden) and torch.equal(both["self_attn.q_proj"], alone)
+        finally:
+            handle.remove()

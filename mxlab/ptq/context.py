@@ -128,7 +128,8 @@ class BlockContext:
                 x = x[idx.to(x.device)]
             parts[name].append(x.float())
 
-        self.forward_hooked(names, fn)
+        # one module: the block's forward stops at it (what comes after cannot change its input)
+        self.forward_hooked(names, fn, stop_after=names[0] if len(names) == 1 else None)
         return {n: torch.cat(p) for n, p in parts.items()}
 
     def inputs(self, name: str, max_tokens: Optional[int] = None) -> torch.Tensor:
