@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import logging
 from typing import Any
 
@@ -162,10 +163,39 @@ def run_yaml(source: str, recipe_yaml: str, eval_dataset: str, max_eval_windows:
 
 
 def cancel_run(state: SessionState):
-    """Ask this session's running job to stop at its next progress report."""
-    if state.request_cancel():
+    """Stop this session's job: a running one at its next progress report, a queued one before it starts."""
+    taken = state.request_cancel()
+    if taken == "running":
         return _status("**Cancelling** at the next progress step...")
+    if taken == "waiting":
+        return _status("**Cancelling:** the job waiting in the queue will not start.")
     return _status("Nothing of this session is running.")
+
+
+def _session_of(args) -> SessionState:
+    """The SessionState among a handler's inputs (every heavy job takes the session's state)."""
+    return next(a for a in args if isinstance(a, SessionState))
+
+
+def _enqueue(state: SessionState) -> None:
+    """The unqueued event chained before a heavy job: marks it waiting, so a Cancel reaches it in the queue."""
+    state.enqueue()
+
+
+def _job(fn):
+    """``fn`` as a heavy job's handler: the waiting mark set by ``_enqueue`` ends with it (generators too)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            with _session_of(args).dequeued():
+                yield from fn(*args, **kwargs)
+        return stream
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        with _session_of(args).dequeued():
+            return fn(*args, **kwargs)
+    return handler
 
 
 def refresh_runs(state: SessionState):
@@ -364,8 +394,9 @@ def sweep_start(text: str, workers: float, value: str, state: SessionState, prog
     keep = [gr.update()] * 6
     try:
         job = sweepview.start_sweep(state, text, workers)
-    except Exception as err:  # noqa: BLE001
-        yield (_status(_error(err)), *keep, *[gr.update()] * 6)
+    except Exception as err:  # noqa: BLE001 - Cancelled: Cancel was pressed while it waited in the queue
+        message = f"**Cancelled:** {err}" if isinstance(err, Cancelled) else _error(err)
+        yield (_status(message), *keep, *[gr.update()] * 6)
         return
     while not job.wait(1.0):
         progress(job.last[0], desc=job.last[1])
@@ -738,10 +769,19 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
 
         # many may enter: each is validated at once, then waits in POLICY.gate (fair across sessions)
         runs = dict(concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="runs")
+
+        def on_job(trigger, fn, inputs, outputs, concurrency_id: str = "runs"):
+            """Wire a heavy job's button: a fast unqueued event marks the job waiting (_enqueue), then the queued
+            handler runs and ends the mark (_job), so Cancel reaches the job while it waits in Gradio's queue.
+            (Not Gradio's validator: its inputs' preprocessing errors would fail the queue join with a bare 400;
+            not the Cancel button's cancels=: it drops the job's outputs and never runs the handler.)"""
+            trigger(_enqueue, state, None, queue=False, api_name=False, show_progress="hidden").then(
+                _job(fn), inputs, outputs, api_name=False, **dict(runs, concurrency_id=concurrency_id))
+
         run_inputs = [*recipe_inputs, eval_ds, eval_windows, run_name, task_pick, task_limit, state]
         gr.on([task_pick.change, task_limit.input], tasks.cost_line, [task_pick, task_limit], task_cost_md,
               queue=False, api_name=False, trigger_mode="always_last")
-        run_btn.click(run_recipe, run_inputs, [run_md, runs_df, *pickers], api_name=False, **runs)
+        on_job(run_btn.click, run_recipe, run_inputs, [run_md, runs_df, *pickers])
         cancel_btn.click(cancel_run, state, run_md, queue=False, api_name=False)
         for btn, action in ((rename_btn, "rename"), (tag_btn, "tag"), (delete_btn, "delete")):
             btn.click(lambda p, t, s, a=action: manage_run(a, p, t, s), [manage_pick, manage_text, state],
@@ -772,6 +812,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         endpoint("import_yaml", import_yaml, yaml_box, form_outputs, queue=False)
         endpoint("load_model", load_model_info, [source, yaml_box, state], model_outputs)
         endpoint("runs", refresh_runs, state, [runs_df, run_model_md])
+        # heavy API jobs: /cancel stops one that runs (or waits at the gate); gradio_client's Job.cancel()
+        # takes one out of Gradio's queue before it starts
         endpoint("run_form", run_recipe, run_inputs, [run_md, runs_df], **runs)
         # 'run': a model ("" = the session's loaded one) and a recipe as YAML (every field)
         endpoint("run", run_yaml, [source, yaml_box, eval_ds, eval_windows, run_name, task_pick, task_limit, state],
@@ -848,11 +890,11 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         mix_run_inputs = [mix_budget, eval_ds, eval_windows, mix_run_name, state]
         mix_run_outputs = [mix_md, mix_chart, mix_summary, mix_point, runs_df, *pickers]
         mix_point_outputs = [mix_summary, mix_chart, mix_grid, mix_point, mix_note]
-        mix_btn.click(mix_compute, mix_inputs, mix_outputs, api_name=False, **runs)
+        on_job(mix_btn.click, mix_compute, mix_inputs, mix_outputs)
         mix_cancel_btn.click(cancel_run, state, mix_md, queue=False, api_name=False)
         mix_budget.input(mix_choose, [mix_budget, state], mix_point_outputs, api_name=False,
                          trigger_mode="always_last")
-        mix_run_btn.click(mix_run, mix_run_inputs, mix_run_outputs, api_name=False, **runs)
+        on_job(mix_run_btn.click, mix_run, mix_run_inputs, mix_run_outputs)
         mix_recipe_btn.click(mix_recipe, [mix_budget, state], [mix_note, mix_file], api_name=False)
         endpoint("mix_frontier", mix_compute, mix_inputs, mix_outputs, **runs)
         endpoint("mix_point", mix_choose, [mix_budget, state], mix_point_outputs)
@@ -888,7 +930,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
               scale_lab_layer, sl_inputs, sl_outputs, api_name=False, trigger_mode="always_last")
         sl_sum_inputs = [sl_fmt, sl_block, sl_rounding, sl_tokens, state]
         sl_heavy = dict(concurrency_limit=RUN_ENTRY_LIMIT, concurrency_id="scalelab-summary")
-        sl_sum_btn.click(scale_lab_summary, sl_sum_inputs, [sl_sum_md, sl_sum_df], api_name=False, **sl_heavy)
+        on_job(sl_sum_btn.click, scale_lab_summary, sl_sum_inputs, [sl_sum_md, sl_sum_df], "scalelab-summary")
         sl_cancel.click(cancel_run, state, sl_sum_md, queue=False, api_name=False)
         endpoint("scale_lab", scale_lab_layer, sl_inputs, sl_outputs)
         endpoint("scale_lab_summary", scale_lab_summary, sl_sum_inputs, [sl_sum_md, sl_sum_df], **sl_heavy)
@@ -898,8 +940,8 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         sweep_check_btn.click(sweep_check, [sweep_yaml, sweep_workers, state], [sweep_md, sweep_cells_df],
                               api_name=False)
         sweep_file.upload(sweep_upload, sweep_file, [sweep_yaml, sweep_md], api_name=False)
-        sweep_start_btn.click(sweep_start, [sweep_yaml, sweep_workers, sweep_value, state], sweep_start_outputs,
-                              api_name=False, **runs)
+        on_job(sweep_start_btn.click, sweep_start, [sweep_yaml, sweep_workers, sweep_value, state],
+               sweep_start_outputs)
         sweep_cancel_btn.click(cancel_run, state, sweep_md, queue=False, api_name=False)
         demo.load(sweep_list, state, sweep_pick, api_name=False)
         sweep_refresh_btn.click(sweep_list, [state, sweep_pick], sweep_pick, api_name=False).then(

@@ -282,8 +282,8 @@ def test_two_sessions_cannot_cancel_each_other_and_start_recipe_is_fast(browser,
         assert "awq+gptq" in _text(a, "#status-run")
         assert seconds < 60, seconds          # < 30 s on an idle 2-core machine; shared CI cores get slack
         b.locator("#run-btn").click()                    # b's own run, cancelled by b once the server runs it
-        # the progress overlay appears as soon as the page sends the run; a Cancel pressed before the server
-        # starts it finds nothing running, so wait for a progress message from the run itself
+        # wait for a progress message from the run itself, so this Cancel stops a running job (one still
+        # waiting in the queue: tests/test_app_cancel_queued.py)
         b.wait_for_function("/model|weights|calibration|block|evaluat/.test("
                             "document.querySelector('#status-run')?.innerText || '')", timeout=60_000)
         b.locator("#cancel-btn").click()

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 
 import pytest
 
 from mxlab import workspace as ws
 from mxlab.errors import Cancelled, MxlabError
 from mxlab.lab import session
+from mxlab.lab.server import POLICY, FairGate
+from mxlab.recipe import Recipe
 from mxlab.rundir import MODEL_DIR, RECIPE_FILE, RESULTS_FILE
+
+TINY = Recipe(weights="mxint4", acts="mxint8", steps=["rtn"], calib={"dataset": "tinystories", "n_samples": 2,
+                                                                     "seq_len": 32})
 
 
 def make_run(root, run_id: str, name: str = "", windows: int = 2, **metrics) -> str:
@@ -111,3 +118,100 @@ def test_zip_dir_round_trips_every_file_and_leaves_no_partial(tmp_path):
         assert sorted(z.namelist()) == sorted(blobs) and all(z.read(n) == d for n, d in blobs.items())
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
     assert dest.stat().st_size < 50_000 and [p.name for p in dest.parent.iterdir()] == ["r1-model.zip"]
+
+
+# ---------------------------------------------------------------------------- Cancel before the job starts
+@pytest.fixture
+def gate(monkeypatch):
+    """The server's gate, one slot, fresh for the test."""
+    fresh = FairGate(1)
+    monkeypatch.setattr(POLICY, "gate", fresh)
+    return fresh
+
+
+def _wait(cond, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def _noop(fraction, message):
+    pass
+
+
+def test_cancel_while_queued_stops_the_job_before_it_starts_and_the_next_run_goes_in_full(tmp_path, gate):
+    """Session B's Run waits in Gradio's queue (enqueued, handler not called) while A holds the gate's slot;
+    B's Cancel stops it the moment its handler runs; B's next Run queues at the gate and finishes."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    a, b = session.SessionState(root), session.SessionState(root)
+    holding, release = threading.Event(), threading.Event()
+
+    def job_a():
+        with session.exclusive(a, _noop, "busy"):
+            holding.set()
+            release.wait(60)
+
+    thread_a = threading.Thread(target=job_a)
+    thread_a.start()
+    result: dict = {}
+    try:
+        assert holding.wait(10) and gate.running == 1
+        b.enqueue()                                            # the validator, as B's Run enters the queue
+        assert not b.busy and b.request_cancel() == "waiting" and b.cancel.is_set()
+        reports = []
+        start = time.perf_counter()
+        with pytest.raises(Cancelled, match="waiting in the queue; nothing was started"), b.dequeued():
+            session.execute_run(b, None, TINY, eval_dataset="tinystories", max_eval_windows=1,
+                                report=lambda f, m: reports.append(m))
+        assert time.perf_counter() - start < 1.0               # at once, though A still holds the slot
+        assert reports == [] and gate.waiting == 0 and list(root.iterdir()) == []   # nothing ran or was written
+        assert (b.busy, b.pending, b.cancel.is_set()) == (False, 0, False)        # and no flag is left
+
+        b.enqueue()                                            # Run again: waits at the gate behind A
+
+        def job_b():
+            with b.dequeued():
+                result["entry"] = session.execute_run(b, None, TINY, eval_dataset="tinystories",
+                                                      max_eval_windows=1, report=_noop)
+
+        thread_b = threading.Thread(target=job_b)
+        thread_b.start()
+        _wait(lambda: gate.waiting == 1)
+        assert b.busy and not b.cancel.is_set() and ws.list_runs(root) == []
+    finally:
+        release.set()
+        thread_a.join(10)
+    thread_b.join(300)
+    entry = result["entry"]
+    assert [r.id for r in ws.list_runs(root)] == [entry.id]
+    assert entry.metrics["ppl_quant"] > entry.metrics["ppl_fp"] > 1.0
+    assert (b.busy, b.pending, b.cancel.is_set()) == (False, 0, False)
+
+
+def test_a_cancel_for_a_queued_job_that_was_refused_does_not_stop_the_next(tmp_path, gate):
+    state = session.SessionState(tmp_path)
+    assert state.request_cancel() is None                      # nothing queued or running: nothing to cancel
+    state.enqueue()
+    assert state.request_cancel() == "waiting"
+    with pytest.raises(MxlabError, match="--allow-path"), state.dequeued():   # refused before it took the session
+        session.execute_run(state, "/etc", TINY, eval_dataset="tinystories", max_eval_windows=1, report=_noop)
+    assert (state.pending, state.cancel.is_set()) == (0, False)
+    ran = []
+    state.enqueue()
+    with state.dequeued(), session.exclusive(state, _noop, "busy"):
+        ran.append(gate.running)
+    assert ran == [1] and not state.busy
+
+
+def test_a_second_run_refused_while_one_runs_keeps_the_cancel_for_the_running_one(tmp_path, gate):
+    state = session.SessionState(tmp_path)
+    with session.exclusive(state, _noop, "busy"):             # a job runs
+        state.enqueue()                                        # Run pressed again
+        assert state.request_cancel() == "running"
+        with pytest.raises(MxlabError, match="still going"), state.dequeued():
+            session.execute_run(state, None, TINY, eval_dataset="tinystories", max_eval_windows=1, report=_noop)
+        with pytest.raises(Cancelled):                         # the running job still stops at its next report
+            session.progress_adapter(_noop, state.cancel)(0.5, "block 1")
+    assert (state.busy, state.pending, state.cancel.is_set()) == (False, 0, False)

@@ -127,6 +127,23 @@ def test_sweep_with_a_failing_cell_shows_3_done_1_failed_and_opens_cells_as_runs
     assert [r[2] for r in check_rows].count("finished (kept)") == 3
 
 
+@pytest.mark.slow
+def test_cancel_while_the_sweep_waits_in_the_queue_starts_nothing_and_the_next_start_runs(tmp_path, roots):
+    state = SessionState(tmp_path / "ws")
+    text = _grid_text(tmp_path, {"eval.seq_len": [16]})
+    state.enqueue()                                     # 'Start sweep' entered Gradio's queue
+    assert state.request_cancel() == "waiting"
+    with pytest.raises(Cancelled, match="waiting in the queue; nothing was started"), state.dequeued():
+        sv.start_sweep(state, text, workers=1)
+    assert not (state.workspace / "grid").exists() and sv.list_sweeps(state.workspace) == []
+    assert (state.busy, state.pending, state.cancel.is_set()) == (False, 0, False) and not sv._ACTIVE
+    state.enqueue()                                     # Start again: the one cell runs
+    with state.dequeued():
+        job = sv.start_sweep(state, text, workers=1)
+    assert job.wait(120) and job.error is None, job.error
+    assert sv.status_counts(sv.status_rows(state.workspace, "grid")) == "1 done of 1"
+
+
 def test_cancel_mid_sweep_keeps_the_finished_runs_loadable(tmp_path, roots):
     lengths = [16, 24, 32, 40, 48, 56, 64, 72]
     state = SessionState(tmp_path / "ws")

@@ -5,13 +5,19 @@ One ``ServerPolicy`` per process (``POLICY``), set by ``app.main`` from its flag
 - ``gate``: a fair gate with ``slots`` heavy jobs at a time; each session has at most one job in
   the gate, and waiting jobs are served in arrival order, so one session cannot starve the others;
 - ``workspace``: the folder holding every session's scratch folder, removed at shutdown.
+
+Several servers may share one workspace, so a session folder is named after the server that made it
+(``mxlab-session-<pid>@<host>-<random>``): a server removes its own at shutdown, and at start only those
+whose owner process is gone.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -98,8 +104,9 @@ class ServerPolicy:
         self._workspace = Path(workspace).expanduser().absolute() if workspace else None
         if self._workspace is not None:
             self._workspace.mkdir(parents=True, exist_ok=True)
-            for stale in self._workspace.glob("mxlab-session-*"):   # left by a server that was killed
-                shutil.rmtree(stale, ignore_errors=True)
+            for stale in self._workspace.glob(f"{SESSION_PREFIX}*"):   # left by a server that was killed
+                if not owner_alive(stale.name):
+                    shutil.rmtree(stale, ignore_errors=True)
         self.roots = AllowedRoots([Path.cwd(), self.workspace, upload_dir(), *allow_paths])
         self.gate = FairGate(concurrency)
 
@@ -115,8 +122,8 @@ class ServerPolicy:
         return tree_bytes(self.workspace)
 
     def shutdown(self) -> None:
-        """Remove every session folder and the upload cache (called when the server stops)."""
-        for child in list(self.workspace.glob("mxlab-session-*")):
+        """Remove this server's session folders and the upload cache (called when the server stops)."""
+        for child in list(self.workspace.glob(f"{session_prefix()}*")):   # not another live server's
             shutil.rmtree(child, ignore_errors=True)
         uploads = upload_dir()
         if AllowedRoots([self.workspace]).contains(uploads):   # never another program's /tmp/gradio
@@ -124,6 +131,43 @@ class ServerPolicy:
         if self.workspace.name.startswith("mxlab-app-"):
             shutil.rmtree(self.workspace, ignore_errors=True)
         log.info("removed the session folders and the upload cache")
+
+
+SESSION_PREFIX = "mxlab-session-"
+_OWNER = re.compile(r"(\d+)@(.+)-[^-]+")        # <pid>@<host>-<mkdtemp's random part, which has no '-'>
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
+
+
+def session_prefix() -> str:
+    """The name prefix of this process's session folders: ``mxlab-session-<pid>@<host>-``."""
+    return f"{SESSION_PREFIX}{os.getpid()}@{_host()}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (signal 0 checks without sending anything)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":       # os.kill would terminate it there: count it alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it exists, run by another user
+        return True
+    return True
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the server that made session folder ``name`` may still use it: its pid is alive here, or it
+    belongs to another host (unknowable). Old names without an owner (older mxlab versions) count as dead."""
+    m = _OWNER.fullmatch(name[len(SESSION_PREFIX):]) if name.startswith(SESSION_PREFIX) else None
+    if m is None:
+        return False
+    return m.group(2) != _host() or pid_alive(int(m.group(1)))
 
 
 def upload_dir() -> Path:

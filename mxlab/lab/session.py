@@ -4,6 +4,12 @@ workspace's finished runs.
 Finished runs live in the workspace (``mxlab.workspace``): every session sees them, and they survive
 reloads and restarts. What is in flight belongs to the session that started it: only that session's
 Cancel button reaches its flag, and only its progress bar shows its progress.
+
+A heavy job (run, mix frontier, scale lab summary, sweep) started by a button goes through three stages, and
+Cancel reaches it in each: waiting in Gradio's queue (``enqueue``, from an unqueued event chained before the
+job, .. ``dequeued``, around its handler), then holding the session's one job (``start_job`` .. ``end_job``,
+``busy``), which waits at the server's gate and then runs. One Cancel press stops the job that runs, else the
+next one to start.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from ..rundir import MODEL_DIR, RECIPE_FILE, REPORT_FILE, RESULTS_FILE, write_re
 from ..runner import run_experiment
 from ..sensitivity import layer_sensitivity
 from ..tables import csv_name
-from .server import POLICY
+from .server import POLICY, session_prefix
 
 Report = Callable[[float, str], None]
 
@@ -96,7 +102,9 @@ class SessionState:
     def __init__(self, workspace: Optional[Path] = None):
         self.workspace = ws.resolve(workspace)
         self.cancel = threading.Event()
-        self.busy = False
+        self.busy = False                             # a job holds the session (start_job .. end_job)
+        self.pending = 0                              # jobs in Gradio's queue whose handler has not ended
+        self._lock = threading.Lock()                 # busy, pending and the cancel flag change together
         self.model_source: Optional[str] = None       # the model the last successful Load chose
         self.model_summary: Optional[dict] = None
         self.mix: Any = None                          # the Mix tab's frontier (lab.mixview.MixSession)
@@ -108,10 +116,10 @@ class SessionState:
 
     @property
     def workdir(self) -> Path:
-        """The session's scratch folder for downloads, ``mxlab-session-*`` in the workspace (created on first
-        use, deleted with the session; ``POLICY.shutdown`` removes any left over)."""
+        """The session's scratch folder for downloads, ``mxlab-session-<pid>@<host>-*`` in the workspace (created
+        on first use, deleted with the session; this server's ``POLICY.shutdown`` removes any left over)."""
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="mxlab-session-", dir=self.workspace))
+            self._workdir = Path(tempfile.mkdtemp(prefix=session_prefix(), dir=self.workspace))
         return self._workdir
 
     def runs(self) -> list[ws.RunInfo]:
@@ -135,12 +143,49 @@ class SessionState:
             self._cache[info.id] = cached
         return cached[1]
 
-    def request_cancel(self) -> bool:
-        """Ask this session's running job to stop at its next progress report; False when nothing is running."""
-        if not self.busy:
-            return False
-        self.cancel.set()
-        return True
+    def request_cancel(self) -> Optional[str]:
+        """Stop this session's job: 'running' (stops at its next progress report), 'waiting' (a queued job
+        that will not start), or None when the session has no job."""
+        with self._lock:
+            if not (self.busy or self.pending):
+                return None
+            self.cancel.set()
+            return "running" if self.busy else "waiting"
+
+    def enqueue(self) -> None:
+        """Note a heavy job about to wait in Gradio's queue (before its handler runs), so Cancel reaches it there."""
+        with self._lock:
+            if not (self.busy or self.pending):
+                self.cancel.clear()     # nothing of this session is in flight: no Cancel can be meant for it
+            self.pending += 1
+
+    @contextmanager
+    def dequeued(self) -> Iterator[None]:
+        """Around a queued job's handler: its queue mark (``enqueue``) ends with the handler, however it ends."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pending = max(self.pending - 1, 0)
+                if not (self.busy or self.pending):
+                    self.cancel.clear()     # a Cancel for a job that ended before starting must not stop the next
+
+    def start_job(self, busy_message: str) -> None:
+        """Take the session's one job: MxlabError while another holds it; Cancelled when Cancel was pressed
+        while this job waited in the queue (the flag is then used up)."""
+        with self._lock:
+            if self.busy:
+                raise MxlabError(busy_message)
+            if self.cancel.is_set():
+                self.cancel.clear()
+                raise Cancelled("Cancelled while waiting in the queue; nothing was started.")
+            self.busy = True
+
+    def end_job(self) -> None:
+        """Release the session's job; a Cancel pressed for it must not stop the next one."""
+        with self._lock:
+            self.busy = False
+            self.cancel.clear()
 
     def close(self) -> None:
         """Delete the scratch folder (called when the session ends); the workspace stays."""
@@ -205,17 +250,14 @@ def execute_run(state: SessionState, source: Optional[str], recipe: Recipe, *, e
 @contextmanager
 def exclusive(state: SessionState, report: Report, busy_message: str) -> Iterator[None]:
     """The session's one heavy job at a time: refused with ``busy_message`` while another runs, then a turn
-    at the server's fair gate; Cancel (``state.cancel``) reaches the job through ``progress_adapter``."""
-    if state.busy:
-        raise MxlabError(busy_message)
-    state.busy = True
-    state.cancel.clear()
+    at the server's fair gate; Cancel (``state.cancel``) reaches the job through ``progress_adapter``, and
+    one pressed while the job waited in Gradio's queue stops it here (``SessionState.start_job``)."""
+    state.start_job(busy_message)
     try:
         with POLICY.gate.slot(state, state.cancel, report):
             yield
     finally:
-        state.busy = False
-        state.cancel.clear()  # a Cancel pressed for this job must not stop the next one
+        state.end_job()
 
 
 def compute_sensitivity(state: SessionState, entry: RunEntry, report: Optional[Report] = None,

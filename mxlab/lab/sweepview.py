@@ -50,6 +50,7 @@ CELL_COLUMNS = ["cell", "axes", "state", "TFLOP (estimate)"]
 _RESERVED = ("mxlab-session-", "_")    # the sessions' scratch folders; the job records' folder
 _ACTIVE: set[Path] = set()              # sweep folders a session of this server is running now
 _ACTIVE_LOCK = threading.Lock()
+BUSY = "A run of this session is still going; wait for it or press Cancel."
 
 
 def parse_sweep(text: str) -> Sweep:
@@ -171,7 +172,7 @@ def start_sweep(state: SessionState, text: str, workers: Any, report: Optional[R
     """Validate, then run the sweep into the session's workspace in a background thread (one heavy job per
     session, waiting its turn at the server's gate); ``state.request_cancel()`` stops it within seconds."""
     if state.busy:
-        raise MxlabError("A run of this session is still going; wait for it or press Cancel.")
+        raise MxlabError(BUSY)
     sweep = parse_sweep(text)
     n = check_workers(workers)
     job = SweepJob(sweep.name, _sweep_dir(state.workspace, sweep.name))
@@ -197,16 +198,15 @@ def start_sweep(state: SessionState, text: str, workers: Any, report: Optional[R
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(job.sweep_dir)
-            state.busy = False
-            state.cancel.clear()      # a Cancel pressed for this sweep must not stop the next run
+            state.end_job()
 
+    state.start_job(BUSY)       # Cancelled here when Cancel was pressed while this waited in the queue
     with _ACTIVE_LOCK:         # two sessions must not write one sweep's records at once
         if job.sweep_dir in _ACTIVE:
+            state.end_job()
             raise MxlabError(f"Sweep {sweep.name!r} is running in another session; wait for it, or give this "
                              "sweep another `name`.")
         _ACTIVE.add(job.sweep_dir)
-    state.busy = True
-    state.cancel.clear()
     job.thread = threading.Thread(target=work, name=f"sweep-{sweep.name}", daemon=True)
     job.thread.start()
     return job
