@@ -81,9 +81,9 @@ def main(argv=None) -> None:
 
     if args.fast:
         recipe = out / "fast_recipe.json"
-        recipe.write_text(json.dumps({"weights": "mxint4", "acts": "mxint8", "block_size": 32, "steps": [
-            {"name": "awq", "grid_batch": 4},
-            {"name": "gptq", "batch_linears": True, "hessian_dtype": "bf16", "fused": True}]}))
+        from bench_h200 import FAST_AWQ, FAST_GPTQ   # the speed options, one definition
+        recipe.write_text(json.dumps({"weights": "mxint4", "acts": "mxint8", "block_size": 32,
+                                      "steps": [FAST_AWQ, FAST_GPTQ]}))
         how = ["--recipe", str(recipe)]
     else:
         how = ["--weights", "mxint4", "--acts", "mxint8", "--block-size", "32", "--steps", "awq,gptq"]

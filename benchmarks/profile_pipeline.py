@@ -25,8 +25,9 @@ from bench_pipeline import LLAMA31_8B, TINY, build_model  # noqa: E402
 from mxlab.ptq.pipeline import quantize_model  # noqa: E402
 from mxlab.recipe import Recipe  # noqa: E402
 
-FAST_STEPS = [{"name": "awq", "grid_batch": 4},
-              {"name": "gptq", "batch_linears": True, "hessian_dtype": "bf16", "fused": True}]
+from bench_h200 import FAST_AWQ, FAST_GPTQ  # noqa: E402  the speed options, one definition
+
+FAST_STEPS = [FAST_AWQ, FAST_GPTQ]
 
 
 def main() -> None:
