@@ -75,7 +75,8 @@ def pipeline_run(model_layers, tokens, steps, dev, deadline: float, label: str, 
     out = {"label": label, "steps": steps, "layers_built": model_layers[1], "layers_done": len(done),
            "complete": complete, "total_s": total, "first_block_s": per_block[0], "steady_block_s": steady,
            "extrapolated_s": per_block[0] + steady * (full_layers - 1), "peak_GiB": peak,
-           "phases_s": dict(result.timings) if result else {}}
+           "phases_s": dict(result.timings) if result else {},
+           "phase_peak_GiB": {k: v / 2 ** 30 for k, v in result.peak_memory.items()} if result else {}}
     del model, result
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -102,6 +103,12 @@ def pipeline_table(runs: list[dict]) -> list[str]:
             n = max(1, r["layers_done"])
             md.append(f"- {r['label']}: " + ", ".join(f"{k} {v / n:.2f}" for k, v in
                                                        sorted(r["phases_s"].items(), key=lambda kv: -kv[1])))
+    peaks = [r for r in runs if r.get("phase_peak_GiB")]
+    if peaks:
+        md += ["", "Peak GPU memory by phase (GiB):", ""]
+        for r in peaks:
+            md.append(f"- {r['label']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                       sorted(r["phase_peak_GiB"].items(), key=lambda kv: -kv[1])))
     return md
 
 

@@ -65,38 +65,6 @@ def test_smoothquant_then_rtn_records_and_recaptured_inputs(random_tokens):
     assert all(m.details.get("final") for m in final.modules) and len(final.modules) == 7
 
 
-def test_only_one_block_moves_at_a_time(random_tokens):
-    model = make_tiny_model("opt")
-    blocks = model.model.decoder.layers
-    log = []
-    for i, b in enumerate(blocks):
-        def spy(*args, _i=i, _to=b.to, **kwargs):
-            log.append((_i, str(args[0]) if args else str(kwargs)))
-            return _to(*args, **kwargs)
-        b.to = spy
-    seen = []
-    quantize_model(model, None, Recipe(weights="mxint4", acts="none", steps=["rtn"]), calib_tokens=random_tokens,
-                   device="cpu", progress=lambda f, msg: seen.append(f))
-    # block 0 goes to the device and back before block 1 is touched
-    assert [i for i, _ in log] == [0, 0, 1, 1]
-    assert seen == sorted(seen) and seen[-1] == 1.0
-
-
-def test_cancel_returns_the_block(random_tokens):
-    model = make_tiny_model("llama")
-    calls = []
-    blocks = model.model.layers
-    blocks[1].to = lambda *a, **k: calls.append(a) or nn.Module.to(blocks[1], *a, **k)
-
-    def progress(f, msg):
-        if "block 2/2: rtn" in msg:
-            raise Cancelled("stop")
-
-    with pytest.raises(Cancelled):
-        quantize_model(model, None, Recipe(steps=["rtn"]), calib_tokens=random_tokens, device="cpu", progress=progress)
-    assert len(calls) == 2                                     # moved to the device, then home again
-
-
 def test_overrides_targets_and_errors(random_tokens):
     model = make_tiny_model("llama")
     recipe = Recipe(weights="mxint4", acts="mxint8", targets="decoder+lm_head",

@@ -27,7 +27,8 @@ from ..recipe import Recipe
 from ..records import ModuleRecord, StepRecord
 from ..steps import StepConfig
 from . import statistics
-from .capture import catch_block_inputs, device_of, store_device
+from .block_moves import BlockMoves
+from .capture import catch_block_inputs, store_device
 from .context import BlockContext
 from .diagnostics import diagnostic_batches, fill_errors, measure
 from .methods import Apply, method_for
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 TOKENS_PER_BATCH = 4096     # calibration tokens per block forward
 STATS_MAX_TOKENS = 4096     # tokens per linear handed to statistics.activation_stats
 DIAGNOSTIC_TOKENS = 16384   # calibration tokens (whole batches, seeded choice) for error records and statistics
+OVERLAP_MOVES = True        # blocks living in host memory move on a helper thread during the neighbours' work
 PULSE_EVERY = 0.2           # seconds between progress reports from inside a step (each is a cancellation point)
 
 
@@ -204,20 +206,19 @@ def _quantize_blocks(model: nn.Module, tokens: torch.Tensor, recipe: Recipe, met
     with loop.timer("catch"):
         hidden, calls = catch_block_inputs(model, blocks, path, tokens, device, batch_size, store)
     diag = diagnostic_batches(hidden, diagnostic_tokens, recipe.seed)
-    for i, block in enumerate(blocks):
-        home = device_of(block)
-        with loop.timer("move"):
-            block.to(device)
-        try:
+    moves = BlockMoves(blocks, device, overlap=OVERLAP_MOVES)
+    try:
+        for i, block in enumerate(blocks):
+            with loop.timer("move"):             # only the part of the move that did not overlap work
+                moves.bring(i)
             linears = _wrap(block, block_targets(block, f"{path}.{i}", i, recipe))
             _check_finite(linears, f"{path}.{i}")
             ctx = BlockContext(i, f"{path}.{i}", block, device, linears, groups, hidden, calls[i], diag)
             hidden = _quantize_block(ctx, loop)
-        finally:
-            if home is not None:
-                with loop.timer("move"):
-                    block.to(home)
-        report(progress, (i + 1) / len(blocks), f"block {i + 1}/{len(blocks)} done")
+            report(progress, (i + 1) / len(blocks), f"block {i + 1}/{len(blocks)} done")
+    finally:
+        with loop.timer("move"):
+            moves.all_home()
 
 
 def _quantize_block(ctx: BlockContext, loop: _Loop) -> list[torch.Tensor]:
