@@ -55,14 +55,14 @@ def _gptq_columns(w_ptr, u_ptr, q_ptr, err_ptr, scale_ptr, zero_ptr, inv_ptr, ex
         if MX and STATIC:  # the block's exponents, given (fixed from W before the loop)
             if j % BS == 0:
                 e = tl.load(exp_ptr + r * ld_e + j // BS, mask=rmask, other=0)
-            q = quant_elements(col, e, mb, min_exp, max_norm, ROUND)
+            q = quant_elements(col, e, mb, min_exp, max_norm, ROUND, False)   # one column: the INT path buys nothing
         elif MX:  # the block's exponents, fixed from the updated weights at its first column
             j0 = j - j % BS
             blk = (c >= j0) & (c < j0 + BS) & cmask
             amax = tl.max(tl.where(blk[None, :], w.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0), axis=1)
             e_new, nan_blk = block_exponent(amax, emax, 1 << 23, 0)   # floor rule only (gptq_fused checks)
             e = tl.where(j % BS == 0, e_new, e)
-            q = quant_elements(col, e, mb, min_exp, max_norm, ROUND)
+            q = quant_elements(col, e, mb, min_exp, max_norm, ROUND, False)   # one column: the INT path buys nothing
         else:  # per-channel affine: x * (1 / scale), exact rounding, clamp the code, back
             y = col * inv
             a = _round_exact(tl.abs(y), ROUND)
