@@ -52,6 +52,33 @@ for shape, axis, bs in cases:
         ref = quantize(x, "mxfp4_e2m1", bs, axis=axis, rounding="even", scale_rule=rule)
         check(torch.equal(got.view(torch.int32), ref.view(torch.int32)), f"mx kernel scale_rule {rule} shape {shape}")
 
+# 1a. edge values: signed zeros, elements that underflow to 0 against a huge block max, subnormal and all-zero
+# blocks, saturation and ties at the top of the grid, NaN/Inf blocks; every MX format, rounding and rule
+def edges() -> torch.Tensor:
+    rows = [[2.0 ** 100, -2.0 ** -60, -1e-45, -0.0, 2.0 ** -149, -2.0 ** -149, 3.0, -7.5],
+            [-0.0, 0.0, -0.0, 0.0, 0.0, -0.0, 0.0, 0.0],
+            [2.0 ** -130, -2.0 ** -140, 2.0 ** -149, -2.0 ** -127, 1e-44, -3e-39, 0.0, -0.0],
+            [1.75, -1.75, 1.875, -1.9999, 1.0, -0.5, 0.25, 1.984375],
+            [448.0, -480.0, 57344.0, -61440.0, 6.0, -6.5, 7.0, 3.25],
+            [float("nan"), 1.0, -2.0, 0.0, 3.0, 4.0, 5.0, 6.0],
+            [float("inf"), -1.0, 2.0, -0.0, 3.0, 4.0, 5.0, 6.0],
+            [2.0 ** 127 * 1.5, -2.0 ** 127, 1.0, -1.0, 2.0 ** -126, 0.0, -0.0, 1e-30]]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+xe = edges()
+for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
+    for rnd in ("nearest", "even", "floor"):
+        for rule in ("floor", "ceil", "even", "rceil", "mse"):
+            for axis, t in ((1, xe), (0, xe.T.contiguous())):
+                got = kernels.mx_quantize(t, FORMATS[fmt], 8, axis, rnd, scale_rule=rule)
+                ref = quantize(t, fmt, 8, axis=axis, rounding=rnd, scale_rule=rule)
+                same = torch.equal(got.view(torch.int32), ref.view(torch.int32))
+                if not same:
+                    bad = (got.view(torch.int32) != ref.view(torch.int32)).nonzero()[:3].tolist()
+                    print("mismatch at", bad, got.flatten()[:8].tolist(), ref.flatten()[:8].tolist())
+                check(same, f"mx kernel edges {fmt} {rnd} rule {rule} axis {axis}")
+
 # 1b. the launch variants (streaming hints; the row-loop kernel for non-last axes) give the same bits
 for shape, axis, bs in [((64, 40), 0, 32), ((40, 24), 0, 16), ((3, 40, 5), 1, 16), ((24, 64), 0, 64),
                         ((16, 96), 1, 32)]:
