@@ -5,7 +5,10 @@ Against ``y.copy_(x)`` (bf16 8192 x 8192, read + write), in one process with thi
   (what the memory system allows this tiling),
 - the MX kernel for integer formats with the constant-folded element path (``INT=True``, the default
   since 2026-12-03) and without it (``INT=False``, the generic path: same bits, ~8 more integer ops per
-  element), and for FP formats, at block 32 on the last axis.
+  element), and for FP formats, at block 32 on the last axis;
+- ``quantize`` (the public path) for every MX format at block 32: rules floor, rceil and mse on the last
+  axis, floor on axis 0;
+and checks the GPU's bits against the CPU's for every MX format x rounding x scale rule x axis.
 
     python3 benchmarks/kernel_alu.py            # on a CUDA machine; writes $OUT (or benchmarks/results)/kernel_alu.json
 """
@@ -24,7 +27,7 @@ import triton.language as tl
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from mxlab.formats import FORMATS, kernels  # noqa: E402
+from mxlab.formats import FORMATS, kernels, quantize  # noqa: E402
 from mxlab.formats.kernels import RULE_IDS  # noqa: E402
 from mxlab.formats.table import rule_threshold  # noqa: E402
 
@@ -101,12 +104,34 @@ def main() -> None:
             res["rows"].append({"kernel": f"{fmt} INT={is_int}", "config": list(cfg), "ms": t * 1e3,
                                 "of_copy": copy / t})
     res["int_path_bits_equal"] = True
+    # the public path (mx_quantize with this device's table) for every MX format, some rules, both axes
+    for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
+        for rule, axis in (("floor", -1), ("rceil", -1), ("mse", -1), ("floor", 0)):
+            t = timeit(lambda: quantize(x, fmt, block, axis=axis, scale_rule=rule))
+            res["rows"].append({"kernel": f"quantize {fmt} rule {rule} axis {axis}", "ms": t * 1e3, "of_copy": copy / t})
+    # GPU == CPU bit for bit on heavy-tailed values with zeros, every MX format x rounding x rule, both axes
+    g = torch.Generator().manual_seed(0)
+    xc = torch.randn(256, 320, generator=g) * torch.exp(torch.randn(256, 320, generator=g) * 3)
+    xc.view(-1)[::17] = 0.0
+    xc.view(-1)[3::29] = -0.0
+    bad, cases = [], 0
+    for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
+        for rnd in ("nearest", "even", "floor"):
+            for rule in ("floor", "ceil", "even", "rceil", "mse"):
+                for axis in (-1, 0):
+                    a = quantize(xc.to(dev), fmt, 32, axis=axis, rounding=rnd, scale_rule=rule).cpu()
+                    b = quantize(xc, fmt, 32, axis=axis, rounding=rnd, scale_rule=rule)
+                    cases += 1
+                    if not torch.equal(a.view(torch.int32), b.view(torch.int32)):
+                        bad.append(f"{fmt}/{rnd}/{rule}/{axis}")
+    res["gpu_equals_cpu"] = {"cases": cases, "mismatched": bad}
     out = Path(os.environ.get("OUT") or HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel_alu.json").write_text(json.dumps(res, indent=1))
     print(f"copy {copy * 1e3:.4f} ms ({2 * x.numel() * 2 / copy / 1e9:.0f} GB/s); {res['device']}")
     for r in res["rows"]:
-        print(f"{r['kernel']:32s} {r['ms']:.4f} ms  {100 * r['of_copy']:.1f}% of copy")
+        print(f"{r['kernel']:44s} {r['ms']:.4f} ms  {100 * r['of_copy']:.1f}% of copy")
+    print(f"GPU == CPU: {cases - len(bad)}/{cases} cases" + (f", MISMATCH {bad[:5]}" if bad else ""))
 
 
 if __name__ == "__main__":
