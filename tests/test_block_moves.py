@@ -13,7 +13,7 @@ from mxlab.ptq.block_moves import BlockMoves
 from mxlab.ptq.pipeline import quantize_model
 from mxlab.recipe import Recipe
 
-HOST = "host"       # a stand-in home: blocks "live" there, so every block has to visit the device
+HOST = torch.device("meta")   # a stand-in home: blocks "live" there, so every block has to visit the device
 
 
 def _spied(blocks, log):
@@ -21,7 +21,7 @@ def _spied(blocks, log):
     for i, b in enumerate(blocks):
         def to(where, _i=i, _to=b.to):
             log.append((_i, str(where)))
-            return b if where == HOST else _to(where)
+            return b if torch.device(where) == HOST else _to(where)
         b.to = to
 
 
@@ -40,7 +40,7 @@ def test_in_line_each_block_goes_home_before_the_next_comes():
         moves.bring(i)
         assert moves.visiting == {i}
     moves.all_home()
-    assert log == [(0, "cpu"), (0, HOST), (1, "cpu"), (1, HOST), (2, "cpu"), (2, HOST)]
+    assert log == [(0, "cpu"), (0, "meta"), (1, "cpu"), (1, "meta"), (2, "cpu"), (2, "meta")]
     assert moves.visiting == set()
 
 
@@ -71,7 +71,7 @@ def test_a_cancelled_run_sends_every_visiting_block_home(random_tokens, monkeypa
         quantize_model(model, None, Recipe(steps=["rtn"]), calib_tokens=random_tokens, device="cpu", progress=progress)
     assert made[0].visiting == set()
     for i in {i for i, _ in log}:            # every block that came to the device went home last
-        assert [w for j, w in log if j == i][-1] == HOST
+        assert [w for j, w in log if j == i][-1] == "meta"
 
 
 def _quantized_state(model):

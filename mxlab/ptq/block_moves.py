@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..placement import same_device
 from .capture import device_of
 
 
@@ -41,7 +42,7 @@ class BlockMoves:
 
     def _away(self, i: int) -> bool:
         """Block i lives somewhere other than the device (so it has to be moved there and back)."""
-        return 0 <= i < len(self.blocks) and self.homes[i] is not None and self.homes[i] != self.device
+        return 0 <= i < len(self.blocks) and self.homes[i] is not None and not same_device(self.homes[i], self.device)
 
     def _come(self, i: int) -> None:
         self.visiting.add(i)
