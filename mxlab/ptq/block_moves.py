@@ -1,12 +1,13 @@
 """Moving decoder blocks between host memory and the accelerator while their neighbour is being worked on.
 
 A model too big for the GPU stays in host memory and the pipeline brings one block at a time. Moved
-in line, an 8B block costs ~0.4 s per block on an H200 (436 MB each way through pageable memory):
-10% of the whole job. :class:`BlockMoves` does the same copies on a helper thread and a side CUDA
-stream, so that block i's return to the host and block i+1's arrival run during block i's
-neighbours' GPU work; the weights are the same bytes either way.
+in line, an 8B block costs ~0.4 s per block on an H200 (436 MB each way through pageable memory).
+:class:`BlockMoves` does the same copies on a helper thread and a side CUDA stream: while block i is
+quantized, block i - 1 goes home and block i + 1 comes. The weights are the same bytes either way. On
+the H200 the move phase fell to 0.01 s per block, but blocks got only 0.1 s faster: the overlapped
+copies slow the work they overlap (BENCHMARKS.md).
 
-Order of safety: the side stream first waits for everything the main stream has queued (block i's
+Order of safety: the side stream first waits for everything the main stream has queued (block i - 1's
 last kernels wrote its weights), and ``wait()`` joins the thread after its stream has finished, so
 the main thread never sees a half-copied block. At most two blocks are on the device at once: the
 one being quantized and the previous or the next one (the helper sends the previous one home before
