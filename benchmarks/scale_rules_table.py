@@ -100,10 +100,20 @@ def _cell(values: list[float], spread: bool) -> tuple[float, str]:
     return m, f"{m:.3f} ± {statistics.stdev(values):.3f} (n={len(values)})" if len(values) > 1 else f"{m:.3f} (n=1)"
 
 
+def unique_cells(paths: list[Path]) -> list[dict]:
+    """The cells of several results files, each (config, method, rule, seed) once: where two files measured
+    the same cell (a GPU shard and a CPU re-run), the first file given wins, so no seed counts twice."""
+    seen: dict[tuple, dict] = {}
+    for p in paths:
+        for c in json.loads(p.read_text())["cells"]:
+            seen.setdefault((c["config"], c["method"], c.get("rule"), c["seed"]), c)
+    return list(seen.values())
+
+
 def study_markdown(paths: list[Path]) -> str:
     """The study grid's table: configs as rows, methods as columns (mean ± std over seeds; RTN has one)."""
     data = json.loads(paths[0].read_text())
-    cells = [c for p in paths for c in json.loads(p.read_text())["cells"]]
+    cells = unique_cells(paths)
     methods = [m for m in STUDY_METHODS if any(c["method"] == m for c in cells)]
     seeds = sorted({c["seed"] for c in cells})
     lines = [f"FP perplexity {data['ppl_fp']:.3f} ({Path(data['model']).name}, {data['eval_tokens']} {data['dataset']} eval tokens "
@@ -124,7 +134,7 @@ def markdown(paths: list[Path]) -> str:
     """The table: mean perplexity (± std over seeds; RTN has one) per config x method x rule, from one or
     more results files of the same model and budget (e.g. configs run in parallel)."""
     data = json.loads(paths[0].read_text())
-    cells = [c for p in paths for c in json.loads(p.read_text())["cells"]]
+    cells = unique_cells(paths)
     rules = [r for r in SCALE_RULES if any(c["rule"] == r for c in cells)]
     seeds = sorted({c["seed"] for c in cells})
     dataset = {"tinystories": "TinyStories", "wikitext2": "WikiText-2"}.get(data.get("dataset", "tinystories"),
