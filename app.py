@@ -270,8 +270,20 @@ def inspect_run(run_label: str, layer: str, metric: str, state: SessionState):
             figs["waterfall"], figs["sensitivity"], table)
 
 
+def inspect_selection(run_label: str, layer: str, metric: str, state: SessionState):
+    """A pick in the Inspect tab (run, layer, metric): its figures, or nothing new when they show already."""
+    try:
+        has_sensitivity = bool(run_label) and state.get(run_label).sensitivity is not None
+    except Exception:  # noqa: BLE001
+        return inspect_run(run_label, layer, metric, state)     # it says what is wrong; a retry draws again
+    out = state.draw_if_new("inspect", (run_label, layer, metric, has_sensitivity),
+                            lambda: inspect_run(run_label, layer, metric, state))
+    return out if out is not None else tuple(gr.skip() for _ in range(7))
+
+
 def sensitivity(run_label: str, layer: str, metric: str, state: SessionState, progress=gr.Progress()):
     """Quantize one module at a time (RTN), rank by KL; saved into the run (and its report), then redraw."""
+    state.forget_shown("inspect")
     try:
         session.compute_sensitivity(state, state.get(run_label), report=lambda f, msg: progress(f, desc=msg))
     except Exception as err:  # noqa: BLE001
@@ -790,7 +802,7 @@ def build(default_preset: str | None = None, workspace: str | None = None) -> gr
         inspect_inputs = [inspect_pick, layer_pick, metric_pick, state]
         inspect_outputs = [inspect_md, layer_pick, heatmap, scales, waterfall, sens_plot, module_df]
         for event in (inspect_pick.change, layer_pick.input, metric_pick.input):
-            event(inspect_run, inspect_inputs, inspect_outputs, api_name=False)
+            event(inspect_selection, inspect_inputs, inspect_outputs, api_name=False)
         sens_btn.click(sensitivity, inspect_inputs, inspect_outputs, api_name=False)
         compare_btn.click(compare_runs, [compare_pick, baseline_pick, state],
                           [compare_md, compare_df, overlay, pareto], api_name=False)

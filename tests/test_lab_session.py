@@ -46,6 +46,38 @@ def test_sessions_share_the_workspace_but_not_their_flags(tmp_path):
         a.get("r7")
 
 
+def test_a_pick_reported_twice_draws_once_and_the_repeat_waits_for_it():
+    state = session.SessionState()
+    drawn, started = [], threading.Event()
+
+    def draw(key):
+        def run():
+            started.set()
+            time.sleep(0.2)                               # the first draw is still running when the repeat comes
+            drawn.append(key)
+            return (key,)
+        return run
+
+    key = ("run-a", "layer 29", "SQNR", False)
+    first = threading.Thread(target=lambda: state.draw_if_new("inspect", key, draw(key)))
+    first.start()
+    started.wait()
+    t0 = time.perf_counter()
+    assert state.draw_if_new("inspect", key, draw(key)) is None      # Gradio's second report of the same pick
+    assert time.perf_counter() - t0 > 0.1 and drawn == [key]         # it waited for the first, drew nothing
+    first.join()
+    other = ("run-a", "layer 28", "SQNR", False)
+    assert state.draw_if_new("inspect", other, draw(other)) == (other,)
+    assert state.draw_if_new("inspect", key, draw(key)) == (key,)    # back to layer 29: drawn again
+    assert state.draw_if_new("compare", key, draw(key)) == (key,)    # each tab keeps its own
+    state.forget_shown("inspect")                                    # another handler drew the tab
+    assert state.draw_if_new("inspect", key, draw(key)) == (key,)
+    with pytest.raises(RuntimeError):
+        state.draw_if_new("inspect", other, lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert state.draw_if_new("inspect", key, draw(key)) is None      # a failed draw leaves what is shown
+    assert drawn == [key, other, key, key, key]
+
+
 def test_progress_adapter_cancels():
     seen = []
     state = session.SessionState()

@@ -64,3 +64,23 @@ def test_sweep_cells_are_runs_named_sweep_slash_cell(tmp_path):
             ws.get_run(tmp_path, bad)
     ws.delete_run(tmp_path, "grid/steps-rtn")
     assert [r.id for r in ws.list_runs(tmp_path)] == ["plain"] and (tmp_path / "grid" / ws.SWEEP_FILE).is_file()
+
+
+def test_run_info_is_parsed_once_and_re_read_when_the_run_changes(tmp_path, monkeypatch):
+    make_run(tmp_path, "a", name="first", ppl_fp=10.0, ppl_quant=11.0)
+    parsed = []
+    real_loads = ws.json.loads
+    monkeypatch.setattr(ws.json, "loads", lambda text: parsed.append(len(text)) or real_loads(text))
+    first = ws.get_run(tmp_path, "a")
+    assert len(parsed) == 2                                  # results.json and run.json
+    again = ws.get_run(tmp_path, "a")
+    assert len(parsed) == 2 and again.label == first.label   # the listing fields come from the cache
+    again.metrics["ppl_quant"] = -1.0                         # a caller's edit does not reach the cache
+    assert ws.get_run(tmp_path, "a").metrics["ppl_quant"] == 11.0
+    ws.rename_run(tmp_path, "a", "renamed")                  # run.json changes: read again
+    assert ws.get_run(tmp_path, "a").name == "renamed" and len(parsed) > 2
+    results = tmp_path / "a" / ws.RESULTS_FILE
+    data = real_loads(results.read_text())
+    data["metrics"]["ppl_quant"] = 12.25
+    results.write_text(json.dumps(data))                     # edited in place (longer): read again
+    assert ws.get_run(tmp_path, "a").metrics["ppl_quant"] == 12.25

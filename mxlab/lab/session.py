@@ -110,6 +110,8 @@ class SessionState:
         self.mix: Any = None                          # the Mix tab's frontier (lab.mixview.MixSession)
         self._workdir: Optional[Path] = None
         self._cache: dict[str, tuple[float, RunEntry]] = {}
+        self._shown: dict[str, Any] = {}              # per tab: the inputs of the view it shows (unchanged())
+        self._shown_lock = threading.Lock()
 
     def __deepcopy__(self, memo):  # gradio deep-copies state defaults; a session's state is its own
         return SessionState(self.workspace)
@@ -142,6 +144,23 @@ class SessionState:
             cached = (stamp, RunEntry.load(info.path))
             self._cache[info.id] = cached
         return cached[1]
+
+    def draw_if_new(self, tab: str, key: Any, draw: Callable[[], tuple]) -> Optional[tuple]:
+        """Draw ``tab``'s view for ``key`` (the inputs that decide it) unless it shows exactly that already:
+        then None (the caller redraws nothing). Gradio's dropdown reports one pick twice (select, then blur);
+        the repeat waits here for the first and draws nothing, so the browser renders the figures once.
+        A draw that raises leaves the tab's key as it was."""
+        with self._shown_lock:
+            if self._shown.get(tab) == key:
+                return None
+            out = draw()
+            self._shown[tab] = key
+            return out
+
+    def forget_shown(self, tab: str) -> None:
+        """Another handler drew ``tab`` (a sensitivity run, an error): its next pick draws again."""
+        with self._shown_lock:
+            self._shown.pop(tab, None)
 
     def request_cancel(self) -> Optional[str]:
         """Stop this session's job: 'running' (stops at its next progress report), 'waiting' (a queued job
