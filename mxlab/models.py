@@ -5,6 +5,7 @@ Hugging Face ``LlamaForCausalLM`` directory by ``scripts/convert_llama2c.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import gguf_once
 from .architectures import architecture_map
 from .errors import MxlabError
 from .limits import short
@@ -248,30 +250,32 @@ def load_model(source: str | os.PathLike | None = None, device: str | torch.devi
     name, local, gguf_name = _locate(source)
     gguf = {"gguf_file": gguf_name} if gguf_name else {}
     dev = resolve_device(device)
-    config = _load_config(name, local, trust_remote_code, **gguf)
-    _check_causal_lm(name, config)
-    report(progress, 0.1, "loading the tokenizer")
-    tokenizer = _load_tokenizer(name, local, trust_remote_code, **gguf)
-    torch_dtype = _resolve_dtype(dtype, config, dev)
-    report(progress, 0.2, "loading the weights" + (" (dequantizing GGUF tensors)" if gguf else ""))
-    try:
-        model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, dtype=torch_dtype,
-                                 use_safetensors=None if (allow_pickle or gguf) else True,
-                                 trust_remote_code=trust_remote_code, **gguf)
-    except (OSError, ValueError, EnvironmentError, KeyError, RuntimeError, pickle.UnpicklingError,
-            SafetensorError) as e:
-        detail = " ".join(str(e).split())[:100]
-        if gguf:
-            raise MxlabError(f"cannot load the weights of {gguf_name} ({type(e).__name__}: {detail}); the GGUF file "
-                             "is damaged or holds an architecture transformers cannot read") from e
-        if not allow_pickle and ("safetensors" in str(e).lower() or _has_only_pickle(name)):
-            raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
-                             "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
-        if isinstance(e, pickle.UnpicklingError):
-            raise MxlabError(f"{name}: the pickle checkpoint holds objects other than tensors (it could run code), "
-                             "so it is refused even with allow_pickle; convert it to safetensors") from e
-        raise MxlabError(f"cannot load the weights of {name} ({type(e).__name__}: {detail}); the checkpoint is "
-                         "damaged, truncated or not a trusted format: download or export it again") from e
+    # a GGUF source is read three times by transformers (config, tokenizer, weights): parse it once
+    with gguf_once.parsed_once() if gguf else contextlib.nullcontext():
+        config = _load_config(name, local, trust_remote_code, **gguf)
+        _check_causal_lm(name, config)
+        report(progress, 0.1, "loading the tokenizer")
+        tokenizer = _load_tokenizer(name, local, trust_remote_code, **gguf)
+        torch_dtype = _resolve_dtype(dtype, config, dev)
+        report(progress, 0.2, "loading the weights" + (" (dequantizing GGUF tensors)" if gguf else ""))
+        try:
+            model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, dtype=torch_dtype,
+                                     use_safetensors=None if (allow_pickle or gguf) else True,
+                                     trust_remote_code=trust_remote_code, **gguf)
+        except (OSError, ValueError, EnvironmentError, KeyError, RuntimeError, pickle.UnpicklingError,
+                SafetensorError) as e:
+            detail = " ".join(str(e).split())[:100]
+            if gguf:
+                raise MxlabError(f"cannot load the weights of {gguf_name} ({type(e).__name__}: {detail}); the GGUF "
+                                 "file is damaged or holds an architecture transformers cannot read") from e
+            if not allow_pickle and ("safetensors" in str(e).lower() or _has_only_pickle(name)):
+                raise MxlabError(f"{name} has no .safetensors weights; pickle checkpoints can run arbitrary code, "
+                                 "so pass allow_pickle=True (CLI: --allow-pickle) only if you trust the source") from e
+            if isinstance(e, pickle.UnpicklingError):
+                raise MxlabError(f"{name}: the pickle checkpoint holds objects other than tensors (it could run code), "
+                                 "so it is refused even with allow_pickle; convert it to safetensors") from e
+            raise MxlabError(f"cannot load the weights of {name} ({type(e).__name__}: {detail}); the checkpoint is "
+                             "damaged, truncated or not a trusted format: download or export it again") from e
     nbytes = model_bytes(model)
     if dev.type != "cpu" and (stream or (stream is None and too_big_for(nbytes, dev))):
         log.info("model weights (%.1f GB) stay on the CPU; decoder blocks are streamed to %s one at a time",

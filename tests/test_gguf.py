@@ -89,6 +89,26 @@ def test_smollm2_loads_from_file_and_dir_with_its_q4_1_weights(smollm2):
 
 @needs_smollm2
 @pytest.mark.slow
+def test_a_gguf_load_parses_the_file_once(smollm2, monkeypatch):
+    import gguf
+    from gguf import gguf_reader, tensor_mapping
+
+    built, tables = [], []
+    real_init, real_map = gguf_reader.GGUFReader.__init__, tensor_mapping.get_tensor_name_map
+    monkeypatch.setattr(gguf_reader.GGUFReader, "__init__", lambda self, *a, **k: built.append(a) or
+                        real_init(self, *a, **k))
+    monkeypatch.setattr(tensor_mapping, "get_tensor_name_map", lambda *a: tables.append(a) or real_map(*a))
+    model, tok = load_model(GGUF)
+    # transformers asks three times (config, tokenizer, weights) and maps 397 modules' names: one of each
+    assert len(built) == 1 and tables == [(gguf.MODEL_ARCH.LLAMA, 30)], (built, tables)
+    assert torch.equal(model.model.layers[7].self_attn.k_proj.weight, smollm2[0].model.layers[7].self_attn.k_proj.weight)
+    assert tok("MX formats")["input_ids"] == smollm2[1]("MX formats")["input_ids"]
+    outside = [gguf.GGUFReader(GGUF), gguf.GGUFReader(GGUF)]     # outside a load gguf behaves as installed
+    assert outside[0] is not outside[1] and len(built) == 3
+
+
+@needs_smollm2
+@pytest.mark.slow
 def test_cli_fp_perplexity_equals_transformers_loss(smollm2, capsys):
     """`mxlab eval` on WikiText-2 against transformers' own loss on the same windows, within 0.1%."""
     from mxlab.cli import main
