@@ -110,7 +110,7 @@ class SessionState:
         self.mix: Any = None                          # the Mix tab's frontier (lab.mixview.MixSession)
         self._workdir: Optional[Path] = None
         self._cache: dict[str, tuple[float, RunEntry]] = {}
-        self._shown: dict[str, Any] = {}              # per tab: the inputs of the view it shows (unchanged())
+        self._shown: dict[str, Any] = {}              # per tab: the inputs of the view it shows (draw_if_new)
         self._shown_lock = threading.Lock()
 
     def __deepcopy__(self, memo):  # gradio deep-copies state defaults; a session's state is its own
