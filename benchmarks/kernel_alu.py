@@ -1,23 +1,33 @@
-"""Is the MX kernel bound by memory or by its ALUs on this GPU? One short run, no tuning.
+"""The MX kernel against a device copy on this GPU, and why: memory or ALUs. Sections, in this order:
 
-Against ``y.copy_(x)`` (bf16 8192 x 8192, read + write), in one process with this device's launch table:
-- ``load/store``: a Triton kernel with the MX kernel's tiling that only converts to float32 and back
-  (what the memory system allows this tiling),
-- the MX kernel for integer formats with the constant-folded element path (``INT=True``, the default
-  since 2026-12-03) and without it (``INT=False``, the generic path: same bits, ~8 more integer ops per
-  element), and for FP formats, at block 32 on the last axis;
-- ``quantize`` (the public path) for every MX format at block 32: rules floor, rceil and mse on the last
-  axis, floor on axis 0;
-and checks the GPU's bits against the CPU's for every MX format x rounding x scale rule x axis.
+- ``base``: ``y.copy_(x)`` (bf16 8192 x 8192, read + write) and a Triton load/store kernel with the MX
+  kernel's tiling (what the memory system allows that tiling);
+- ``direct``: every MX format at blocks 16/32/64/128 on the last axis, with ``quant_direct`` (the default:
+  x is never scaled to x 2^-e and back) and without it (``direct=False``: the reference-shaped element path,
+  same bits), rule floor, rounding nearest, this device's launch table;
+- ``tune``: launch candidates for the last axis (blocks per program x warps, streaming hints) and axis 0
+  (row-loop kernel: columns per program x warps) on mxfp4 (the FP element path, the slowest); the best per
+  block size is used for the rest of the run (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS`` line;
+- ``table``: every MX format x blocks 16/32/64/128 x last axis / axis 0 (in place), rule floor;
+- ``rules``: every MX format x scale rules ceil, even, rceil, mse at block 32, last axis; roundings even and
+  floor for mxint4 and mxfp4;
+- ``bits``: GPU == CPU bit for bit on heavy-tailed values with zeros and edge blocks, every MX format x
+  rounding x scale rule x axis.
 
-    python3 benchmarks/kernel_alu.py            # on a CUDA machine; writes $OUT (or benchmarks/results)/kernel_alu.json
+Each time is the median of 7 rounds of 20 back-to-back calls between CUDA events. The JSON is rewritten after
+every section, so a run cut by a time limit keeps what it measured.
+
+    python3 benchmarks/kernel_alu.py [--sections base,direct,tune,table,rules,bits]
+    # writes $OUT (or benchmarks/results)/kernel_alu.json
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -28,8 +38,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from mxlab.formats import FORMATS, kernels, quantize  # noqa: E402
-from mxlab.formats.kernels import RULE_IDS  # noqa: E402
-from mxlab.formats.table import rule_threshold  # noqa: E402
+
+MX = [n for n, f in FORMATS.items() if f.kind == "mx"]
+BLOCKS = (16, 32, 64, 128)
 
 
 @triton.jit
@@ -62,76 +73,137 @@ def timeit(fn, reps: int = 20, rounds: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def mx_launch(x, y, fmt: str, block: int, is_int: bool):
-    """kernels._mx_kernel on the last axis with this device's launch config, INT forced to ``is_int``."""
-    f = FORMATS[fmt]
-    nb, warps, variant = kernels.launch_config("last", block, x.device)
-    n_blocks = x.numel() // block
-    nb = max(1, min(nb, 16384 // block))
-    grid = (triton.cdiv(n_blocks, nb),)
-    kernels._mx_kernel[grid](x, y, n_blocks, x.shape[-1], x.shape[-1] // block, f.mbits - 2,
-                             f.min_exp if f.ebits else 0, f.emax, float(f.max_norm), rule_threshold(f, "floor"),
-                             BLOCK=block, KP=block, NB=nb, ROUND=0, CONTIG=True, MASKED=n_blocks % nb != 0,
-                             RULE=RULE_IDS["floor"], STREAM=bool(variant & kernels.STREAM), INT=is_int,
-                             num_warps=warps)
-    return (nb, warps, variant)
+class Run:
+    def __init__(self, out: Path):
+        self.out, self.t0 = out, time.time()
+        dev = torch.device("cuda")
+        self.x = torch.randn(8192, 8192, device=dev).to(torch.bfloat16)
+        self.y = torch.empty_like(self.x)
+        self.copy = timeit(lambda: self.y.copy_(self.x))
+        self.res = {"device": torch.cuda.get_device_name(dev), "date": datetime.date.today().isoformat(),
+                    "torch": torch.__version__, "triton": triton.__version__, "copy_ms": self.copy * 1e3,
+                    "rows": [], "tuned": {}, "sections_done": []}
+        print(f"copy {self.copy * 1e3:.4f} ms ({4 * self.x.numel() / self.copy / 1e9:.0f} GB/s); {self.res['device']}",
+              flush=True)
+
+    def row(self, section: str, kernel: str, seconds: float, **extra) -> None:
+        self.res["rows"].append({"section": section, "kernel": kernel, "ms": seconds * 1e3,
+                                 "of_copy": self.copy / seconds, **extra})
+        print(f"[{time.time() - self.t0:5.0f}s] {section:6s} {kernel:58s} {seconds * 1e3:.4f} ms "
+              f"{100 * self.copy / seconds:5.1f}%", flush=True)
+
+    def quant(self, fmt: str, block: int, axis: int, **kw) -> float:
+        f = FORMATS[fmt]
+        rounding = kw.pop("rounding", "nearest")
+        return timeit(lambda: kernels.mx_quantize(self.x, f, block, axis, rounding, **kw))
+
+    def save(self, section: str) -> None:
+        self.res["sections_done"].append(section)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "kernel_alu.json").write_text(json.dumps(self.res, indent=1))
 
 
-def main() -> None:
-    dev = torch.device("cuda")
-    x = torch.randn(8192, 8192, device=dev).to(torch.bfloat16)
-    y = torch.empty_like(x)
-    copy = timeit(lambda: y.copy_(x))
-    res = {"device": torch.cuda.get_device_name(dev), "date": datetime.date.today().isoformat(),
-           "torch": torch.__version__, "triton": triton.__version__, "copy_ms": copy * 1e3, "rows": []}
-    block = 32
-    nb, warps, variant = kernels.launch_config("last", block, dev)
-    nb = min(nb, 16384 // block)
+def base(run: Run) -> None:
+    nb = 64
     for stream in (False, True):
-        t = timeit(lambda s=stream: _load_store[(x.numel() // (block * nb),)](x, y, BLOCK=block, NB=nb, STREAM=s,
-                                                                              num_warps=warps))
-        res["rows"].append({"kernel": f"load/store{' (stream hints)' if stream else ''}", "ms": t * 1e3,
-                            "of_copy": copy / t})
-    ref = {}
-    for fmt in ("mxint4", "mxint8", "mxfp4_e2m1", "mxfp8_e4m3"):
-        for is_int in ((True, False) if FORMATS[fmt].ebits == 0 else (False,)):
-            cfg = mx_launch(x, y, fmt, block, is_int)
-            got = y.clone()
-            if fmt in ref:
-                assert torch.equal(got.view(torch.int16), ref[fmt].view(torch.int16)), "INT path changed bits"
-            ref[fmt] = got
-            t = timeit(lambda: mx_launch(x, y, fmt, block, is_int))
-            res["rows"].append({"kernel": f"{fmt} INT={is_int}", "config": list(cfg), "ms": t * 1e3,
-                                "of_copy": copy / t})
-    res["int_path_bits_equal"] = True
-    # the public path (mx_quantize with this device's table) for every MX format, some rules, both axes
-    for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
-        for rule, axis in (("floor", -1), ("rceil", -1), ("mse", -1), ("floor", 0)):
-            t = timeit(lambda: quantize(x, fmt, block, axis=axis, scale_rule=rule))
-            res["rows"].append({"kernel": f"quantize {fmt} rule {rule} axis {axis}", "ms": t * 1e3, "of_copy": copy / t})
-    # GPU == CPU bit for bit on heavy-tailed values with zeros, every MX format x rounding x rule, both axes
+        t = timeit(lambda s=stream: _load_store[(run.x.numel() // (32 * nb),)](run.x, run.y, BLOCK=32, NB=nb,
+                                                                               STREAM=s, num_warps=2))
+        run.row("base", f"load/store block 32 x {nb}, 2 warps{' stream hints' if stream else ''}", t)
+
+
+def direct(run: Run) -> None:
+    for block in BLOCKS:
+        for fmt in MX:
+            for d in (False, True):
+                run.row("direct", f"{fmt} block {block} last axis direct={d}", run.quant(fmt, block, 1, direct=d),
+                        fmt=fmt, block=block, axis=-1, direct=d)
+
+
+def tune(run: Run) -> None:
+    for block in BLOCKS:
+        best = None
+        for nb in (16, 32, 64, 128, 256):
+            if nb * block > 16384 or nb * block < 512:
+                continue
+            for warps in (1, 2, 4, 8):
+                cfg = (nb, warps, kernels.STREAM)
+                t = run.quant("mxfp4_e2m1", block, 1, config=cfg)
+                run.row("tune", f"mxfp4 block {block} last axis config {cfg}", t, config=list(cfg))
+                best = min(best or (t, cfg), (t, cfg))
+        kernels.set_tuned("last", block, best[1])
+        run.res["tuned"][f"last/{block}"] = list(best[1])
+    for block in BLOCKS:
+        best = None
+        for ni in (64, 128, 256, 512):
+            for warps in (1, 2, 4):
+                cfg = (ni, warps, kernels.ROWS | kernels.STREAM)
+                t = run.quant("mxfp4_e2m1", block, 0, config=cfg)
+                run.row("tune", f"mxfp4 block {block} axis 0 config {cfg}", t, config=list(cfg))
+                best = min(best or (t, cfg), (t, cfg))
+        kernels.set_tuned("inner", block, best[1])
+        run.res["tuned"][f"inner/{block}"] = list(best[1])
+    last = {b: tuple(run.res["tuned"][f"last/{b}"]) for b in BLOCKS}
+    inner = {b: tuple(run.res["tuned"][f"inner/{b}"]) for b in BLOCKS}
+    print(f'DEVICE_CONFIGS line: {{"last": {last}, "inner": {inner}}}', flush=True)
+
+
+def table(run: Run) -> None:
+    for axis in (1, 0):
+        for block in BLOCKS:
+            for fmt in MX:
+                run.row("table", f"{fmt} block {block} axis {'last' if axis else 0}", run.quant(fmt, block, axis),
+                        fmt=fmt, block=block, axis=-1 if axis else 0)
+
+
+def rules(run: Run) -> None:
+    for fmt in MX:
+        for rule in ("ceil", "even", "rceil", "mse"):
+            run.row("rules", f"{fmt} block 32 last axis rule {rule}", run.quant(fmt, 32, 1, scale_rule=rule),
+                    fmt=fmt, rule=rule)
+    for fmt in ("mxint4", "mxfp4_e2m1"):
+        for rnd in ("even", "floor"):
+            run.row("rules", f"{fmt} block 32 last axis rounding {rnd}", run.quant(fmt, 32, 1, rounding=rnd),
+                    fmt=fmt, rounding=rnd)
+
+
+def bits(run: Run) -> None:
+    """Heavy-tailed values with zeros, plus blocks at extreme exponents (huge, tiny, subnormal, all-zero,
+    NaN/Inf), so both element paths run; the CPU path is the reference."""
     g = torch.Generator().manual_seed(0)
     xc = torch.randn(256, 320, generator=g) * torch.exp(torch.randn(256, 320, generator=g) * 3)
     xc.view(-1)[::17] = 0.0
     xc.view(-1)[3::29] = -0.0
+    xc[:64, :64] *= 2.0 ** 90
+    xc[64:96, :32] *= 2.0 ** -120
+    xc[96:128, 32:64] = 0.0
+    xc[128, 100] = float("nan")
+    xc[130, 200] = float("-inf")
     bad, cases = [], 0
-    for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
+    for fmt in MX:
         for rnd in ("nearest", "even", "floor"):
             for rule in ("floor", "ceil", "even", "rceil", "mse"):
                 for axis in (-1, 0):
-                    a = quantize(xc.to(dev), fmt, 32, axis=axis, rounding=rnd, scale_rule=rule).cpu()
+                    a = quantize(xc.cuda(), fmt, 32, axis=axis, rounding=rnd, scale_rule=rule).cpu()
                     b = quantize(xc, fmt, 32, axis=axis, rounding=rnd, scale_rule=rule)
                     cases += 1
                     if not torch.equal(a.view(torch.int32), b.view(torch.int32)):
                         bad.append(f"{fmt}/{rnd}/{rule}/{axis}")
-    res["gpu_equals_cpu"] = {"cases": cases, "mismatched": bad}
-    out = Path(os.environ.get("OUT") or HERE / "results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kernel_alu.json").write_text(json.dumps(res, indent=1))
-    print(f"copy {copy * 1e3:.4f} ms ({2 * x.numel() * 2 / copy / 1e9:.0f} GB/s); {res['device']}")
-    for r in res["rows"]:
-        print(f"{r['kernel']:44s} {r['ms']:.4f} ms  {100 * r['of_copy']:.1f}% of copy")
-    print(f"GPU == CPU: {cases - len(bad)}/{cases} cases" + (f", MISMATCH {bad[:5]}" if bad else ""))
+        print(f"[{time.time() - run.t0:5.0f}s] bits {fmt}: {cases - len(bad)}/{cases} equal so far", flush=True)
+    run.res["gpu_equals_cpu"] = {"cases": cases, "mismatched": bad}
+    print(f"GPU == CPU: {cases - len(bad)}/{cases} cases" + (f", MISMATCH {bad[:5]}" if bad else ""), flush=True)
+
+
+SECTIONS = {"base": base, "direct": direct, "tune": tune, "table": table, "rules": rules, "bits": bits}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, run in the order given")
+    args = ap.parse_args(argv)
+    run = Run(Path(os.environ.get("OUT") or HERE / "results"))
+    for name in args.sections.split(","):
+        SECTIONS[name](run)
+        run.save(name)
 
 
 if __name__ == "__main__":

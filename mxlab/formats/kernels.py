@@ -36,11 +36,30 @@ def interpreted() -> bool:
 
 
 @triton.jit
-def _pow2(k):
-    """Exact float32 2**k for int32 k in [-149, 127], from bits (subnormal results included)."""
+def _pow2_bits(k):
+    """The int32 bits of float32 2**k for int32 k in [-149, 127] (subnormal results included)."""
     normal = tl.maximum(k + 127, 0) << 23
     sub = tl.full(k.shape, 1, tl.int32) << tl.minimum(tl.maximum(k + 149, 0), 22)
-    return tl.where(k >= -126, normal, sub).to(tl.float32, bitcast=True)
+    return tl.where(k >= -126, normal, sub)
+
+
+@triton.jit
+def _pow2(k):
+    """Exact float32 2**k for int32 k in [-149, 127]."""
+    return _pow2_bits(k).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round(t, ROUND: tl.constexpr):
+    """t >= 0 (float32) to an integer: 0 ties away, as floor(t + 0.5) in float32 (the reference's arithmetic);
+    1 ties to even; 2 floor."""
+    if ROUND == 0:
+        r = tl.floor(t + 0.5)
+    elif ROUND == 1:  # t < 2^23, so t + 2^23 lies where float32's step is 1: IEEE addition rounds it to even
+        r = (t + 8388608.0) - 8388608.0
+    else:
+        r = tl.floor(t)
+    return r
 
 
 @triton.jit
@@ -84,14 +103,7 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.con
     else:
         eb = tl.maximum(a.to(tl.int32, bitcast=True) >> 23, 127 + min_exp)  # biased p (a >= 0: no sign bit)
         t = a * ((254 + mb - eb) << 23).to(tl.float32, bitcast=True)  # |v| 2^(mb - p)
-    if ROUND == 0:  # ties away, as floor(t + 0.5) in float32 (the reference's arithmetic)
-        r = tl.floor(t + 0.5)
-    elif ROUND == 1:  # ties to even, from the same floor(t + 0.5); r - t is exact for t >= 0.5
-        r = tl.floor(t + 0.5)
-        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-        r = tl.where(((r - t) == 0.5) & (t >= 0.5) & odd, r - 1.0, r)
-    else:
-        r = tl.floor(t)
+    r = _round(t, ROUND)
     if INT:
         out = r * _pow2(e - mb)
     else:
@@ -102,10 +114,62 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.con
 
 
 @triton.jit
+def direct_floor(mb, min_exp):
+    """The least block exponent e for which ``quant_direct`` gives ``quant_elements``' bits."""
+    return mb - min_exp - 126
+
+
+@triton.jit
+def takes_direct(amax_bits, e, mb, min_exp):
+    """True when every block of a program may take ``quant_direct``: e >= ``direct_floor``, or the block is
+    all zeros (padding too), which quantizes to +0.0 under any e (``quant_block`` lifts its e)."""
+    return tl.min(tl.where(amax_bits == 0, 127, e)) >= direct_floor(mb, min_exp)
+
+
+@triton.jit
+def quant_direct(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr):
+    """``quant_elements``' bits for blocks with e >= ``direct_floor``, in fewer ops per element: x is never
+    scaled to v = x 2^-e and back. Per block, the saturation bound max_norm 2^e, the least step exponent
+    min_exp + e (FP) and the sign threshold are computed once; per element, the step 2^(p + e - mb) comes
+    from |x|'s exponent bits. It is exact because e >= direct_floor makes every step (and its inverse) a
+    normal float32, so r * step is exact, as is the reference's r 2^(p - mb) 2^e.
+
+    The sign: the reference takes it from v + 0.0, so -0.0 comes out only where x < 0 and v = x 2^-e did not
+    underflow to 0, i.e. |x| > 2^(e - 150) (a tie at 2^-150 rounds to 0)."""
+    xb = x.to(tl.int32, bitcast=True)
+    axb = xb & 0x7FFFFFFF
+    a = tl.minimum(axb.to(tl.float32, bitcast=True), max_norm * _pow2(e))   # saturate
+    if INT:  # p = 0: one step per block
+        r = _round(a * _pow2(mb - e), ROUND)
+        out = r * _pow2(e - mb)
+    else:    # the step's exponent bits: |x|'s, raised to the block's least, minus mb
+        eb = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, (127 + min_exp + e) << 23)
+        r = _round(a * (((254 + mb) << 23) - eb).to(tl.float32, bitcast=True), ROUND)
+        out = r * (eb - (mb << 23)).to(tl.float32, bitcast=True)
+    keep = axb > tl.where(e > 0, _pow2_bits(e - 150), 0)
+    return (out.to(tl.int32, bitcast=True) | tl.where(keep, xb & -2147483648, 0)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def quant_block(x, e, direct, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr, DIRECT: tl.constexpr):
+    """``quant_direct`` when ``direct`` (a scalar from ``takes_direct``, so the branch is uniform over the
+    program), else ``quant_elements``; the same bits either way. DIRECT=False (benchmarks
+    only) always takes ``quant_elements``."""
+    if DIRECT:
+        if direct:
+            out = quant_direct(x, tl.maximum(e, direct_floor(mb, min_exp)), mb, min_exp, max_norm, ROUND, INT)
+        else:
+            out = quant_elements(x, e, mb, min_exp, max_norm, ROUND, INT)
+    else:
+        out = quant_elements(x, e, mb, min_exp, max_norm, ROUND, INT)
+    return out
+
+
+@triton.jit
 def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
                CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr, STREAM: tl.constexpr,
-               INT: tl.constexpr):
+               INT: tl.constexpr, DIRECT: tl.constexpr):
     pid = tl.program_id(0)
     b = pid.to(tl.int64) * NB + tl.arange(0, NB).to(tl.int64)  # (NB,) block ids
     j = tl.arange(0, KP)  # (KP,) position in the block
@@ -127,11 +191,12 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
         x = tl.load(x_ptr + offs).to(tl.float32)
 
     # shared exponent from the integer max of |x| bits: NaN/Inf (exponent 255) beat every finite value
-    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1), emax, thresh,
-                                  RULE)  # (NB,)
-    out = quant_elements(x, e[:, None], mb, min_exp, max_norm, ROUND, INT)
+    amax = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
+    e, nan_block = block_exponent(amax, emax, thresh, RULE)  # (NB,)
+    direct = takes_direct(amax, e, mb, min_exp)
+    out = quant_block(x, e[:, None], direct, mb, min_exp, max_norm, ROUND, INT, DIRECT)
     if RULE == 4:  # mse: e + 1 where it quantizes the block with a smaller squared error (float64 sums)
-        out1 = quant_elements(x, tl.minimum(e + 1, 127)[:, None], mb, min_exp, max_norm, ROUND, INT)
+        out1 = quant_block(x, tl.minimum(e + 1, 127)[:, None], direct, mb, min_exp, max_norm, ROUND, INT, DIRECT)
         d0 = out.to(tl.float64) - x.to(tl.float64)
         d1 = out1.to(tl.float64) - x.to(tl.float64)
         out = tl.where((tl.sum(d1 * d1, axis=1) < tl.sum(d0 * d0, axis=1))[:, None], out1, out)
@@ -150,7 +215,7 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
 @triton.jit
 def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
                      BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr,
-                     RULE: tl.constexpr, INT: tl.constexpr):
+                     RULE: tl.constexpr, INT: tl.constexpr, DIRECT: tl.constexpr):
     """Blocks along the middle axis of a contiguous (outer, L, inner) tensor, read in place: a program
     takes one block position and NI consecutive inner columns, a (KP, NI) tile loaded row by row."""
     ob = tl.program_id(0).to(tl.int64)       # outer index * blocks_per_col + block index along L
@@ -160,11 +225,12 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
     offs = o * L * inner + pos[:, None] * inner + c[None, :]
     mask = (tl.arange(0, KP)[:, None] < BLOCK) & (pos[:, None] < L) & (c[None, :] < inner)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e, nan_block = block_exponent(tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0), emax, thresh,
-                                  RULE)  # (NI,)
-    out = quant_elements(x, e[None, :], mb, min_exp, max_norm, ROUND, INT)
+    amax = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0)
+    e, nan_block = block_exponent(amax, emax, thresh, RULE)  # (NI,)
+    direct = takes_direct(amax, e, mb, min_exp)
+    out = quant_block(x, e[None, :], direct, mb, min_exp, max_norm, ROUND, INT, DIRECT)
     if RULE == 4:  # mse, as in _mx_kernel, per column block
-        out1 = quant_elements(x, tl.minimum(e + 1, 127)[None, :], mb, min_exp, max_norm, ROUND, INT)
+        out1 = quant_block(x, tl.minimum(e + 1, 127)[None, :], direct, mb, min_exp, max_norm, ROUND, INT, DIRECT)
         d0 = out.to(tl.float64) - x.to(tl.float64)
         d1 = out1.to(tl.float64) - x.to(tl.float64)
         out = tl.where((tl.sum(d1 * d1, axis=0) < tl.sum(d0 * d0, axis=0))[None, :], out1, out)
@@ -175,7 +241,7 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
 @triton.jit
 def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
                           BLOCK: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr, RULE: tl.constexpr,
-                          STREAM: tl.constexpr, INT: tl.constexpr):
+                          STREAM: tl.constexpr, INT: tl.constexpr, DIRECT: tl.constexpr):
     """``_mx_kernel_inner``'s blocks, one row of NI columns at a time: pass 1 keeps each column's running max
     of |x| bits in registers (no reduction across threads, the tile kernel's cost at small blocks), pass 2
     re-reads the block's rows (from cache) and quantizes them. Not for the mse rule (it needs both
@@ -191,13 +257,15 @@ def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, e
         x = tl.load(x_ptr + base + r * inner, mask=cmask & (r < rows), other=0.0, eviction_policy="evict_last")
         amax = tl.maximum(amax, x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
     e, nan_block = block_exponent(amax, emax, thresh, RULE)                   # (NI,)
+    direct = takes_direct(amax, e, mb, min_exp)
     for r in tl.static_range(BLOCK):
         m = cmask & (r < rows)
         if STREAM:
             x = tl.load(x_ptr + base + r * inner, mask=m, other=0.0, eviction_policy="evict_first")
         else:
             x = tl.load(x_ptr + base + r * inner, mask=m, other=0.0)
-        out = tl.where(nan_block, float("nan"), quant_elements(x.to(tl.float32), e, mb, min_exp, max_norm, ROUND, INT))
+        out = tl.where(nan_block, float("nan"), quant_block(x.to(tl.float32), e, direct, mb, min_exp, max_norm, ROUND,
+                                                            INT, DIRECT))
         if STREAM:
             tl.store(y_ptr + base + r * inner, out.to(y_ptr.dtype.element_ty), mask=m, cache_modifier=".cs")
         else:
@@ -255,10 +323,11 @@ def _device_name(index: int) -> str:
 
 
 def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
-                config: tuple[int, int] | None = None, scale_rule: str = "floor") -> torch.Tensor:
+                config: tuple[int, int] | None = None, scale_rule: str = "floor", direct: bool = True) -> torch.Tensor:
     """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative).
 
-    ``config``: (tile parameter, num_warps[, variant]) instead of ``launch_config``'s (for tuning).
+    ``config``: (tile parameter, num_warps[, variant]) instead of ``launch_config``'s (for tuning);
+    ``direct=False``: never take ``quant_direct`` (same bits, slower; for benchmarks).
     """
     thresh, rule = rule_threshold(f, scale_rule), RULE_IDS[scale_rule]
     xm = x.reshape(1) if x.dim() == 0 else x.contiguous()
@@ -276,17 +345,17 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
         args = (xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm), thresh)
         if variant & ROWS and rule != RULE_IDS["mse"]:
             _mx_kernel_inner_rows[grid](*args, BLOCK=block_size, NI=ni, ROUND=_ROUND[rounding], RULE=rule,
-                                        STREAM=bool(variant & STREAM), INT=is_int, num_warps=warps)
+                                        STREAM=bool(variant & STREAM), INT=is_int, DIRECT=direct, num_warps=warps)
         else:   # the (KP, NI) tile kernel; a row-loop config's wide NI is cut to a tile of <= 16384 elements
             kp = triton.next_power_of_2(block_size)
             ni_tile = min(ni, max(16, 16384 // kp))
             grid = (outer * bpc, triton.cdiv(inner, ni_tile))
             _mx_kernel_inner[grid](*args, BLOCK=block_size, KP=kp, NI=ni_tile, ROUND=_ROUND[rounding], RULE=rule,
-                                   INT=is_int, num_warps=warps)
+                                   INT=is_int, DIRECT=direct, num_warps=warps)
         return y.reshape(x.shape)
     if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
         return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding,
-                           scale_rule=scale_rule).movedim(-1, axis) \
+                           scale_rule=scale_rule, direct=direct).movedim(-1, axis) \
             .contiguous().reshape(x.shape)
     nb, warps, variant = _full(config or launch_config("last", block_size, x.device))
     rows = xm.numel() // L
@@ -299,5 +368,5 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     grid = (triton.cdiv(n_blocks, nb),)
     _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
                      thresh, BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
-                     RULE=rule, STREAM=bool(variant & STREAM), INT=is_int, num_warps=warps)
+                     RULE=rule, STREAM=bool(variant & STREAM), INT=is_int, DIRECT=direct, num_warps=warps)
     return y.reshape(x.shape)

@@ -67,10 +67,12 @@ def edges() -> torch.Tensor:
 
 
 xe = edges()
+xe_direct = xe[[0, 1, 3, 4, 5, 6, 7]]
 for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
     for rnd in ("nearest", "even", "floor"):
         for rule in ("floor", "ceil", "even", "rceil", "mse"):
-            for axis, t in ((1, xe), (0, xe.T.contiguous())):
+            # all rows: the subnormal row sends the program to quant_elements; without it, quant_direct
+            for axis, t in ((1, xe), (0, xe.T.contiguous()), (1, xe_direct), (0, xe_direct.T.contiguous())):
                 got = kernels.mx_quantize(t, FORMATS[fmt], 8, axis, rnd, scale_rule=rule)
                 ref = quantize(t, fmt, 8, axis=axis, rounding=rnd, scale_rule=rule)
                 same = torch.equal(got.view(torch.int32), ref.view(torch.int32))
@@ -78,6 +80,47 @@ for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
                     bad = (got.view(torch.int32) != ref.view(torch.int32)).nonzero()[:3].tolist()
                     print("mismatch at", bad, got.flatten()[:8].tolist(), ref.flatten()[:8].tolist())
                 check(same, f"mx kernel edges {fmt} {rnd} rule {rule} axis {axis}")
+
+# 1c. quant_direct at the block exponents where it starts (direct_floor) and up to the top, on elements at the
+# sign threshold 2^(e - 150) (a negative x at or below it gives +0.0), subnormals, saturation; then the same
+# blocks with one below direct_floor (that program falls back to quant_elements)
+def direct_blocks(fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    f = FORMATS[fmt]
+    mb, min_exp = f.mbits - 2, (f.min_exp if f.ebits else 0)
+    lo = mb - min_exp - 126
+    rows = []
+    for E in sorted({lo, lo + 1, lo + 3, -20, -3, 0, 1, 2, 23, 24, 25, 60, 127 - f.emax}):
+        amax = 1.5 * 2.0 ** (E + f.emax)
+        row = [amax, -amax * 1.3, amax * 0.99, 0.0, -0.0, 2.0 ** -149, -2.0 ** -149, -2.0 ** -126]
+        if E >= 1:
+            t = 2.0 ** (E - 150)
+            row += [-t, t, -t * 1.5, -t * 2, -t * 0.5 if E >= 2 else -t, -t * 3]
+        row += (torch.randn(32 - len(row), generator=g) * amax * torch.exp(-torch.rand(32 - len(row), generator=g)
+                                                                            * 30)).tolist()
+        rows.append(row[:32])
+    ok = torch.tensor(rows, dtype=torch.float32)
+    low = ok.clone()
+    low[0] *= 0.5  # e = lo - 1: just below direct_floor
+    return ok, low
+
+
+for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
+    for name, xd in zip(("direct", "mixed"), direct_blocks(fmt)):
+        for rnd in ("nearest", "even", "floor") if name == "direct" else ("nearest", "even"):
+            for rule in ("floor", "rceil", "mse") if name == "direct" else ("floor",):
+                # the row-loop kernel (slow under the interpreter) once per format and rule; it has no mse
+                rows_too = rnd == "nearest" and rule != "mse"
+                for axis, t, variant in ((1, xd, 0), (0, xd.T.contiguous(), 0),
+                                         (0, xd.T.contiguous(), kernels.ROWS))[:3 if rows_too else 2]:
+                    got = kernels.mx_quantize(t, FORMATS[fmt], 32, axis, rnd, scale_rule=rule,
+                                              config=(64, 2, variant))
+                    ref = quantize(t, fmt, 32, axis=axis, rounding=rnd, scale_rule=rule)
+                    same = torch.equal(got.view(torch.int32), ref.view(torch.int32))
+                    if not same:
+                        bad = (got.view(torch.int32) != ref.view(torch.int32)).nonzero()[:3].tolist()
+                        print("mismatch at", bad, [t[tuple(i)].item() for i in bad],
+                              [got[tuple(i)].item() for i in bad], [ref[tuple(i)].item() for i in bad])
+                    check(same, f"mx kernel {name} blocks {fmt} {rnd} rule {rule} axis {axis} variant {variant}")
 
 # 1b. the launch variants (streaming hints; the row-loop kernel for non-last axes) give the same bits
 for shape, axis, bs in [((64, 40), 0, 32), ((40, 24), 0, 16), ((3, 40, 5), 1, 16), ((24, 64), 0, 64),
