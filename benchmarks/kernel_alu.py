@@ -2,19 +2,21 @@
 
 - ``base``: ``y.copy_(x)`` (bf16 8192 x 8192, read + write) and a Triton load/store kernel with the MX
   kernel's tiling (what the memory system allows that tiling);
-- ``direct``: every MX format at blocks 16/32/64/128 on the last axis, with ``quant_direct`` (the default:
-  x is never scaled to x 2^-e and back) and without it (``direct=False``: the reference-shaped element path,
-  same bits), rule floor, rounding nearest, this device's launch table;
-- ``tune``: launch candidates for the last axis (blocks per program x warps, streaming hints) and axis 0
-  (row-loop kernel: columns per program x warps) on mxfp4 (the FP element path, the slowest); the best per
-  block size is used for the rest of the run (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS`` line;
+- ``direct``: every MX format at blocks 16/32/64/128 on the last axis, rule floor, rounding nearest, this
+  device's launch table, with ``kernels.quant_block``'s three modes: 1 (the default: ``quant_direct``, where x
+  is never scaled to x 2^-e and back, when every block of the program allows it), 0 (always the
+  reference-shaped ``quant_elements``; same bits) and 2 (always ``quant_direct``: what the program-wide check
+  costs);
+- ``tune``: last-axis launch candidates (1, 2, 4 warps; 32 elements per thread) x the three modes, on
+  mxint4 and mxfp4; the best mode-1 config per block size is used for the rest of the run
+  (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS`` line; axis 0 with modes 0 and 1;
 - ``table``: every MX format x blocks 16/32/64/128 x last axis / axis 0 (in place), rule floor;
 - ``rules``: every MX format x scale rules ceil, even, rceil, mse at block 32, last axis; roundings even and
   floor for mxint4 and mxfp4;
 - ``bits``: GPU == CPU bit for bit on heavy-tailed values with zeros and edge blocks, every MX format x
   rounding x scale rule x axis.
 
-Each time is the median of 7 rounds of 20 back-to-back calls between CUDA events. The JSON is rewritten after
+Each time is the median of 9 rounds of 50 back-to-back calls between CUDA events. The JSON is rewritten after
 every section, so a run cut by a time limit keeps what it measured.
 
     python3 benchmarks/kernel_alu.py [--sections base,direct,tune,table,rules,bits]
@@ -39,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from mxlab.formats import FORMATS, kernels, quantize  # noqa: E402
 
-MX = [n for n, f in FORMATS.items() if f.kind == "mx"]
+MX = [n for n, f in FORMATS.items() if f.kind == "mx" and n != "mxfp4"]   # mxfp4: an alias of mxfp4_e2m1
 BLOCKS = (16, 32, 64, 128)
 
 
@@ -56,7 +58,7 @@ def _load_store(x_ptr, y_ptr, BLOCK: tl.constexpr, NB: tl.constexpr, STREAM: tl.
         tl.store(y_ptr + offs, x.to(y_ptr.dtype.element_ty))
 
 
-def timeit(fn, reps: int = 20, rounds: int = 7) -> float:
+def timeit(fn, reps: int = 50, rounds: int = 9) -> float:
     """Median over ``rounds`` of the mean seconds per call of ``reps`` back-to-back calls (CUDA events):
     back to back, so the GPU never waits for Python's launch of the next kernel."""
     for _ in range(5):
@@ -114,37 +116,43 @@ def base(run: Run) -> None:
 def direct(run: Run) -> None:
     for block in BLOCKS:
         for fmt in MX:
-            for d in (False, True):
+            for d in (0, 1, 2):
                 run.row("direct", f"{fmt} block {block} last axis direct={d}", run.quant(fmt, block, 1, direct=d),
                         fmt=fmt, block=block, axis=-1, direct=d)
 
 
 def tune(run: Run) -> None:
+    """Last axis (the axis-0 launch table stays): tiles of 32 elements per thread on 1 warp (the
+    program-wide branch of ``quant_block`` then needs no barrier) and on 2 and 4 warps, each with
+    ``quant_block``'s modes 0/1/2, on mxint4 and mxfp4 (the integer and FP element paths); the best mode-1
+    config per block size (mean of the two formats) is used for the rest of the run."""
     for block in BLOCKS:
-        best = None
-        for nb in (16, 32, 64, 128, 256):
-            if nb * block > 16384 or nb * block < 512:
-                continue
-            for warps in (1, 2, 4, 8):
-                cfg = (nb, warps, kernels.STREAM)
-                t = run.quant("mxfp4_e2m1", block, 1, config=cfg)
-                run.row("tune", f"mxfp4 block {block} last axis config {cfg}", t, config=list(cfg))
-                best = min(best or (t, cfg), (t, cfg))
-        kernels.set_tuned("last", block, best[1])
-        run.res["tuned"][f"last/{block}"] = list(best[1])
-    for block in BLOCKS:
-        best = None
-        for ni in (64, 128, 256, 512):
+        scores = {}
+        for per_thread in (32,):
             for warps in (1, 2, 4):
-                cfg = (ni, warps, kernels.ROWS | kernels.STREAM)
-                t = run.quant("mxfp4_e2m1", block, 0, config=cfg)
-                run.row("tune", f"mxfp4 block {block} axis 0 config {cfg}", t, config=list(cfg))
-                best = min(best or (t, cfg), (t, cfg))
-        kernels.set_tuned("inner", block, best[1])
-        run.res["tuned"][f"inner/{block}"] = list(best[1])
-    last = {b: tuple(run.res["tuned"][f"last/{b}"]) for b in BLOCKS}
-    inner = {b: tuple(run.res["tuned"][f"inner/{b}"]) for b in BLOCKS}
-    print(f'DEVICE_CONFIGS line: {{"last": {last}, "inner": {inner}}}', flush=True)
+                nb = per_thread * 32 * warps // block
+                if nb < 1:
+                    continue
+                cfg = (nb, warps, kernels.STREAM)
+                for mode in (0, 1, 2):
+                    ts = []
+                    for fmt in ("mxint4", "mxfp4_e2m1"):
+                        t = run.quant(fmt, block, 1, config=cfg, direct=mode)
+                        ts.append(t)
+                        run.row("tune", f"{fmt} block {block} last axis config {cfg} mode {mode}", t, fmt=fmt,
+                                block=block, config=list(cfg), direct=mode)
+                    if mode == 1:
+                        scores[cfg] = sum(ts) / len(ts)
+        best = min(scores, key=scores.get)
+        kernels.set_tuned("last", block, best)
+        run.res["tuned"][f"last/{block}"] = list(best)
+    for block in (32, 64, 128):   # axis 0, the tile kernel (this device's table), with and without quant_direct
+        for mode in (0, 1):
+            run.row("tune", f"mxfp4_e2m1 block {block} axis 0 mode {mode}",
+                    run.quant("mxfp4_e2m1", block, 0, direct=mode), fmt="mxfp4_e2m1", block=block, axis=0,
+                    direct=mode)
+    print(f'DEVICE_CONFIGS "last": {{{", ".join(f"{b}: {tuple(run.res["tuned"][f"last/{b}"])}" for b in BLOCKS)}}}',
+          flush=True)
 
 
 def table(run: Run) -> None:
