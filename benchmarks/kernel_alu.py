@@ -2,14 +2,10 @@
 
 - ``base``: ``y.copy_(x)`` (bf16 8192 x 8192, read + write) and a Triton load/store kernel with the MX
   kernel's tiling (what the memory system allows that tiling);
-- ``direct``: every MX format at blocks 16/32/64/128 on the last axis, rule floor, rounding nearest, this
-  device's launch table, with ``kernels.quant_block``'s three modes: 1 (the default: ``quant_direct``, where x
-  is never scaled to x 2^-e and back, when every block of the program allows it), 0 (always the
-  reference-shaped ``quant_elements``; same bits) and 2 (always ``quant_direct``: what the program-wide check
-  costs);
-- ``tune``: last-axis launch candidates (1, 2, 4 warps; 32 elements per thread) x the three modes, on
-  mxint4 and mxfp4; the best mode-1 config per block size is used for the rest of the run
-  (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS`` line; axis 0 with modes 0 and 1;
+- ``tune``: last-axis launch candidates (1, 2, 4 warps; 32 elements per thread), each with the kernels' element
+  path ``quant_scaled`` and the reference-shaped ``quant_elements`` (same bits), on mxint4 and mxfp4; the best
+  per block size is used for the rest of the run (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS``
+  line; axis 0 with both element paths;
 - ``table``: every MX format x blocks 16/32/64/128 x last axis / axis 0 (in place), rule floor;
 - ``rules``: every MX format x scale rules ceil, even, rceil, mse at block 32, last axis; roundings even and
   floor for mxint4 and mxfp4;
@@ -19,7 +15,7 @@
 Each time is the median of 9 rounds of 50 back-to-back calls between CUDA events. The JSON is rewritten after
 every section, so a run cut by a time limit keeps what it measured.
 
-    python3 benchmarks/kernel_alu.py [--sections base,direct,tune,table,rules,bits]
+    python3 benchmarks/kernel_alu.py [--sections base,tune,table,rules,bits]
     # writes $OUT (or benchmarks/results)/kernel_alu.json
 """
 from __future__ import annotations
@@ -113,44 +109,31 @@ def base(run: Run) -> None:
         run.row("base", f"load/store block 32 x {nb}, 2 warps{' stream hints' if stream else ''}", t)
 
 
-def direct(run: Run) -> None:
-    for block in BLOCKS:
-        for fmt in MX:
-            for d in (0, 1, 2):
-                run.row("direct", f"{fmt} block {block} last axis direct={d}", run.quant(fmt, block, 1, direct=d),
-                        fmt=fmt, block=block, axis=-1, direct=d)
-
-
 def tune(run: Run) -> None:
-    """Last axis (the axis-0 launch table stays): tiles of 32 elements per thread on 1 warp (the
-    program-wide branch of ``quant_block`` then needs no barrier) and on 2 and 4 warps, each with
-    ``quant_block``'s modes 0/1/2, on mxint4 and mxfp4 (the integer and FP element paths); the best mode-1
-    config per block size (mean of the two formats) is used for the rest of the run."""
+    """Last-axis launch candidates (1, 2, 4 warps; 32 elements per thread), each with ``quant_scaled`` (fast,
+    the default) and ``quant_elements``, on mxint4 and mxfp4 (the integer and FP element paths); the best fast
+    config per block size (mean of the two formats) is used for the rest of the run. Then axis 0 (this
+    device's launch table), both element paths."""
     for block in BLOCKS:
         scores = {}
-        for per_thread in (32,):
-            for warps in (1, 2, 4):
-                nb = per_thread * 32 * warps // block
-                if nb < 1:
-                    continue
-                cfg = (nb, warps, kernels.STREAM)
-                for mode in (0, 1, 2):
-                    ts = []
-                    for fmt in ("mxint4", "mxfp4_e2m1"):
-                        t = run.quant(fmt, block, 1, config=cfg, direct=mode)
-                        ts.append(t)
-                        run.row("tune", f"{fmt} block {block} last axis config {cfg} mode {mode}", t, fmt=fmt,
-                                block=block, config=list(cfg), direct=mode)
-                    if mode == 1:
-                        scores[cfg] = sum(ts) / len(ts)
+        for warps in (1, 2, 4):
+            cfg = (32 * 32 * warps // block, warps, kernels.STREAM)
+            for fast in (False, True):
+                ts = []
+                for fmt in ("mxint4", "mxfp4_e2m1"):
+                    t = run.quant(fmt, block, 1, config=cfg, fast=fast)
+                    ts.append(t)
+                    run.row("tune", f"{fmt} block {block} last axis config {cfg} fast={fast}", t, fmt=fmt,
+                            block=block, config=list(cfg), fast=fast)
+                if fast:
+                    scores[cfg] = sum(ts) / len(ts)
         best = min(scores, key=scores.get)
         kernels.set_tuned("last", block, best)
         run.res["tuned"][f"last/{block}"] = list(best)
-    for block in (32, 64, 128):   # axis 0, the tile kernel (this device's table), with and without quant_direct
-        for mode in (0, 1):
-            run.row("tune", f"mxfp4_e2m1 block {block} axis 0 mode {mode}",
-                    run.quant("mxfp4_e2m1", block, 0, direct=mode), fmt="mxfp4_e2m1", block=block, axis=0,
-                    direct=mode)
+    for block in BLOCKS:
+        for fast in (False, True):
+            run.row("tune", f"mxfp4_e2m1 block {block} axis 0 fast={fast}", run.quant("mxfp4_e2m1", block, 0, fast=fast),
+                    fmt="mxfp4_e2m1", block=block, axis=0, fast=fast)
     print(f'DEVICE_CONFIGS "last": {{{", ".join(f"{b}: {tuple(run.res["tuned"][f"last/{b}"])}" for b in BLOCKS)}}}',
           flush=True)
 
@@ -201,7 +184,7 @@ def bits(run: Run) -> None:
     print(f"GPU == CPU: {cases - len(bad)}/{cases} cases" + (f", MISMATCH {bad[:5]}" if bad else ""), flush=True)
 
 
-SECTIONS = {"base": base, "direct": direct, "tune": tune, "table": table, "rules": rules, "bits": bits}
+SECTIONS = {"base": base, "tune": tune, "table": table, "rules": rules, "bits": bits}
 
 
 def main(argv=None) -> None:

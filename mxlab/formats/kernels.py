@@ -114,73 +114,35 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.con
 
 
 @triton.jit
-def direct_floor(mb, min_exp):
-    """The least block exponent e for which ``quant_direct`` gives ``quant_elements``' bits."""
-    return mb - min_exp - 126
-
-
-@triton.jit
-def has_tiny(amax_bits, e, mb, min_exp):
-    """True when some block of a program has e < ``direct_floor`` (max |x| below ~2^-90: rare, but bits are
-    bits); all-zero blocks (padding too) do not count, as they quantize to +0.0 under any e."""
-    return tl.min(tl.where(amax_bits == 0, 127, e)) < direct_floor(mb, min_exp)
-
-
-@triton.jit
-def quant_direct(xb, axb, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr):
-    """``quant_elements``' bits (NaN for ``nan_block``) of the float32 values with bits xb (axb: xb without the
-    sign, shared with the block max) for blocks with e >= ``direct_floor``, in fewer ops per element: x is never scaled to v = x 2^-e and back. Per block, the saturation bound max_norm 2^e, the
-    least step exponent min_exp + e (FP) and the sign threshold are computed once; per element, the step
-    2^(p + e - mb) comes from |x|'s exponent bits. It is exact because e >= direct_floor makes every step (and
-    its inverse) a normal float32, so r * step is exact, as is the reference's r 2^(p - mb) 2^e.
-
-    The sign: the reference takes it from v + 0.0, so -0.0 comes out only where x < 0 and v = x 2^-e did not
-    underflow to 0, i.e. |x| > thr = 2^(e - 150) (a tie at 2^-150 rounds to 0): the sign bit of thr - |x|
-    says so, and one AND keeps x's sign there. A NaN block saturates to 0 and ORs in the quiet NaN's bits,
-    in the same op that ORs the sign."""
-    a = tl.minimum(axb.to(tl.float32, bitcast=True), tl.where(nan_block, 0.0, max_norm * _pow2(e)))  # saturate
-    if INT:  # p = 0: one step per block
-        r = _round(a * _pow2(mb - e), ROUND)
-        out = r * _pow2(e - mb)
-    else:    # the step's exponent bits: |x|'s, raised to the block's least, minus mb
-        eb = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, (127 + min_exp + e) << 23)
+def quant_scaled(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr):
+    """``quant_elements``' bits, NaN for ``nan_block``, in fewer ops per element (the tile kernels' path; the
+    kernel is bound by its ALUs on an H200, so every op counts):
+    - the element's exponent stays in place in the bits (a mask, no shifts): the step's and its inverse's bits
+      are one add each;
+    - the sign, as the reference's (v + 0.0 < 0), is selected per block: 0 in NaN blocks, whose results are 0
+      (their scale back is 0.0) ORed with the quiet NaN's bits in the op that ORs the sign."""
+    v = x * _pow2(-e)
+    a = tl.minimum(tl.abs(v), max_norm)   # saturate first: same as clamping after rounding
+    if INT:  # min_exp 0 and max_norm < 2: every element's p is 0, the steps are constants
+        r = _round(a * tl.cast((127 + mb) << 23, tl.float32, bitcast=True), ROUND)
+        out = r * tl.where(nan_block, 0.0, _pow2(e - mb))
+    else:
+        eb = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, (127 + min_exp) << 23)   # 2^p's bits
         r = _round(a * (((254 + mb) << 23) - eb).to(tl.float32, bitcast=True), ROUND)
-        out = r * (eb - (mb << 23)).to(tl.float32, bitcast=True)
-    thr = tl.where(nan_block, 0x7FFFFFFF, tl.where(e > 0, _pow2_bits(e - 150), 0))
-    sign = xb & (thr - axb) & -2147483648
+        out = (r * (eb - (mb << 23)).to(tl.float32, bitcast=True)) * tl.where(nan_block, 0.0, _pow2(e))
+    sign = tl.where(v < 0, tl.where(nan_block, 0, -2147483648), 0)
     return (out.to(tl.int32, bitcast=True) | sign | tl.where(nan_block, 0x7FC00000, 0)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def quant_block(x, e, nan_block, tiny, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr,
-                DIRECT: tl.constexpr):
-    """x on the MX grid of its blocks' exponents e, NaN in NaN blocks (e, nan_block broadcastable to x).
-
-    DIRECT 1 (the kernels'): ``quant_direct``. When ``tiny`` (a scalar from ``has_tiny``, so the branch is
-    uniform over the program and almost never taken), the blocks below ``direct_floor`` are scaled by 2^64
-    first (exact: their max |x| is below 2^-60) and their results by 2^-64 after (one rounding of the exact
-    value, as the reference's final multiply by 2^e), so ``quant_direct`` sees exponents it represents. One
-    copy of the element code: a fallback to ``quant_elements`` in the branch measured ~6 points slower.
-    For benchmarks: 0 always ``quant_elements``; 2 ``quant_direct`` without the branch (wrong bits on blocks
-    below ``direct_floor``)."""
-    if DIRECT == 0:
-        out = tl.where(nan_block, float("nan"), quant_elements(x, e, mb, min_exp, max_norm, ROUND, INT))
-    elif DIRECT == 2:
-        xb = x.to(tl.int32, bitcast=True)
-        out = quant_direct(xb, xb & 0x7FFFFFFF, e, nan_block, mb, min_exp, max_norm, ROUND, INT)
+def quant_block(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr,
+                FAST: tl.constexpr):
+    """x on the MX grid of its blocks' exponents e, NaN in NaN blocks (e, nan_block broadcastable to x):
+    ``quant_scaled`` (FAST, the kernels' default) or ``quant_elements`` (benchmarks compare them)."""
+    if FAST:
+        out = quant_scaled(x, e, nan_block, mb, min_exp, max_norm, ROUND, INT)
     else:
-        lo = direct_floor(mb, min_exp)
-        s = tl.zeros_like(e)
-        xb = x.to(tl.int32, bitcast=True)
-        axb = xb & 0x7FFFFFFF            # the block max's operand, so the common path computes it once
-        if tiny:
-            s = tl.where(e < lo, 64, 0)
-            xb = (x * _pow2(s)).to(tl.int32, bitcast=True)
-            axb = xb & 0x7FFFFFFF
-        # all-zero blocks below the floor (s = 0 there) are lifted to it: any e gives them +0.0
-        out = quant_direct(xb, axb, tl.maximum(e + s, lo), nan_block, mb, min_exp, max_norm, ROUND, INT)
-        if tiny:
-            out = out * _pow2(-s)
+        out = tl.where(nan_block, float("nan"), quant_elements(x, e, mb, min_exp, max_norm, ROUND, INT))
     return out
 
 
@@ -188,7 +150,7 @@ def quant_block(x, e, nan_block, tiny, mb, min_exp, max_norm, ROUND: tl.constexp
 def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
                CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr, STREAM: tl.constexpr,
-               INT: tl.constexpr, DIRECT: tl.constexpr):
+               INT: tl.constexpr, FAST: tl.constexpr):
     pid = tl.program_id(0)
     b = pid.to(tl.int64) * NB + tl.arange(0, NB).to(tl.int64)  # (NB,) block ids
     j = tl.arange(0, KP)  # (KP,) position in the block
@@ -215,11 +177,10 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
     # shared exponent from the integer max of |x| bits: NaN/Inf (exponent 255) beat every finite value
     amax = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
     e, nan_block = block_exponent(amax, emax, thresh, RULE)  # (NB,)
-    tiny = has_tiny(amax, e, mb, min_exp)
-    out = quant_block(x, e[:, None], nan_block[:, None], tiny, mb, min_exp, max_norm, ROUND, INT, DIRECT)
+    out = quant_block(x, e[:, None], nan_block[:, None], mb, min_exp, max_norm, ROUND, INT, FAST)
     if RULE == 4:  # mse: e + 1 where it quantizes the block with a smaller squared error (float64 sums)
-        out1 = quant_block(x, tl.minimum(e + 1, 127)[:, None], nan_block[:, None], tiny, mb, min_exp, max_norm,
-                           ROUND, INT, DIRECT)
+        out1 = quant_block(x, tl.minimum(e + 1, 127)[:, None], nan_block[:, None], mb, min_exp, max_norm,
+                           ROUND, INT, FAST)
         d0 = out.to(tl.float64) - x.to(tl.float64)
         d1 = out1.to(tl.float64) - x.to(tl.float64)
         out = tl.where((tl.sum(d1 * d1, axis=1) < tl.sum(d0 * d0, axis=1))[:, None], out1, out)
@@ -237,7 +198,7 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
 @triton.jit
 def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
                      BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr,
-                     RULE: tl.constexpr, INT: tl.constexpr, DIRECT: tl.constexpr):
+                     RULE: tl.constexpr, INT: tl.constexpr, FAST: tl.constexpr):
     """Blocks along the middle axis of a contiguous (outer, L, inner) tensor, read in place: a program
     takes one block position and NI consecutive inner columns, a (KP, NI) tile loaded row by row."""
     ob = tl.program_id(0).to(tl.int64)       # outer index * blocks_per_col + block index along L
@@ -249,11 +210,10 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     amax = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0)
     e, nan_block = block_exponent(amax, emax, thresh, RULE)  # (NI,)
-    tiny = has_tiny(amax, e, mb, min_exp)
-    out = quant_block(x, e[None, :], nan_block[None, :], tiny, mb, min_exp, max_norm, ROUND, INT, DIRECT)
+    out = quant_block(x, e[None, :], nan_block[None, :], mb, min_exp, max_norm, ROUND, INT, FAST)
     if RULE == 4:  # mse, as in _mx_kernel, per column block
-        out1 = quant_block(x, tl.minimum(e + 1, 127)[None, :], nan_block[None, :], tiny, mb, min_exp, max_norm,
-                           ROUND, INT, DIRECT)
+        out1 = quant_block(x, tl.minimum(e + 1, 127)[None, :], nan_block[None, :], mb, min_exp, max_norm,
+                           ROUND, INT, FAST)
         d0 = out.to(tl.float64) - x.to(tl.float64)
         d1 = out1.to(tl.float64) - x.to(tl.float64)
         out = tl.where((tl.sum(d1 * d1, axis=0) < tl.sum(d0 * d0, axis=0))[None, :], out1, out)
@@ -263,7 +223,7 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
 @triton.jit
 def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
                           BLOCK: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr, RULE: tl.constexpr,
-                          STREAM: tl.constexpr, INT: tl.constexpr):
+                          STREAM: tl.constexpr, INT: tl.constexpr, FAST: tl.constexpr):
     """``_mx_kernel_inner``'s blocks, one row of NI columns at a time: pass 1 keeps each column's running max
     of |x| bits in registers (no reduction across threads, the tile kernel's cost at small blocks), pass 2
     re-reads the block's rows (from cache) and quantizes them. Not for the mse rule (it needs both
@@ -285,8 +245,7 @@ def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, e
             x = tl.load(x_ptr + base + r * inner, mask=m, other=0.0, eviction_policy="evict_first")
         else:
             x = tl.load(x_ptr + base + r * inner, mask=m, other=0.0)
-        # quant_elements only: quant_direct's program-wide branch, in this unrolled loop, measured slower
-        out = tl.where(nan_block, float("nan"), quant_elements(x.to(tl.float32), e, mb, min_exp, max_norm, ROUND, INT))
+        out = quant_block(x.to(tl.float32), e, nan_block, mb, min_exp, max_norm, ROUND, INT, FAST)
         if STREAM:
             tl.store(y_ptr + base + r * inner, out.to(y_ptr.dtype.element_ty), mask=m, cache_modifier=".cs")
         else:
@@ -344,11 +303,11 @@ def _device_name(index: int) -> str:
 
 
 def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
-                config: tuple[int, int] | None = None, scale_rule: str = "floor", direct: int = 1) -> torch.Tensor:
+                config: tuple[int, int] | None = None, scale_rule: str = "floor", fast: bool = True) -> torch.Tensor:
     """MX fake quantization of a CUDA tensor (f: formats.ElementFormat, axis non-negative).
 
     ``config``: (tile parameter, num_warps[, variant]) instead of ``launch_config``'s (for tuning);
-    ``direct``: ``quant_block``'s DIRECT (1; benchmarks compare 0 and 2).
+    ``fast=False``: the reference-shaped ``quant_elements`` instead of ``quant_scaled`` (same bits; benchmarks).
     """
     thresh, rule = rule_threshold(f, scale_rule), RULE_IDS[scale_rule]
     xm = x.reshape(1) if x.dim() == 0 else x.contiguous()
@@ -366,17 +325,17 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
         args = (xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm), thresh)
         if variant & ROWS and rule != RULE_IDS["mse"]:
             _mx_kernel_inner_rows[grid](*args, BLOCK=block_size, NI=ni, ROUND=_ROUND[rounding], RULE=rule,
-                                        STREAM=bool(variant & STREAM), INT=is_int, num_warps=warps)
+                                        STREAM=bool(variant & STREAM), INT=is_int, FAST=fast, num_warps=warps)
         else:   # the (KP, NI) tile kernel; a row-loop config's wide NI is cut to a tile of <= 16384 elements
             kp = triton.next_power_of_2(block_size)
             ni_tile = min(ni, max(16, 16384 // kp))
             grid = (outer * bpc, triton.cdiv(inner, ni_tile))
             _mx_kernel_inner[grid](*args, BLOCK=block_size, KP=kp, NI=ni_tile, ROUND=_ROUND[rounding], RULE=rule,
-                                   INT=is_int, DIRECT=int(direct), num_warps=warps)
+                                   INT=is_int, FAST=fast, num_warps=warps)
         return y.reshape(x.shape)
     if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
         return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding,
-                           scale_rule=scale_rule, direct=direct).movedim(-1, axis) \
+                           scale_rule=scale_rule, fast=fast).movedim(-1, axis) \
             .contiguous().reshape(x.shape)
     nb, warps, variant = _full(config or launch_config("last", block_size, x.device))
     rows = xm.numel() // L
@@ -389,5 +348,5 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     grid = (triton.cdiv(n_blocks, nb),)
     _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
                      thresh, BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
-                     RULE=rule, STREAM=bool(variant & STREAM), INT=is_int, DIRECT=int(direct), num_warps=warps)
+                     RULE=rule, STREAM=bool(variant & STREAM), INT=is_int, FAST=fast, num_warps=warps)
     return y.reshape(x.shape)
