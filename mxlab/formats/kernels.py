@@ -7,7 +7,11 @@ no division; every float multiply is by an exact power of two. Arithmetic is IEE
 subnormals only inside libdevice calls, which this kernel avoids except floor on values >= 0).
 
 Element quantization is one formula for every MX format: integer formats are the float formula
-with min_exp = 0, since their scaled values lie below 2 (p is then always 0, step 2^-mbits).
+with min_exp = 0, since their scaled values lie below 2 (p is then always 0, step 2^-mbits). Two
+implementations give the same bits: ``quant_elements`` follows the reference's steps (the GPTQ column
+kernel uses it); ``quant_scaled`` is the tile kernels' path, with fewer ops per element, because on an
+H200 this kernel is bound by its ALUs, not by memory (``benchmarks/kernel_alu.py`` measures it;
+``benchmarks/kernel_sass.py`` counts the instructions without a GPU).
 """
 from __future__ import annotations
 
@@ -88,8 +92,7 @@ def block_exponent(amax_bits, emax, thresh, RULE: tl.constexpr):
 def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr):
     """float32 x (any shape) on the MX grid of exponent e (broadcastable int32): mx.mx_elements' bits.
 
-    The kernel is bound by its ALUs on an H200 (a load/store kernel with its tiling runs at ~97% of a copy,
-    it ran at ~79%), so every op per element counts; each shortcut below gives the reference's bits:
+    The reference's steps, with shortcuts that keep its bits (``quant_scaled`` goes further):
     - saturate |v| with one min, keep the sign of v apart (v < 0 is t < 0: t = v 2^(mb - p) never
       underflows, as p > mb only when |v| >= 2^p);
     - INT (integer elements: min_exp 0 and max_norm < 2, so every element's p is 0): the per-element
@@ -116,7 +119,8 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.con
 @triton.jit
 def quant_scaled(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr):
     """``quant_elements``' bits, NaN for ``nan_block``, in fewer ops per element (the tile kernels' path; the
-    kernel is bound by its ALUs on an H200, so every op counts):
+    kernel is bound by its ALUs on an H200, so every op counts: 22.8 against 24.5 SASS instructions per
+    element for FP formats, 90-98% of a device copy against 87-91%, BENCHMARKS.md):
     - the element's exponent stays in place in the bits (a mask, no shifts): the step's and its inverse's bits
       are one add each;
     - the sign, as the reference's (v + 0.0 < 0), is selected per block: 0 in NaN blocks, whose results are 0
@@ -263,9 +267,10 @@ LAST_AXIS_DEFAULT = {16: (128, 4), 32: (64, 4), 64: (32, 4), 128: (16, 4)}
 INNER_DEFAULT = {16: (256, 4), 32: (128, 4), 64: (64, 4), 128: (32, 4)}
 DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, ...]]]] = {
     "H100": {"last": {32: (64, 4)}},   # 97.8% of copy at block 32 (BENCHMARKS.md, 2026-11-23)
-    # best of 12 (last axis) and 20 (axis 0) candidates, bf16 8192 x 8192, 2026-12-03 (BENCHMARKS.md):
-    # 78-80% of copy on the last axis at every block, 70% on axis 0 at block 16 (46% with the tile kernel)
-    "H200": {"last": {16: (128, 2, STREAM), 32: (64, 2, STREAM), 64: (32, 2, STREAM), 128: (16, 2, STREAM)},
+    # last axis: best of 3 candidates per block (1/2/4 warps, 32 elements per thread) with quant_scaled, bf16
+    # 8192 x 8192, 2026-12-03 (BENCHMARKS.md, benchmarks/kernel_alu.py): 93-98% of a copy for mxint4 and mxfp4;
+    # axis 0: the row-loop kernel at block 16 (earlier tuning; 77-83% with quant_scaled), the tile kernel else
+    "H200": {"last": {16: (64, 1, STREAM), 32: (32, 1, STREAM), 64: (16, 1, STREAM), 128: (16, 2, STREAM)},
              "inner": {16: (256, 2, ROWS)}},
 }
 _TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
