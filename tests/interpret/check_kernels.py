@@ -67,12 +67,12 @@ def edges() -> torch.Tensor:
 
 
 xe = edges()
-xe_direct = xe[[0, 1, 3, 4, 5, 6, 7]]
+xe_normal = xe[[0, 1, 3, 4, 5, 6, 7]]
 for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
     for rnd in ("nearest", "even", "floor"):
         for rule in ("floor", "ceil", "even", "rceil", "mse"):
-            # all rows: the subnormal row sends the program to quant_elements; without it, quant_direct
-            for axis, t in ((1, xe), (0, xe.T.contiguous()), (1, xe_direct), (0, xe_direct.T.contiguous())):
+            # all rows, and without the subnormal row (tiles of only normal-range blocks)
+            for axis, t in ((1, xe), (0, xe.T.contiguous()), (1, xe_normal), (0, xe_normal.T.contiguous())):
                 got = kernels.mx_quantize(t, FORMATS[fmt], 8, axis, rnd, scale_rule=rule)
                 ref = quantize(t, fmt, 8, axis=axis, rounding=rnd, scale_rule=rule)
                 same = torch.equal(got.view(torch.int32), ref.view(torch.int32))
@@ -81,10 +81,10 @@ for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
                     print("mismatch at", bad, got.flatten()[:8].tolist(), ref.flatten()[:8].tolist())
                 check(same, f"mx kernel edges {fmt} {rnd} rule {rule} axis {axis}")
 
-# 1c. quant_direct at the block exponents where it starts (direct_floor) and up to the top, on elements at the
-# sign threshold 2^(e - 150) (a negative x at or below it gives +0.0), subnormals, saturation; then the same
-# blocks with one below direct_floor (that program falls back to quant_elements)
-def direct_blocks(fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+# 1c. blocks at exponents from ~-120 (where exponent tricks on x itself stop being exact) up to 127 - emax, on
+# elements at the reference's -0.0 threshold 2^(e - 150) (a negative x at or below it gives +0.0), subnormals,
+# saturation; then the same blocks with one at e - 1 below the lowest
+def exponent_blocks(fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     f = FORMATS[fmt]
     mb, min_exp = f.mbits - 2, (f.min_exp if f.ebits else 0)
     lo = mb - min_exp - 126
@@ -100,14 +100,14 @@ def direct_blocks(fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows.append(row[:32])
     ok = torch.tensor(rows, dtype=torch.float32)
     low = ok.clone()
-    low[0] *= 0.5  # e = lo - 1: just below direct_floor
+    low[0] *= 0.5  # e = lo - 1
     return ok, low
 
 
 for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
-    for name, xd in zip(("direct", "mixed"), direct_blocks(fmt)):
-        for rnd in ("nearest", "even", "floor") if name == "direct" else ("nearest", "even"):
-            for rule in ("floor", "rceil", "mse") if name == "direct" else ("floor",):
+    for name, xd in zip(("high", "with-low"), exponent_blocks(fmt)):
+        for rnd in ("nearest", "even", "floor") if name == "high" else ("nearest", "even"):
+            for rule in ("floor", "rceil", "mse") if name == "high" else ("floor",):
                 # the row-loop kernel (slow under the interpreter) once per format and rule; it has no mse
                 rows_too = rnd == "nearest" and rule != "mse"
                 for axis, t, variant in ((1, xd, 0), (0, xd.T.contiguous(), 0),
