@@ -135,8 +135,8 @@ def tune(run: Run) -> None:
         for fast in (False, True):
             run.row("tune", f"mxfp4_e2m1 block {block} axis 0 fast={fast}", run.quant("mxfp4_e2m1", block, 0, fast=fast),
                     fmt="mxfp4_e2m1", block=block, axis=0, fast=fast)
-    print(f'DEVICE_CONFIGS "last": {{{", ".join(f"{b}: {tuple(run.res["tuned"][f"last/{b}"])}" for b in BLOCKS)}}}',
-          flush=True)
+    table = {b: tuple(run.res["tuned"][f"last/{b}"]) for b in BLOCKS}
+    print(f'DEVICE_CONFIGS "last": {table}', flush=True)
 
 
 def table(run: Run) -> None:
