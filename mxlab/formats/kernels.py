@@ -76,13 +76,12 @@ def block_exponent(amax_bits, emax, thresh, RULE: tl.constexpr):
     big = tl.where(amax_bits == 0, -126, biased - 127)
     if RULE == 0 or RULE == 4:
         e = big - emax
-    else:
-        frac = amax_bits & 0x7FFFFF
-        sub = (biased == 0) & (frac != 0)
-        lead = (frac.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2(frac))
-        shift = tl.minimum(tl.maximum(23 - lead, 0), 23)
-        frac = tl.where(sub, (frac << shift) & 0x7FFFFF, frac)
-        e = tl.where(sub, lead - 149, big) - emax + (frac > thresh).to(tl.int32)
+    else:  # a subnormal amax times 2^23 (exact) is normal: its bits hold floor(log2 amax) + 23 and the fraction
+        sub = biased == 0
+        norm = tl.where(sub, (amax_bits.to(tl.float32, bitcast=True) * 8388608.0).to(tl.int32, bitcast=True),
+                        amax_bits)
+        e = (norm >> 23) - tl.where(sub, 150, 127) - emax + ((norm & 0x7FFFFF) > thresh).to(tl.int32)
+        e = tl.where(amax_bits == 0, -126 - emax, e)
     e = tl.minimum(tl.maximum(e, -127), 127)
     nan_block = biased == 255
     return tl.where(nan_block, 0, e), nan_block
