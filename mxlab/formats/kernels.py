@@ -40,17 +40,11 @@ def interpreted() -> bool:
 
 
 @triton.jit
-def _pow2_bits(k):
-    """The int32 bits of float32 2**k for int32 k in [-149, 127] (subnormal results included)."""
+def _pow2(k):
+    """Exact float32 2**k for int32 k in [-149, 127], from bits (subnormal results included)."""
     normal = tl.maximum(k + 127, 0) << 23
     sub = tl.full(k.shape, 1, tl.int32) << tl.minimum(tl.maximum(k + 149, 0), 22)
-    return tl.where(k >= -126, normal, sub)
-
-
-@triton.jit
-def _pow2(k):
-    """Exact float32 2**k for int32 k in [-149, 127]."""
-    return _pow2_bits(k).to(tl.float32, bitcast=True)
+    return tl.where(k >= -126, normal, sub).to(tl.float32, bitcast=True)
 
 
 @triton.jit
