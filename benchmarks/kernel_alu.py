@@ -5,18 +5,21 @@
 - ``tune``: last-axis launch candidates (1, 2, 4 warps; 32 elements per thread), each with the kernels' element
   path ``quant_scaled`` and the reference-shaped ``quant_elements`` (same bits), on mxint4 and mxfp4; the best
   per block size is used for the rest of the run (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS``
-  line; axis 0 with both element paths;
-- ``table``: every MX format x blocks 16/32/64/128 x last axis / axis 0 (in place), rule floor;
-- ``rules``: every MX format x scale rules ceil, even, rceil, mse at block 32, last axis; roundings even and
-  floor for mxint4 and mxfp4;
-- ``bits``: GPU == CPU bit for bit on heavy-tailed values with zeros and edge blocks, every MX format x
-  rounding x scale rule x axis.
+  line;
+- ``tune0``: axis 0 (in place) candidates, the tile kernel and the row-loop kernel, on mxfp4; likewise;
+- ``table``: every MX format x blocks 16/32/64/128 x last axis / axis 0, rule floor;
+- ``rules``: every MX format x scale rules ceil, even, rceil, mse x blocks 16/32/64/128, last axis; each rule on
+  axis 0 at block 32 (mxint4, mxfp4); roundings even and floor for mxint4 and mxfp4;
+- ``torchao``: torchao's compiled ``to_mx`` (fp4, fp8, fp6) next to mxlab's kernel, when torchao imports;
+- ``bits``: GPU == CPU bit for bit on heavy-tailed values with zeros and edge blocks, float32 and bf16, every
+  MX format x rounding x scale rule x axis at block 32, and the launch configs in use at every block size.
 
-Each time is the median of 9 rounds of 50 back-to-back calls between CUDA events, against a copy re-timed at
-the start of each section. The JSON is rewritten after every section, so a run cut by a time limit keeps
-what it measured.
+Timing: each kernel's calls are captured in a CUDA graph of 50 calls, so no Python launch sits between them;
+each of 11 rounds replays a copy graph, then the kernel's; a cell's "of copy" is the median over rounds of
+copy time / kernel time. The JSON is rewritten after every section, so a run cut by a time limit keeps what
+it measured.
 
-    python3 benchmarks/kernel_alu.py [--sections base,tune,table,rules,bits]
+    python3 benchmarks/kernel_alu.py [--sections base,tune,tune0,table,rules,torchao,bits] [--tuned kernel_alu.json]
     # writes $OUT (or benchmarks/results)/kernel_alu.json
 """
 from __future__ import annotations
@@ -40,6 +43,13 @@ from mxlab.formats import FORMATS, kernels, quantize  # noqa: E402
 
 MX = [n for n, f in FORMATS.items() if f.kind == "mx" and n != "mxfp4"]   # mxfp4: an alias of mxfp4_e2m1
 BLOCKS = (16, 32, 64, 128)
+# TRITON_INTERPRET=1 on a CPU-only machine: a smoke run of the script itself (tiny tensor, no graphs, no timing
+# worth reading), so a broken section is found before device time is spent on it
+SMOKE = kernels.interpreted() and not torch.cuda.is_available()
+DEV = torch.device("cpu" if SMOKE else "cuda")
+REPS, ROUNDS = (1, 1) if SMOKE else (50, 11)
+if SMOKE:   # every code path, a few cells each
+    MX, BLOCKS = ["mxint4", "mxfp4_e2m1"], (16, 32)
 
 
 @triton.jit
@@ -56,8 +66,8 @@ def _load_store(x_ptr, y_ptr, BLOCK: tl.constexpr, NB: tl.constexpr, STREAM: tl.
 
 
 def timeit(fn, reps: int = 50, rounds: int = 9) -> float:
-    """Median over ``rounds`` of the mean seconds per call of ``reps`` back-to-back calls (CUDA events):
-    back to back, so the GPU never waits for Python's launch of the next kernel."""
+    """Median over ``rounds`` of the mean seconds per call of ``reps`` back-to-back calls (CUDA events), without
+    a graph (for functions a CUDA graph cannot capture)."""
     for _ in range(5):
         fn()
     times = []
@@ -72,29 +82,81 @@ def timeit(fn, reps: int = 50, rounds: int = 9) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def graph_of(fn, reps: int = REPS):
+    """``reps`` calls of fn captured in one CUDA graph: replayed, the GPU runs them back to back with no
+    Python launch between them (mx_quantize's launch takes ~30-50 us on the CPU, near the kernel's 70 us, so
+    timing plain back-to-back calls let the CPU's jitter into the GPU times)."""
+    fn()                                   # compile outside the capture
+    if SMOKE:
+        return lambda: [fn() for _ in range(reps)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):          # warm-up on a side stream, as CUDA graph capture asks
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    torch.cuda.synchronize()
+    return g
+
+
+def replay_seconds(g, reps: int = REPS) -> float:
+    if SMOKE:
+        t = time.perf_counter()
+        g()
+        return (time.perf_counter() - t) / reps
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    g.replay()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / 1e3 / reps
+
+
 class Run:
     def __init__(self, out: Path):
         self.out, self.t0 = out, time.time()
-        dev = torch.device("cuda")
-        self.x = torch.randn(8192, 8192, device=dev).to(torch.bfloat16)
+        dev = DEV
+        self.x = torch.randn(*((64, 512) if SMOKE else (8192, 8192)), device=dev).to(torch.bfloat16)
         self.y = torch.empty_like(self.x)
-        self.copy = timeit(lambda: self.y.copy_(self.x))
-        self.res = {"device": torch.cuda.get_device_name(dev), "date": datetime.date.today().isoformat(),
+        self.copy_graph = graph_of(lambda: self.y.copy_(self.x))
+        self.copy = sorted(replay_seconds(self.copy_graph) for _ in range(ROUNDS))[ROUNDS // 2]
+        self.res = {"device": "smoke run (interpreter)" if SMOKE else torch.cuda.get_device_name(dev), "date": datetime.date.today().isoformat(),
                     "torch": torch.__version__, "triton": triton.__version__, "copy_ms": self.copy * 1e3,
+                    "method": f"CUDA graphs of {REPS} calls; {ROUNDS} rounds, each a copy graph then the kernel's; "
+                              "of_copy = median over rounds of copy / kernel",
                     "rows": [], "tuned": {}, "sections_done": []}
         print(f"copy {self.copy * 1e3:.4f} ms ({4 * self.x.numel() / self.copy / 1e9:.0f} GB/s); {self.res['device']}",
               flush=True)
 
-    def row(self, section: str, kernel: str, seconds: float, **extra) -> None:
-        self.res["rows"].append({"section": section, "kernel": kernel, "ms": seconds * 1e3,
-                                 "of_copy": self.copy / seconds, **extra})
-        print(f"[{time.time() - self.t0:5.0f}s] {section:6s} {kernel:58s} {seconds * 1e3:.4f} ms "
-              f"{100 * self.copy / seconds:5.1f}%", flush=True)
+    def measure(self, fn) -> tuple[float, float]:
+        """(median seconds per call, median of copy / kernel over rounds): the copy is timed in every round, next
+        to the kernel, so a clock or thermal drift during the run moves both."""
+        g = graph_of(fn)
+        ks, ratios = [], []
+        for _ in range(ROUNDS):
+            c = replay_seconds(self.copy_graph)
+            k = replay_seconds(g)
+            ks.append(k)
+            ratios.append(c / k)
+        del g
+        return sorted(ks)[ROUNDS // 2], sorted(ratios)[ROUNDS // 2]
 
-    def quant(self, fmt: str, block: int, axis: int, **kw) -> float:
+    def row(self, section: str, kernel: str, timed: tuple[float, float], **extra) -> float:
+        seconds, of_copy = timed
+        self.res["rows"].append({"section": section, "kernel": kernel, "ms": seconds * 1e3, "of_copy": of_copy,
+                                 **extra})
+        print(f"[{time.time() - self.t0:5.0f}s] {section:6s} {kernel:58s} {seconds * 1e3:.4f} ms "
+              f"{100 * of_copy:5.1f}%", flush=True)
+        return seconds
+
+    def quant(self, fmt: str, block: int, axis: int, **kw) -> tuple[float, float]:
         f = FORMATS[fmt]
         rounding = kw.pop("rounding", "nearest")
-        return timeit(lambda: kernels.mx_quantize(self.x, f, block, axis, rounding, **kw))
+        return self.measure(lambda: kernels.mx_quantize(self.x, f, block, axis, rounding, **kw))
 
     def save(self, section: str) -> None:
         self.res["sections_done"].append(section)
@@ -105,16 +167,22 @@ class Run:
 def base(run: Run) -> None:
     nb = 64
     for stream in (False, True):
-        t = timeit(lambda s=stream: _load_store[(run.x.numel() // (32 * nb),)](run.x, run.y, BLOCK=32, NB=nb,
-                                                                               STREAM=s, num_warps=2))
-        run.row("base", f"load/store block 32 x {nb}, 2 warps{' stream hints' if stream else ''}", t)
+        run.row("base", f"load/store block 32 x {nb}, 2 warps{' stream hints' if stream else ''}",
+                run.measure(lambda s=stream: _load_store[(run.x.numel() // (32 * nb),)](run.x, run.y, BLOCK=32, NB=nb,
+                                                                                       STREAM=s, num_warps=2)))
+
+
+def _pick(run: Run, kind: str, block: int, scores: dict) -> None:
+    best = min(scores, key=scores.get)
+    if not SMOKE:
+        kernels.set_tuned(kind, block, best)
+    run.res["tuned"][f"{kind}/{block}"] = list(best)
 
 
 def tune(run: Run) -> None:
     """Last-axis launch candidates (1, 2, 4 warps; 32 elements per thread), each with ``quant_scaled`` (fast,
     the default) and ``quant_elements``, on mxint4 and mxfp4 (the integer and FP element paths); the best fast
-    config per block size (mean of the two formats) is used for the rest of the run. Then axis 0 (this
-    device's launch table), both element paths."""
+    config per block size (mean of the two formats) is used for the rest of the run."""
     for block in BLOCKS:
         scores = {}
         for warps in (1, 2, 4):
@@ -122,21 +190,39 @@ def tune(run: Run) -> None:
             for fast in (False, True):
                 ts = []
                 for fmt in ("mxint4", "mxfp4_e2m1"):
-                    t = run.quant(fmt, block, 1, config=cfg, fast=fast)
-                    ts.append(t)
-                    run.row("tune", f"{fmt} block {block} last axis config {cfg} fast={fast}", t, fmt=fmt,
-                            block=block, config=list(cfg), fast=fast)
+                    ts.append(run.row("tune", f"{fmt} block {block} last axis config {cfg} fast={fast}",
+                                      run.quant(fmt, block, 1, config=cfg, fast=fast), fmt=fmt, block=block,
+                                      config=list(cfg), fast=fast))
                 if fast:
                     scores[cfg] = sum(ts) / len(ts)
-        best = min(scores, key=scores.get)
-        kernels.set_tuned("last", block, best)
-        run.res["tuned"][f"last/{block}"] = list(best)
-    for block in BLOCKS:
-        for fast in (False, True):
-            run.row("tune", f"mxfp4_e2m1 block {block} axis 0 fast={fast}", run.quant("mxfp4_e2m1", block, 0, fast=fast),
-                    fmt="mxfp4_e2m1", block=block, axis=0, fast=fast)
+        _pick(run, "last", block, scores)
     table = {b: tuple(run.res["tuned"][f"last/{b}"]) for b in BLOCKS}
     print(f'DEVICE_CONFIGS "last": {table}', flush=True)
+
+
+def axis0_candidates(block: int) -> list[tuple[int, int, int]]:
+    """(inner columns, warps, variant) for blocks along axis 0: the (KP, NI) tile kernel with 1, 2, 4 warps (a
+    tile of at most 16384 elements), and the row-loop kernel (``kernels.ROWS``) with 2 to 16 columns per thread."""
+    kp = triton.next_power_of_2(block)
+    tile = [(ni, w, v) for ni in (32, 64, 128, 256) for w in (1, 2, 4) for v in (0, kernels.STREAM)
+            if kp * ni <= 16384 and kp * ni >= 32 * 8 * w]
+    rows = [(ni, w, kernels.ROWS | kernels.STREAM) for ni in (128, 256, 512) for w in (1, 2, 4)
+            if 2 <= ni // (32 * w) <= 16]
+    return (tile[:2] + rows[:1]) if SMOKE else tile + rows
+
+
+def tune0(run: Run) -> None:
+    """Axis 0 (blocks across the memory order, read in place): every ``axis0_candidates`` config on mxfp4 (the
+    FP path, the slower one); the best per block size is used for the rest of the run."""
+    for block in BLOCKS:
+        scores = {}
+        for cfg in axis0_candidates(block):
+            scores[cfg] = run.row("tune0", f"mxfp4_e2m1 block {block} axis 0 config {cfg}",
+                                  run.quant("mxfp4_e2m1", block, 0, config=cfg), fmt="mxfp4_e2m1", block=block,
+                                  axis=0, config=list(cfg))
+        _pick(run, "inner", block, scores)
+    table = {b: tuple(run.res["tuned"][f"inner/{b}"]) for b in BLOCKS}
+    print(f'DEVICE_CONFIGS "inner": {table}', flush=True)
 
 
 def table(run: Run) -> None:
@@ -148,14 +234,52 @@ def table(run: Run) -> None:
 
 
 def rules(run: Run) -> None:
-    for fmt in MX:
-        for rule in ("ceil", "even", "rceil", "mse"):
-            run.row("rules", f"{fmt} block 32 last axis rule {rule}", run.quant(fmt, 32, 1, scale_rule=rule),
-                    fmt=fmt, rule=rule)
+    for block in BLOCKS:
+        for fmt in MX:
+            for rule in ("ceil", "even", "rceil", "mse"):
+                run.row("rules", f"{fmt} block {block} last axis rule {rule}",
+                        run.quant(fmt, block, 1, scale_rule=rule), fmt=fmt, block=block, rule=rule)
     for fmt in ("mxint4", "mxfp4_e2m1"):
+        for rule in ("ceil", "even", "rceil", "mse"):
+            run.row("rules", f"{fmt} block 32 axis 0 rule {rule}", run.quant(fmt, 32, 0, scale_rule=rule), fmt=fmt,
+                    block=32, axis=0, rule=rule)
         for rnd in ("even", "floor"):
             run.row("rules", f"{fmt} block 32 last axis rounding {rnd}", run.quant(fmt, 32, 1, rounding=rnd),
                     fmt=fmt, rounding=rnd)
+
+
+def torchao(run: Run) -> None:
+    """torchao's compiled ``to_mx`` (1-byte codes and E8M0 scales; fp4 packs two codes a byte) next to mxlab's
+    fake quantization (the bf16 tensor), both rule floor, block 32: skipped with the reason when torchao is
+    not importable."""
+    try:
+        from torchao.prototype.mx_formats.mx_tensor import to_mx
+    except Exception as exc:  # noqa: BLE001 - torchao is optional; carried as a wheel to the device
+        run.res["torchao"] = f"skipped: torchao not importable ({type(exc).__name__}: {exc})"
+        print(run.res["torchao"], flush=True)
+        return
+    import torchao
+    run.res["torchao"] = {"version": torchao.__version__}
+    for name, dt in (("fp4_e2m1", getattr(torch, "float4_e2m1fn_x2", None)), ("fp8_e4m3", torch.float8_e4m3fn),
+                     ("fp6_e2m3", "fp6_e2m3"), ("fp6_e3m2", "fp6_e3m2")):
+        fn = torch.compile(lambda t, dt=dt: to_mx(t, dt, 32))
+        try:
+            fn(run.x)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the run goes on
+            run.res["torchao"][name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            print(f"torchao {name}: {run.res['torchao'][name]}", flush=True)
+            continue
+        try:
+            timed, how = run.measure(lambda: fn(run.x)), "graph"
+        except Exception as exc:  # noqa: BLE001 - a compiled function a CUDA graph cannot capture: plain calls
+            if not SMOKE:
+                torch.cuda.synchronize()
+            k = timeit(lambda: fn(run.x))
+            timed, how = (k, run.copy / k), f"plain back-to-back calls ({type(exc).__name__})"
+        run.row("torchao", f"torchao {torchao.__version__} to_mx {name} block 32 (compiled; {how})", timed,
+                fmt=name, block=32)
+    for fmt in ("mxfp4_e2m1", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp6_e3m2"):
+        run.row("torchao", f"mxlab {fmt} block 32 (fake quant, bf16 out)", run.quant(fmt, 32, 1), fmt=fmt, block=32)
 
 
 def bits(run: Run) -> None:
@@ -170,34 +294,60 @@ def bits(run: Run) -> None:
     xc[96:128, 32:64] = 0.0
     xc[128, 100] = float("nan")
     xc[130, 200] = float("-inf")
-    bad, cases = [], 0
+    xb = xc.to(torch.bfloat16)             # bf16 in, bf16 out: the conversion of the result is checked too
+    bad, nan_payload, cases = [], [], 0
+
+    def check(name: str, gpu: torch.Tensor, cpu: torch.Tensor) -> None:
+        nonlocal cases
+        cases += 1
+        ints = torch.int32 if cpu.dtype == torch.float32 else torch.int16
+        if torch.equal(gpu.view(ints), cpu.view(ints)):
+            return
+        same_but_nan = torch.equal(gpu.isnan(), cpu.isnan()) and torch.equal(
+            gpu.nan_to_num(0.0).view(ints), cpu.nan_to_num(0.0).view(ints))
+        (nan_payload if same_but_nan else bad).append(name)
+
     for fmt in MX:
         for rnd in ("nearest", "even", "floor"):
             for rule in ("floor", "ceil", "even", "rceil", "mse"):
                 for axis in (-1, 0):
-                    a = quantize(xc.cuda(), fmt, 32, axis=axis, rounding=rnd, scale_rule=rule).cpu()
-                    b = quantize(xc, fmt, 32, axis=axis, rounding=rnd, scale_rule=rule)
-                    cases += 1
-                    if not torch.equal(a.view(torch.int32), b.view(torch.int32)):
-                        bad.append(f"{fmt}/{rnd}/{rule}/{axis}")
-        print(f"[{time.time() - run.t0:5.0f}s] bits {fmt}: {cases - len(bad)}/{cases} equal so far", flush=True)
-    run.res["gpu_equals_cpu"] = {"cases": cases, "mismatched": bad}
-    print(f"GPU == CPU: {cases - len(bad)}/{cases} cases" + (f", MISMATCH {bad[:5]}" if bad else ""), flush=True)
+                    for x in (xc, xb):
+                        check(f"{fmt}/{rnd}/{rule}/{axis}/{x.dtype}",
+                              quantize(x.to(DEV), fmt, 32, axis=axis, rounding=rnd, scale_rule=rule).cpu(),
+                              quantize(x, fmt, 32, axis=axis, rounding=rnd, scale_rule=rule))
+        print(f"[{time.time() - run.t0:5.0f}s] bits {fmt}: {cases - len(bad) - len(nan_payload)}/{cases} equal so far",
+              flush=True)
+    # the launch configs in use (this device's table, or what tune/tune0 picked) at every block size, both axes
+    for fmt in ("mxfp4_e2m1", "mxint8"):
+        for block in BLOCKS:
+            for axis in (-1, 0):
+                for x in (xc, xb):
+                    check(f"{fmt}/block {block}/axis {axis}/{x.dtype}",
+                          quantize(x.to(DEV), fmt, block, axis=axis).cpu(), quantize(x, fmt, block, axis=axis))
+    run.res["gpu_equals_cpu"] = {"cases": cases, "mismatched": bad, "nan_payload_only": nan_payload}
+    print(f"GPU == CPU: {cases - len(bad) - len(nan_payload)}/{cases} cases bit for bit; {len(nan_payload)} differ only "
+          f"in a NaN's payload (e.g. {nan_payload[:3]})" + (f"; MISMATCH {bad[:5]}" if bad else ""), flush=True)
 
 
-SECTIONS = {"base": base, "tune": tune, "table": table, "rules": rules, "bits": bits}
+SECTIONS = {"base": base, "tune": tune, "tune0": tune0, "table": table, "rules": rules, "torchao": torchao,
+            "bits": bits}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, run in the order given")
+    ap.add_argument("--tuned", type=Path, help="use the launch configs an earlier run picked (its kernel_alu.json)")
     args = ap.parse_args(argv)
     run = Run(Path(os.environ.get("OUT") or HERE / "results"))
+    if args.tuned:
+        for key, cfg in json.loads(args.tuned.read_text())["tuned"].items():
+            kind, block = key.split("/")
+            if not SMOKE:
+                kernels.set_tuned(kind, int(block), tuple(cfg))
+            run.res["tuned"][key] = cfg
     run.res["copy_ms_by_section"] = {}
     for name in args.sections.split(","):
-        # the copy re-timed per section: one timing at the start left cells above 100% later in a run
-        run.copy = timeit(lambda: run.y.copy_(run.x))
-        run.res["copy_ms_by_section"][name] = run.copy * 1e3
+        run.res["copy_ms_by_section"][name] = 1e3 * sorted(replay_seconds(run.copy_graph) for _ in range(ROUNDS))[ROUNDS // 2]
         SECTIONS[name](run)
         run.save(name)
 

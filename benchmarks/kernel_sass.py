@@ -7,6 +7,7 @@ the prologue and per-block work; a tile of 2048 elements on 64 threads gives 32 
 
     python3 benchmarks/kernel_sass.py                 # both element paths, integer and FP formats
     python3 benchmarks/kernel_sass.py --show 200      # also print the first 200 instructions of each
+    python3 benchmarks/kernel_sass.py --rules         # also every scale rule
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--show", type=int, default=0, help="print this many instructions of each kernel")
+    ap.add_argument("--rules", action="store_true", help="also count quant_scaled under every scale rule")
     args = ap.parse_args(argv)
     nb, warps = 2048 // args.block, 2
     per_thread = nb * args.block // (32 * warps)
@@ -80,6 +82,12 @@ def main(argv=None) -> None:
                   f"{len(lines) / per_thread:5.1f} per element; most: {dict(ops.most_common(8))}")
             if args.show:
                 print("\n".join(lines[:args.show]))
+    for rule, rid in kernels.RULE_IDS.items() if args.rules else ():
+        for is_int in (True, False):
+            lines = sass(compile_last_axis(args.block, nb, warps, rule=rid, is_int=is_int))
+            ops = opcodes(lines)
+            print(f"rule {rule:5s} {'integer' if is_int else 'FP':7s} quant_scaled {len(lines):5d} instructions, "
+                  f"{len(lines) / per_thread:5.1f} per element; F2F (1/8 of float32's rate): {ops['F2F']}")
 
 
 if __name__ == "__main__":

@@ -70,12 +70,13 @@ def block_exponent(amax_bits, emax, thresh, RULE: tl.constexpr):
     big = tl.where(amax_bits == 0, -126, biased - 127)
     if RULE == 0 or RULE == 4:
         e = big - emax
-    else:  # a subnormal amax times 2^23 (exact) is normal: its bits hold floor(log2 amax) + 23 and the fraction
+    else:  # a subnormal amax times 2^23 (exact) is normal: its bits hold floor(log2 amax) + 23 and the fraction;
+        # adding 2^23 - 1 - thresh carries into the exponent field exactly when the fraction passes thresh.
+        # A zero block gets e = -150 - emax (clamped), not the reference's -126 - emax: every output is 0 either way
         sub = biased == 0
         norm = tl.where(sub, (amax_bits.to(tl.float32, bitcast=True) * 8388608.0).to(tl.int32, bitcast=True),
                         amax_bits)
-        e = (norm >> 23) - tl.where(sub, 150, 127) - emax + ((norm & 0x7FFFFF) > thresh).to(tl.int32)
-        e = tl.where(amax_bits == 0, -126 - emax, e)
+        e = ((norm + (0x7FFFFF - thresh)) >> 23) - tl.where(sub, 150, 127) - emax
     e = tl.minimum(tl.maximum(e, -127), 127)
     nan_block = biased == 255
     return tl.where(nan_block, 0, e), nan_block
@@ -144,6 +145,46 @@ def quant_block(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT
 
 
 @triton.jit
+def mse_pick(out0, out1, x, e, AXIS: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
+    """Per block along AXIS (N elements, padding included; e: its floor exponent): True where candidate 1 (e + 1)
+    quantizes the block with a smaller squared error than candidate 0, as the reference decides it
+    (``mx.search_exponent``: float64 sums; a tie, within BLOCK 2^-52 of the sums, keeps e).
+
+    Each error d = q - x is exact in float32: q is 0 (then d = -x), or q and x lie within a factor of 2 of each
+    other (Sterbenz; a saturated q too, as the floor rule keeps |x| below 2 max_norm 2^e), so d^2 in float64 is
+    the reference's. FAST decides on T = sum of t = (d1 - d0)(d1 + d0) = d1^2 - d0^2 in float32: t is 0 exactly
+    where both candidates give the same q, and every other t is within 3 2^-24 |t|, so T is within (N + 3) 2^-24
+    of A = sum |t| (any summation order). Where |T| clears (N + 4) 2^-23 A + 2^-100, or A = 0 in a block whose
+    t cannot underflow (e >= -20: then A = 0 means an exact tie), T's sign is the exact one; otherwise (a near
+    tie, a NaN, Inf, tiny or huge block) the whole program sums d^2 in float64 and decides as the reference. float64 costs
+    two conversions per element at 1/8 of float32's rate (``benchmarks/kernel_sass.py --rules``)."""
+    d0 = out0 - x
+    d1 = out1 - x
+    if FAST:
+        t = (d1 - d0) * (d1 + d0)
+        big_t = tl.sum(t, axis=AXIS)
+        a = tl.sum(tl.abs(t), axis=AXIS)
+        pick = big_t < 0
+        tol = a * ((N + 4) * 1.1920928955078125e-07) + 7.888609052210118e-31   # 2^-23, 2^-100
+        sure = (tl.abs(big_t) > tol) | ((a == 0) & (e >= -20))
+        if tl.min(sure.to(tl.int32), axis=0) == 0:
+            pick = mse_pick64(d0, d1, AXIS, BLOCK)
+    else:
+        pick = mse_pick64(d0, d1, AXIS, BLOCK)
+    return pick
+
+
+@triton.jit
+def mse_pick64(d0, d1, AXIS: tl.constexpr, BLOCK: tl.constexpr):
+    """The reference's decision from float64 sums: e + 1 where S0 - S1 > BLOCK 2^-52 (S0 + S1)."""
+    e0 = d0.to(tl.float64)
+    e1 = d1.to(tl.float64)
+    s0 = tl.sum(e0 * e0, axis=AXIS)
+    s1 = tl.sum(e1 * e1, axis=AXIS)
+    return s0 - s1 > (s0 + s1) * (BLOCK * 2.220446049250313e-16)
+
+
+@triton.jit
 def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
                CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr, STREAM: tl.constexpr,
@@ -178,9 +219,7 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
     if RULE == 4:  # mse: e + 1 where it quantizes the block with a smaller squared error (float64 sums)
         out1 = quant_block(x, tl.minimum(e + 1, 127)[:, None], nan_block[:, None], mb, min_exp, max_norm,
                            ROUND, INT, FAST)
-        d0 = out.to(tl.float64) - x.to(tl.float64)
-        d1 = out1.to(tl.float64) - x.to(tl.float64)
-        out = tl.where((tl.sum(d1 * d1, axis=1) < tl.sum(d0 * d0, axis=1))[:, None], out1, out)
+        out = tl.where(mse_pick(out, out1, x, e, 1, KP, BLOCK, FAST)[:, None], out1, out)
     out = out.to(y_ptr.dtype.element_ty)
     if MASKED and STREAM:
         tl.store(y_ptr + offs, out, mask=mask, cache_modifier=".cs")
@@ -195,7 +234,7 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
 @triton.jit
 def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
                      BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr,
-                     RULE: tl.constexpr, INT: tl.constexpr, FAST: tl.constexpr):
+                     RULE: tl.constexpr, STREAM: tl.constexpr, INT: tl.constexpr, FAST: tl.constexpr):
     """Blocks along the middle axis of a contiguous (outer, L, inner) tensor, read in place: a program
     takes one block position and NI consecutive inner columns, a (KP, NI) tile loaded row by row."""
     ob = tl.program_id(0).to(tl.int64)       # outer index * blocks_per_col + block index along L
@@ -204,17 +243,21 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
     pos = bl * BLOCK + tl.arange(0, KP).to(tl.int64)                          # (KP,) positions along L
     offs = o * L * inner + pos[:, None] * inner + c[None, :]
     mask = (tl.arange(0, KP)[:, None] < BLOCK) & (pos[:, None] < L) & (c[None, :] < inner)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if STREAM:   # read once, written once (speed only, never bits)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    else:
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     amax = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=0)
     e, nan_block = block_exponent(amax, emax, thresh, RULE)  # (NI,)
     out = quant_block(x, e[None, :], nan_block[None, :], mb, min_exp, max_norm, ROUND, INT, FAST)
     if RULE == 4:  # mse, as in _mx_kernel, per column block
         out1 = quant_block(x, tl.minimum(e + 1, 127)[None, :], nan_block[None, :], mb, min_exp, max_norm,
                            ROUND, INT, FAST)
-        d0 = out.to(tl.float64) - x.to(tl.float64)
-        d1 = out1.to(tl.float64) - x.to(tl.float64)
-        out = tl.where((tl.sum(d1 * d1, axis=0) < tl.sum(d0 * d0, axis=0))[None, :], out1, out)
-    tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
+        out = tl.where(mse_pick(out, out1, x, e, 0, KP, BLOCK, FAST)[None, :], out1, out)
+    if STREAM:
+        tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
+    else:
+        tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -250,8 +293,8 @@ def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, e
 
 
 # Launch configurations: (blocks per program, warps, variant) along the last axis and (inner columns per
-# program, warps, variant) across it, per block size. variant: bit 0 = streaming cache hints, bit 1 = the
-# row-loop kernel (non-last axes, rules other than mse). Bits never depend on them, only speed.
+# program, warps, variant) across it, per block size. variant: bit 0 = streaming cache hints (every kernel),
+# bit 1 = the row-loop kernel (non-last axes, rules other than mse). Bits never depend on them, only speed.
 # ``DEVICE_CONFIGS`` holds what was measured per device (name substring -> kind -> block size -> config);
 # ``set_tuned`` (called by benchmarks/bench_h200.py after measuring candidates on the current device)
 # overrides both for this process. A 2-tuple means variant 0.
@@ -329,7 +372,7 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
             ni_tile = min(ni, max(16, 16384 // kp))
             grid = (outer * bpc, triton.cdiv(inner, ni_tile))
             _mx_kernel_inner[grid](*args, BLOCK=block_size, KP=kp, NI=ni_tile, ROUND=_ROUND[rounding], RULE=rule,
-                                   INT=is_int, FAST=fast, num_warps=warps)
+                                   STREAM=bool(variant & STREAM), INT=is_int, FAST=fast, num_warps=warps)
         return y.reshape(x.shape)
     if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
         return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding,

@@ -110,7 +110,9 @@ def shared_exponent(amax: Tensor, f: ElementFormat | str, scale_rule: str = "flo
 
 def search_exponent(xb: Tensor, e: Tensor, f: ElementFormat, rounding: str) -> Tensor:
     """``mse`` rule: per block of xb (N, block, inner), floor's e or e + 1, whichever quantizes the block
-    with the smaller squared error (float64 sums; a tie keeps e).
+    with the smaller squared error S (float64 sums of the exact squared errors). A tie keeps e: S0 - S1 within
+    block 2^-52 (S0 + S1), more than the sums' rounding in any order, so the choice does not depend on the
+    order (the GPU kernel sums in another one) where the two errors are equal in exact arithmetic.
 
     e - 1 is never a candidate: it saturates the block maximum (amax / 2^(e-1) >= 2^(emax+1) > max_norm).
     """
@@ -120,7 +122,7 @@ def search_exponent(xb: Tensor, e: Tensor, f: ElementFormat, rounding: str) -> T
         down, up = scale_factors(cand, f)
         q = mx_elements(xb.float(), down, up, f, rounding)
         errs.append((q.double() - xb.double()).square_().nan_to_num_(0.0).sum(dim=1, keepdim=True))
-    return torch.where(errs[1] < errs[0], e1, e)
+    return torch.where(errs[0] - errs[1] > (errs[0] + errs[1]) * (xb.shape[1] * 2.0 ** -52), e1, e)
 
 
 def block_amax(xb: Tensor) -> Tensor:

@@ -122,6 +122,56 @@ for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
                               [got[tuple(i)].item() for i in bad], [ref[tuple(i)].item() for i in bad])
                     check(same, f"mx kernel {name} blocks {fmt} {rnd} rule {rule} axis {axis} variant {variant}")
 
+# 1d. mse decides in float32 where its error bound allows and sums in float64 otherwise: tiles of ordinary blocks
+# (both candidates win somewhere), then the same with near ties built into blocks (float32 could flip them)
+def mse_errors(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per element of x (blocks of 32 along dim 1): (q0, q1, t) in float64, the two candidates' values and
+    t = (q1 - x)^2 - (q0 - x)^2, the reference's arithmetic."""
+    from mxlab.formats.mx import block_amax, mx_elements, scale_factors, shared_exponent
+    f = FORMATS[fmt]
+    xb = x[:, :, None]
+    e = shared_exponent(block_amax(xb), f, "floor")
+    q = [mx_elements(xb.clone(), *scale_factors(c, f), f, "nearest").double()[:, :, 0] for c in (e, e + 1)]
+    return q[0], q[1], (q[1] - x.double()) ** 2 - (q[0] - x.double()) ** 2
+
+
+def mse_blocks(fmt: str, n: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ordinary blocks, near-tie blocks): a max in [1, 2) 2^k over values across 20 binades, every other block
+    sparse, so e + 1 wins in some; a near tie moves one element within its rounding cell so that the block's sum
+    of t nearly cancels (x_k solved from t's linear form in x, then rounded to float32), kept where |sum t| is
+    within the kernel's float32 bound and both candidates' values are unchanged."""
+    x = torch.randn(n, 32, generator=g) * 0.25 * 2.0 ** (-20 * torch.rand(n, 32, generator=g))  # many binades
+    x[:, 1:] *= torch.rand(n, 31, generator=g) > torch.where(torch.arange(n) % 2 == 0, 0.0, 0.85)[:, None]
+    top = torch.where(torch.arange(n) % 4 < 2, 1.0, 0.7)   # a max that saturates FP8, or one that does not
+    x[:, 0] = (1 + top * torch.rand(n, generator=g)) * (2.0 ** torch.randint(-6, 6, (n,), generator=g))
+    x[:, 1:] *= x[:, :1].abs()                          # sparse odd blocks: a saturated max can make e + 1 win
+    q0, q1, t = mse_errors(x, fmt)
+    dq = (q1 - q0).abs()
+    dq[:, 0] = 0                                        # move another element than the block max
+    k = dq.argmax(dim=1)
+    rows = torch.arange(n)
+    qa, qb = q0[rows, k], q1[rows, k]
+    rest = t.sum(dim=1) - t[rows, k]
+    y = x.clone()
+    y[rows, k] = ((qa + qb) / 2 + rest / (2 * (qb - qa))).float()   # t_k(x) = (qb - qa)(qb + qa - 2x) = -rest
+    p0, p1, u = mse_errors(y, fmt)
+    T, A = u.sum(dim=1), u.abs().sum(dim=1)
+    ok = (dq.amax(dim=1) > 0) & torch.isfinite(y).all(dim=1) & (p0 == q0).all(dim=1) & (p1 == q1).all(dim=1) \
+        & (A > 0) & (T.abs() <= A * 36 * 2.0 ** -23)
+    return x[:256], y[ok]
+
+
+for fmt in ("mxint4", "mxfp4_e2m1", "mxfp8_e4m3"):
+    plain, ties = mse_blocks(fmt)
+    # FP8's candidates differ only at its saturated max and its subnormals, too few to build near ties from
+    for name, t in (("ordinary", plain), ("with near ties", torch.cat([plain[:64], ties])))[:1 if fmt == "mxfp8_e4m3" else 2]:
+        got = kernels.mx_quantize(t, FORMATS[fmt], 32, 1, "nearest", scale_rule="mse", config=(16, 1, 0))
+        ref = quantize(t, fmt, 32, axis=1, rounding="nearest", scale_rule="mse")
+        up = (quantize(t, fmt, 32, axis=1, scale_rule="floor") != ref).any(dim=1).float().mean()  # e + 1 won
+        enough = len(ties) >= 10 or fmt == "mxfp8_e4m3"
+        check(torch.equal(got.view(torch.int32), ref.view(torch.int32)) and 0.005 < up < 0.95 and enough,
+              f"mx kernel mse {name} {fmt}: {len(ties)} near ties, e + 1 in {float(up):.1%} of blocks")
+
 # 1b. the launch variants (streaming hints; the row-loop kernel for non-last axes) give the same bits
 for shape, axis, bs in [((64, 40), 0, 32), ((40, 24), 0, 16), ((3, 40, 5), 1, 16), ((24, 64), 0, 64),
                         ((16, 96), 1, 32)]:
