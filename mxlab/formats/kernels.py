@@ -305,9 +305,10 @@ DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, ...]]]] = {
     "H100": {"last": {32: (64, 4)}},   # 97.8% of copy at block 32 (BENCHMARKS.md, 2026-11-23)
     # last axis: best of 3 candidates per block (1/2/4 warps, 32 elements per thread) with quant_scaled, bf16
     # 8192 x 8192, 2026-12-03 (BENCHMARKS.md, benchmarks/kernel_alu.py): 93-98% of a copy for mxint4 and mxfp4;
-    # axis 0: the row-loop kernel at block 16 (earlier tuning; 77-83% with quant_scaled), the tile kernel else
+    # axis 0: best of the tile kernel's 1/2/4 warps x 32-256 columns (tune0, 2026-12-03 fourth session):
+    # 81-87% for mxfp4 against 41-80% with the old 4-warp default (cross-warp reductions through shared memory)
     "H200": {"last": {16: (64, 1, STREAM), 32: (32, 1, STREAM), 64: (16, 1, STREAM), 128: (16, 2, STREAM)},
-             "inner": {16: (256, 2, ROWS)}},
+             "inner": {16: (128, 1), 32: (128, 2), 64: (64, 2)}},
 }
 _TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
 
