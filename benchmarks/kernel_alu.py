@@ -151,6 +151,8 @@ class Run:
                                  **extra})
         print(f"[{time.time() - self.t0:5.0f}s] {section:6s} {kernel:58s} {seconds * 1e3:.4f} ms "
               f"{100 * of_copy:5.1f}%", flush=True)
+        if len(self.res["rows"]) % 16 == 0:   # a run cut by its time limit keeps all but the last few rows
+            self.save(None)
         return seconds
 
     def quant(self, fmt: str, block: int, axis: int, **kw) -> tuple[float, float]:
@@ -158,8 +160,9 @@ class Run:
         rounding = kw.pop("rounding", "nearest")
         return self.measure(lambda: kernels.mx_quantize(self.x, f, block, axis, rounding, **kw))
 
-    def save(self, section: str) -> None:
-        self.res["sections_done"].append(section)
+    def save(self, section: str | None) -> None:
+        if section:
+            self.res["sections_done"].append(section)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "kernel_alu.json").write_text(json.dumps(self.res, indent=1))
 
