@@ -25,7 +25,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mxlab.formats import kernels  # noqa: E402
+from mxlab.formats import FORMATS, kernels  # noqa: E402
+from mxlab.formats.table import rule_threshold  # noqa: E402
 
 NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
 
@@ -34,10 +35,12 @@ def compile_last_axis(block: int = 32, nb: int = 64, warps: int = 2, rounding: i
                       is_int: bool = False, fast: bool = True):
     """``_mx_kernel`` as a bf16 8192 x 8192 launch specializes it: 16-byte aligned pointers, sizes that
     divide by 16, every block full (no masks), streaming hints."""
-    sig = {"x_ptr": "*bf16", "y_ptr": "*bf16", "n_blocks": "i32", "L": "i32", "blocks_per_row": "i32",
-           "mb": "i32", "min_exp": "i32", "emax": "i32", "max_norm": "fp32", "thresh": "i32"}
-    consts = dict(BLOCK=block, KP=block, NB=nb, ROUND=rounding, CONTIG=True, MASKED=False, RULE=rule,
-                  STREAM=True, INT=is_int, FAST=fast)
+    sig = {"x_ptr": "*bf16", "y_ptr": "*bf16", "n_blocks": "i32", "L": "i32", "blocks_per_row": "i32"}
+    f = FORMATS["mxint4" if is_int else "mxfp8_e4m3"]   # the format's constants are compiled in, as mx_quantize does
+    rule_name = {v: k for k, v in kernels.RULE_IDS.items()}[rule]
+    consts = dict(mb=f.mbits - 2, min_exp=f.min_exp if f.ebits else 0, emax=f.emax, max_norm=float(f.max_norm),
+                  thresh=rule_threshold(f, rule_name), BLOCK=block, KP=block, NB=nb, ROUND=rounding, CONTIG=True,
+                  MASKED=False, RULE=rule, STREAM=True, INT=is_int, FAST=fast)
     names = kernels._mx_kernel.arg_names
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in ("x_ptr", "y_ptr", "n_blocks", "L",
                                                                         "blocks_per_row")}
@@ -87,7 +90,7 @@ def main(argv=None) -> None:
             lines = sass(compile_last_axis(args.block, nb, warps, rule=rid, is_int=is_int))
             ops = opcodes(lines)
             print(f"rule {rule:5s} {'integer' if is_int else 'FP':7s} quant_scaled {len(lines):5d} instructions, "
-                  f"{len(lines) / per_thread:5.1f} per element; F2F (1/8 of float32's rate): {ops['F2F']}")
+                  f"{len(lines) / per_thread:5.1f} per element; float64 conversions: {ops['F2F']}")
 
 
 if __name__ == "__main__":

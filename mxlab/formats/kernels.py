@@ -126,7 +126,7 @@ def quant_scaled(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, IN
         out = r * tl.where(nan_block, 0.0, _pow2(e - mb))
     else:
         eb = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, (127 + min_exp) << 23)   # 2^p's bits
-        r = _round(a * (((254 + mb) << 23) - eb).to(tl.float32, bitcast=True), ROUND)
+        r = _round(a * (((127 + mb) << 23) - (eb - 0x3F800000)).to(tl.float32, bitcast=True), ROUND)  # no int32 overflow
         out = (r * (eb - (mb << 23)).to(tl.float32, bitcast=True)) * tl.where(nan_block, 0.0, _pow2(e))
     sign = tl.where(v < 0, tl.where(nan_block, 0, -2147483648), 0)
     return (out.to(tl.int32, bitcast=True) | sign | tl.where(nan_block, 0x7FC00000, 0)).to(tl.float32, bitcast=True)
@@ -145,47 +145,25 @@ def quant_block(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT
 
 
 @triton.jit
-def mse_pick(out0, out1, x, e, AXIS: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
-    """Per block along AXIS (N elements, padding included; e: its floor exponent): True where candidate 1 (e + 1)
-    quantizes the block with a smaller squared error than candidate 0, as the reference decides it
-    (``mx.search_exponent``: float64 sums; a tie, within BLOCK 2^-52 of the sums, keeps e).
+def mse_pick(out0, out1, x, AXIS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per block along AXIS: True where candidate 1 (e + 1) quantizes the block with a smaller squared error than
+    candidate 0, decided as the reference does (``mx.search_exponent``): float64 sums S0, S1 of the squared
+    errors, e + 1 where S0 - S1 > BLOCK 2^-52 (S0 + S1), so a tie keeps e in any summation order.
 
     Each error d = q - x is exact in float32: q is 0 (then d = -x), or q and x lie within a factor of 2 of each
-    other (Sterbenz; a saturated q too, as the floor rule keeps |x| below 2 max_norm 2^e), so d^2 in float64 is
-    the reference's. FAST decides on T = sum of t = (d1 - d0)(d1 + d0) = d1^2 - d0^2 in float32: t is 0 exactly
-    where both candidates give the same q, and every other t is within 3 2^-24 |t|, so T is within (N + 3) 2^-24
-    of A = sum |t| (any summation order). Where |T| clears (N + 4) 2^-23 A + 2^-100, or A = 0 in a block whose
-    t cannot underflow (e >= -20: then A = 0 means an exact tie), T's sign is the exact one; otherwise (a near
-    tie, a NaN, Inf, tiny or huge block) the whole program sums d^2 in float64 and decides as the reference. float64 costs
-    two conversions per element at 1/8 of float32's rate (``benchmarks/kernel_sass.py --rules``)."""
-    d0 = out0 - x
-    d1 = out1 - x
-    if FAST:
-        t = (d1 - d0) * (d1 + d0)
-        big_t = tl.sum(t, axis=AXIS)
-        a = tl.sum(tl.abs(t), axis=AXIS)
-        pick = big_t < 0
-        tol = a * ((N + 4) * 1.1920928955078125e-07) + 7.888609052210118e-31   # 2^-23, 2^-100
-        sure = (tl.abs(big_t) > tol) | ((a == 0) & (e >= -20))
-        if tl.min(sure.to(tl.int32), axis=0) == 0:
-            pick = mse_pick64(d0, d1, AXIS, BLOCK)
-    else:
-        pick = mse_pick64(d0, d1, AXIS, BLOCK)
-    return pick
-
-
-@triton.jit
-def mse_pick64(d0, d1, AXIS: tl.constexpr, BLOCK: tl.constexpr):
-    """The reference's decision from float64 sums: e + 1 where S0 - S1 > BLOCK 2^-52 (S0 + S1)."""
-    e0 = d0.to(tl.float64)
-    e1 = d1.to(tl.float64)
+    other (Sterbenz; a saturated q too, as the floor rule keeps |x| below 2 max_norm 2^e); so d^2 in float64 is
+    the reference's, with two conversions per element instead of three. (A float32 decision under a proven error
+    bound, float64 only near ties, measured no faster on an H200: BENCHMARKS.md.)"""
+    e0 = (out0 - x).to(tl.float64)
+    e1 = (out1 - x).to(tl.float64)
     s0 = tl.sum(e0 * e0, axis=AXIS)
     s1 = tl.sum(e1 * e1, axis=AXIS)
     return s0 - s1 > (s0 + s1) * (BLOCK * 2.220446049250313e-16)
 
 
 @triton.jit
-def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max_norm, thresh,
+def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row,
+               mb: tl.constexpr, min_exp: tl.constexpr, emax: tl.constexpr, max_norm: tl.constexpr, thresh: tl.constexpr,
                BLOCK: tl.constexpr, KP: tl.constexpr, NB: tl.constexpr, ROUND: tl.constexpr,
                CONTIG: tl.constexpr, MASKED: tl.constexpr, RULE: tl.constexpr, STREAM: tl.constexpr,
                INT: tl.constexpr, FAST: tl.constexpr):
@@ -219,7 +197,7 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
     if RULE == 4:  # mse: e + 1 where it quantizes the block with a smaller squared error (float64 sums)
         out1 = quant_block(x, tl.minimum(e + 1, 127)[:, None], nan_block[:, None], mb, min_exp, max_norm,
                            ROUND, INT, FAST)
-        out = tl.where(mse_pick(out, out1, x, e, 1, KP, BLOCK, FAST)[:, None], out1, out)
+        out = tl.where(mse_pick(out, out1, x, 1, BLOCK)[:, None], out1, out)
     out = out.to(y_ptr.dtype.element_ty)
     if MASKED and STREAM:
         tl.store(y_ptr + offs, out, mask=mask, cache_modifier=".cs")
@@ -232,7 +210,9 @@ def _mx_kernel(x_ptr, y_ptr, n_blocks, L, blocks_per_row, mb, min_exp, emax, max
 
 
 @triton.jit
-def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
+def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col,
+                     mb: tl.constexpr, min_exp: tl.constexpr, emax: tl.constexpr, max_norm: tl.constexpr,
+                     thresh: tl.constexpr,
                      BLOCK: tl.constexpr, KP: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr,
                      RULE: tl.constexpr, STREAM: tl.constexpr, INT: tl.constexpr, FAST: tl.constexpr):
     """Blocks along the middle axis of a contiguous (outer, L, inner) tensor, read in place: a program
@@ -253,7 +233,7 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
     if RULE == 4:  # mse, as in _mx_kernel, per column block
         out1 = quant_block(x, tl.minimum(e + 1, 127)[None, :], nan_block[None, :], mb, min_exp, max_norm,
                            ROUND, INT, FAST)
-        out = tl.where(mse_pick(out, out1, x, e, 0, KP, BLOCK, FAST)[None, :], out1, out)
+        out = tl.where(mse_pick(out, out1, x, 0, BLOCK)[None, :], out1, out)
     if STREAM:
         tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask, cache_modifier=".cs")
     else:
@@ -261,7 +241,9 @@ def _mx_kernel_inner(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, 
 
 
 @triton.jit
-def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col, mb, min_exp, emax, max_norm, thresh,
+def _mx_kernel_inner_rows(x_ptr, y_ptr, L, inner, blocks_per_col,
+                          mb: tl.constexpr, min_exp: tl.constexpr, emax: tl.constexpr, max_norm: tl.constexpr,
+                          thresh: tl.constexpr,
                           BLOCK: tl.constexpr, NI: tl.constexpr, ROUND: tl.constexpr, RULE: tl.constexpr,
                           STREAM: tl.constexpr, INT: tl.constexpr, FAST: tl.constexpr):
     """``_mx_kernel_inner``'s blocks, one row of NI columns at a time: pass 1 keeps each column's running max
@@ -306,9 +288,9 @@ DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, ...]]]] = {
     # last axis: best of 3 candidates per block (1/2/4 warps, 32 elements per thread) with quant_scaled, bf16
     # 8192 x 8192, 2026-12-03 (BENCHMARKS.md, benchmarks/kernel_alu.py): 93-98% of a copy for mxint4 and mxfp4;
     # axis 0: best of the tile kernel's 1/2/4 warps x 32-256 columns (tune0, 2026-12-03 fourth session):
-    # 81-87% for mxfp4 against 41-80% with the old 4-warp default (cross-warp reductions through shared memory)
+    # 74-87% for mxfp4 against 41-80% with the old 4-warp default (cross-warp reductions through shared memory)
     "H200": {"last": {16: (64, 1, STREAM), 32: (32, 1, STREAM), 64: (16, 1, STREAM), 128: (16, 2, STREAM)},
-             "inner": {16: (128, 1), 32: (128, 2), 64: (64, 2)}},
+             "inner": {16: (128, 1), 32: (128, 2), 64: (64, 2), 128: (32, 4)}},
 }
 _TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
 
@@ -358,21 +340,24 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     inner = math.prod(xm.shape[axis + 1:])
     min_exp = f.min_exp if f.ebits else 0
     is_int = f.ebits == 0 and f.max_norm < 2      # quant_elements' INT path: every element's p is 0
+    # the format's constants compiled in (one kernel per format): ~2 fewer instructions per element than as
+    # arguments (20.5 against 22.8 for FP formats, benchmarks/kernel_sass.py), on an H200 bound by its ALUs
+    fmt = dict(mb=f.mbits - 2, min_exp=min_exp, emax=f.emax, max_norm=float(f.max_norm), thresh=thresh)
     y = torch.empty_like(xm)
     ni, warps, variant = _full(config or launch_config("inner", block_size, x.device))
     if inner > 1 and triton.cdiv(inner, ni) <= 65535:   # blocks across the memory order: tiles read in place
         outer = xm.numel() // (L * inner)
         bpc = triton.cdiv(L, block_size)
         grid = (outer * bpc, triton.cdiv(inner, ni))
-        args = (xm, y, L, inner, bpc, f.mbits - 2, min_exp, f.emax, float(f.max_norm), thresh)
+        args = (xm, y, L, inner, bpc)
         if variant & ROWS and rule != RULE_IDS["mse"]:
-            _mx_kernel_inner_rows[grid](*args, BLOCK=block_size, NI=ni, ROUND=_ROUND[rounding], RULE=rule,
+            _mx_kernel_inner_rows[grid](*args, **fmt, BLOCK=block_size, NI=ni, ROUND=_ROUND[rounding], RULE=rule,
                                         STREAM=bool(variant & STREAM), INT=is_int, FAST=fast, num_warps=warps)
         else:   # the (KP, NI) tile kernel; a row-loop config's wide NI is cut to a tile of <= 16384 elements
             kp = triton.next_power_of_2(block_size)
             ni_tile = min(ni, max(16, 16384 // kp))
             grid = (outer * bpc, triton.cdiv(inner, ni_tile))
-            _mx_kernel_inner[grid](*args, BLOCK=block_size, KP=kp, NI=ni_tile, ROUND=_ROUND[rounding], RULE=rule,
+            _mx_kernel_inner[grid](*args, **fmt, BLOCK=block_size, KP=kp, NI=ni_tile, ROUND=_ROUND[rounding], RULE=rule,
                                    STREAM=bool(variant & STREAM), INT=is_int, FAST=fast, num_warps=warps)
         return y.reshape(x.shape)
     if inner > 1:   # more inner columns than a grid dimension holds: move the axis last and back
@@ -388,7 +373,6 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     contig = L % block_size == 0
     masked = not (contig and kp == block_size and n_blocks % nb == 0)
     grid = (triton.cdiv(n_blocks, nb),)
-    _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, f.mbits - 2, min_exp, f.emax, float(f.max_norm),
-                     thresh, BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
+    _mx_kernel[grid](xm, y, n_blocks, L, blocks_per_row, **fmt, BLOCK=block_size, KP=kp, NB=nb, ROUND=_ROUND[rounding], CONTIG=contig, MASKED=masked,
                      RULE=rule, STREAM=bool(variant & STREAM), INT=is_int, FAST=fast, num_warps=warps)
     return y.reshape(x.shape)

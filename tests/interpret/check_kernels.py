@@ -122,8 +122,8 @@ for fmt in [n for n, f in FORMATS.items() if f.kind == "mx"]:
                               [got[tuple(i)].item() for i in bad], [ref[tuple(i)].item() for i in bad])
                     check(same, f"mx kernel {name} blocks {fmt} {rnd} rule {rule} axis {axis} variant {variant}")
 
-# 1d. mse decides in float32 where its error bound allows and sums in float64 otherwise: tiles of ordinary blocks
-# (both candidates win somewhere), then the same with near ties built into blocks (float32 could flip them)
+# 1d. mse on tiles of ordinary blocks (both candidates win somewhere), then with near ties built into blocks
+# (the two errors equal to ~2^-18 of their sum, or exactly: a tie keeps e in any summation order)
 def mse_errors(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per element of x (blocks of 32 along dim 1): (q0, q1, t) in float64, the two candidates' values and
     t = (q1 - x)^2 - (q0 - x)^2, the reference's arithmetic."""
@@ -139,7 +139,7 @@ def mse_blocks(fmt: str, n: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """(ordinary blocks, near-tie blocks): a max in [1, 2) 2^k over values across 20 binades, every other block
     sparse, so e + 1 wins in some; a near tie moves one element within its rounding cell so that the block's sum
     of t nearly cancels (x_k solved from t's linear form in x, then rounded to float32), kept where |sum t| is
-    within the kernel's float32 bound and both candidates' values are unchanged."""
+    within 36 2^-23 of sum |t| and both candidates' values are unchanged."""
     x = torch.randn(n, 32, generator=g) * 0.25 * 2.0 ** (-20 * torch.rand(n, 32, generator=g))  # many binades
     x[:, 1:] *= torch.rand(n, 31, generator=g) > torch.where(torch.arange(n) % 2 == 0, 0.0, 0.85)[:, None]
     top = torch.where(torch.arange(n) % 4 < 2, 1.0, 0.7)   # a max that saturates FP8, or one that does not
