@@ -1,5 +1,5 @@
 """Everything issue 17 asks to measure on the H200, in one run: the MX kernel against a device copy (and
-torchao's to_mx), Hessian precisions, GPTQ per 8B-shaped layer (torch loop, fused Triton kernel, stacked
+torchao's to_mx; ``kernel_alu.py``'s sections, run in this process), Hessian precisions, GPTQ per 8B-shaped layer (torch loop, fused Triton kernel, stacked
 linears), and the AWQ+GPTQ W-MXINT4/A-MXINT8 pipeline on a Llama-3.1-8B-shaped model.
 
     python3 benchmarks/bench_h200.py                     # the H200 run (< 9 min); writes $OUT or benchmarks/results

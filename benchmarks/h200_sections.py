@@ -1,25 +1,26 @@
-"""Sections of ``bench_h200.py``: the MX kernel table, Hessian precision timings, GPTQ per layer.
+"""Sections of ``bench_h200.py``: the MX kernel table (``kernel_alu.py``'s sections), Hessian precision
+timings, GPTQ per layer.
 
-Each section fills a dict of plain numbers (JSON) and returns markdown lines. Timing: CUDA events over
-back-to-back calls after warm-up on a GPU; best of a few perf_counter calls elsewhere (smoke tests).
+Each section fills a dict of plain numbers (JSON) and returns markdown lines. Timing here: CUDA events over
+back-to-back calls after warm-up on a GPU; best of a few perf_counter calls elsewhere (smoke tests). The
+kernel's own timing (CUDA graphs, a copy in every round) is ``kernel_alu.py``'s.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from pathlib import Path
 from mxlab.recipe import QuantSpec  # noqa: E402
 
 import torch
 
-from mxlab.formats import FORMATS, quantize
+from mxlab.formats import quantize
 from mxlab.ptq.methods.gptq import gptq_quantize, mx_block_quantizer, proxy_mse, weight_quantizer
 from mxlab.ptq.methods.gptq_fused import column_rule
 from mxlab.ptq.methods.hessian import hessian
 
 log = logging.getLogger("bench_h200")
-MX_NAMES = [n for n, f in FORMATS.items() if f.kind == "mx" and n != "mxfp4"]
-BLOCKS = (16, 32, 64, 128)
 # one Llama-3.1-8B decoder layer: name -> (out, in)
 LAYER_8B = {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096), "o_proj": (4096, 4096),
             "gate_proj": (14336, 4096), "up_proj": (14336, 4096), "down_proj": (4096, 14336)}
@@ -68,105 +69,30 @@ def heavy(shape, dev, seed=0, dtype=torch.float32) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the MX kernel
-def _candidates(kind: str, bs: int, quick: bool) -> list[tuple[int, int, int]]:
-    """Launch configs to time: (tile, warps, variant), variant bit 0 = streaming cache hints, bit 1 = the
-    row-loop kernel for axis 0 (kernels.STREAM, kernels.ROWS)."""
-    kp = 1 << (bs - 1).bit_length()
-    if kind == "last":
-        c = [(max(1, tile // kp), w, v) for tile in (2048, 4096) for w in (2, 4, 8) for v in (0, 1)]
-    else:
-        c = [(ni, 4, 0) for ni in (128, 256) if ni * kp <= 16384] + \
-            [(ni, w, 2 | v) for ni in (256, 512, 1024) for w in (2, 4, 8) for v in (0, 1)]
-    return c[:2] if quick else c
+def _kernel_run(sections: tuple[str, ...], res: dict) -> list[str]:
+    """``kernel_alu.py``'s sections in this process (one timing method for both scripts: CUDA graphs, the
+    copy timed in every round); their launch picks stay set for the sections after."""
+    import kernel_alu
+
+    run = kernel_alu.Run(Path(os.environ.get("OUT") or kernel_alu.HERE / "results"))
+    for name in sections:
+        kernel_alu.SECTIONS[name](run)
+        run.save(name)
+    res.update(run.res)
+    return kernel_alu.markdown(run.res)
 
 
 def kernel_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
-    """Tune the launch configs per block size and axis, then the table of every format x block x axis
-    against a device copy, GPU == CPU checks, and torchao's to_mx when importable."""
-    from mxlab.formats import kernels
-
-    size = 256 if quick else 8192
-    x = torch.randn(size, size, device=dev).to(torch.bfloat16)
-    y = torch.empty_like(x)
-    nbytes = 2 * x.numel() * x.element_size()
-    copy = timeit(lambda: y.copy_(x), dev)
-    res["copy_ms"], res["copy_GBps"] = copy * 1e3, nbytes / copy / 1e9
-    res["tuning"] = {}
-    for kind, axis in (("last", 1), ("inner", 0)):
-        for bs in BLOCKS:
-            f = FORMATS["mxint4"]
-            times = {c: timeit(lambda c=c: kernels.mx_quantize(x, f, bs, axis, "nearest", config=c), dev)
-                     for c in _candidates(kind, bs, quick)}
-            best = min(times, key=times.get)
-            if dev.type == "cuda":
-                kernels.set_tuned(kind, bs, best, dev)
-            res["tuning"][f"{kind}/{bs}"] = {"best": list(best), "of_copy": copy / times[best],
-                                             "all": {"x".join(map(str, c)): copy / t for c, t in times.items()}}
-            log.info("tuned %s block %d: %s -> %.1f%% of copy", kind, bs, best, 100 * copy / times[best])
-    rows = []
-    names = MX_NAMES[:2] if quick else MX_NAMES
-    for fmt in names:
-        for bs in BLOCKS:
-            for axis in (-1, 0):
-                t = timeit(lambda: quantize(x, fmt, bs, axis=axis), dev)
-                rows.append({"format": fmt, "block": bs, "axis": axis, "ms": t * 1e3, "of_copy": copy / t})
-    for rnd in ("even", "floor"):
-        t = timeit(lambda: quantize(x, "mxint4", 32, rounding=rnd), dev)
-        rows.append({"format": "mxint4", "block": 32, "axis": -1, "rounding": rnd, "ms": t * 1e3, "of_copy": copy / t})
-    res["table"] = rows
-    # GPU == CPU, bit for bit (heavy-tailed inputs, both axes, every rounding)
-    xc = heavy((512, 320) if not quick else (64, 64), dev)
-    bad = []
-    for fmt in names:
-        for rnd in ("nearest", "even", "floor"):
-            for bs, axis in ((32, -1), (16, 0), (128, 0), (64, -1)):
-                for dt in (torch.float32, torch.bfloat16):
-                    a = quantize(xc.to(dt), fmt, bs, axis=axis, rounding=rnd).cpu()
-                    b = quantize(xc.to(dt).cpu(), fmt, bs, axis=axis, rounding=rnd)
-                    iv = torch.int32 if dt == torch.float32 else torch.int16
-                    if not torch.equal(a.view(iv), b.view(iv)):
-                        bad.append(f"{fmt}/{rnd}/{bs}/{axis}/{dt}")
-    res["gpu_equals_cpu"] = {"cases": len(names) * 3 * 4 * 2, "mismatched": bad}
-    md = [f"Device copy (bf16 {size}x{size}, read + write): {copy * 1e3:.3f} ms = {res['copy_GBps']:.0f} GB/s.", "",
-          "| format | axis | " + " | ".join(f"block {b}" for b in BLOCKS) + " |", "| --- | --- |" + " ---: |" * len(BLOCKS)]
-    for fmt in names:
-        for axis in (-1, 0):
-            cells = [r for r in rows if r["format"] == fmt and r["axis"] == axis and "rounding" not in r]
-            md.append(f"| {fmt} | {axis} | " + " | ".join(f"{r['ms']:.3f} ms ({100 * r['of_copy']:.0f}%)" for r in cells) + " |")
-    md += ["", "Rounding (mxint4, block 32, last axis): " + ", ".join(
-        f"{r['rounding']} {100 * r['of_copy']:.0f}%" for r in rows if "rounding" in r),
-        f"GPU == CPU bit for bit: {res['gpu_equals_cpu']['cases'] - len(bad)}/{res['gpu_equals_cpu']['cases']} cases"
-        + (f" (MISMATCH: {bad[:5]})" if bad else ""),
-        "Tuned launch configs: " + ", ".join(f"{k} {v['best']} ({100 * v['of_copy']:.0f}%)" for k, v in res["tuning"].items())]
-    return md
+    """Tune the launch configs per block size and axis, then every MX format x block x axis against a device
+    copy, the other scale rules (not with ``quick``) and GPU == CPU bit for bit (``kernel_alu.py``; under
+    TRITON_INTERPRET=1 on a CPU, its smoke run)."""
+    return _kernel_run(("tune", "tune0", "table", "bits") if quick else ("tune", "tune0", "table", "rules", "bits"),
+                       res)
 
 
 def torchao_section(dev: torch.device, quick: bool, res: dict) -> list[str]:
-    """Compiled torchao to_mx (fp4 e2m1, fp8 e4m3, block 32) in ms against the same copy, or why not."""
-    size = 256 if quick else 8192
-    x = torch.randn(size, size, device=dev).to(torch.bfloat16)
-    y = torch.empty_like(x)
-    copy = timeit(lambda: y.copy_(x), dev)
-    out: dict = {"copy_ms": copy * 1e3}
-    res["torchao"] = out
-    try:
-        from torchao.prototype.mx_formats.mx_tensor import to_mx
-    except Exception as exc:  # noqa: BLE001 - optional: absent on most machines
-        out["skipped"] = f"torchao not importable ({type(exc).__name__}: {exc})"
-        return [out["skipped"]]
-    for name, dt in (("fp4_e2m1", getattr(torch, "float4_e2m1fn_x2", None)), ("fp8_e4m3", torch.float8_e4m3fn)):
-        try:
-            fn = torch.compile(lambda t, dt=dt: to_mx(t, dt, 32))
-            out[name] = timeit(lambda: fn(x), dev) * 1e3
-        except Exception as exc:  # noqa: BLE001
-            out[name] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
-    ours = {n: timeit(lambda n=n: quantize(x, n, 32), dev) * 1e3 for n in ("mxfp4_e2m1", "mxfp8_e4m3")}
-    out["mxlab_ms"] = ours
-    return [f"copy {copy * 1e3:.3f} ms; " + "; ".join(
-        f"torchao {k} {v:.3f} ms ({100 * copy * 1e3 / v:.0f}% of copy)" if isinstance(v, float) else f"torchao {k}: {v}"
-        for k, v in out.items() if k not in ("copy_ms", "mxlab_ms")) + "; mxlab " + "; ".join(
-        f"{k} {v:.3f} ms ({100 * copy * 1e3 / v:.0f}%)" for k, v in ours.items()) + " (torchao writes 1-byte codes "
-        "+ scales, mxlab the bf16 fake-quantized tensor)"]
+    """torchao's compiled to_mx next to mxlab's kernel (``kernel_alu.py``'s torchao section), or why not."""
+    return _kernel_run(("torchao",), res.setdefault("torchao", {}))
 
 
 # ----------------------------------------------------------------------------- Hessians

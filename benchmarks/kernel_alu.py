@@ -21,7 +21,7 @@ copy time / kernel time. The JSON is rewritten after every section, so a run cut
 it measured.
 
     python3 benchmarks/kernel_alu.py [--sections base,tune,tune0,table,rules,torchao,bits] [--tuned kernel_alu.json]
-    # writes $OUT (or benchmarks/results)/kernel_alu.json
+    # writes $OUT (or benchmarks/results)/kernel_alu.{json,md}; bench_h200.py runs it as its kernel section
 """
 from __future__ import annotations
 
@@ -338,6 +338,36 @@ def bits(run: Run) -> None:
           f"in a NaN's payload (e.g. {nan_payload[:3]})" + (f"; MISMATCH {bad[:5]}" if bad else ""), flush=True)
 
 
+def markdown(res: dict) -> list[str]:
+    """The run's tables as markdown lines: every format x block x axis (rule floor), the other rules' range over
+    blocks, torchao, the bits check and the launch configs in use."""
+    rows = res["rows"]
+    pct = lambda r: f"{100 * r['of_copy']:.1f}%"  # noqa: E731
+    md = [f"Device copy (bf16, read + write): {res['copy_ms']:.4f} ms on {res['device']}; {res['method']}.", ""]
+    table = {(r["fmt"], r["axis"], r["block"]): r for r in rows if r["section"] == "table"}
+    if table:
+        md += ["| format | last axis, block " + " | ".join(map(str, BLOCKS)) + " | axis 0, block "
+               + " | ".join(map(str, BLOCKS)) + " |", "| --- |" + " ---: |" * (2 * len(BLOCKS))]
+        for fmt in MX:
+            md.append(f"| {fmt} | " + " | ".join(pct(table[fmt, a, b]) if (fmt, a, b) in table else "-"
+                                                 for a in (-1, 0) for b in BLOCKS) + " |")
+        md.append("")
+    rules = [r for r in rows if r["section"] == "rules" and "rule" in r and r.get("axis", -1) == -1]
+    for rule in ("ceil", "even", "rceil", "mse"):
+        of = [r["of_copy"] for r in rules if r["rule"] == rule]
+        if of:
+            md.append(f"- rule {rule}, last axis, every format and block: {100 * min(of):.1f}-{100 * max(of):.1f}% of copy")
+    md += [f"- {r['kernel']}: {r['ms']:.4f} ms ({pct(r)})" for r in rows if r["section"] == "torchao"]
+    if "gpu_equals_cpu" in res:
+        g = res["gpu_equals_cpu"]
+        md.append(f"- GPU == CPU: {g['cases'] - len(g['mismatched']) - len(g['nan_payload_only'])}/{g['cases']} cases bit "
+                  f"for bit, {len(g['nan_payload_only'])} equal but for a NaN's payload"
+                  + (f"; MISMATCH {g['mismatched'][:5]}" if g["mismatched"] else ""))
+    if res["tuned"]:
+        md.append("- launch configs: " + ", ".join(f"{k} {tuple(v)}" for k, v in res["tuned"].items()))
+    return md
+
+
 SECTIONS = {"base": base, "tune": tune, "tune0": tune0, "table": table, "rules": rules, "torchao": torchao,
             "bits": bits}
 
@@ -359,6 +389,7 @@ def main(argv=None) -> None:
         run.res["copy_ms_by_section"][name] = 1e3 * sorted(replay_seconds(run.copy_graph) for _ in range(ROUNDS))[ROUNDS // 2]
         SECTIONS[name](run)
         run.save(name)
+    (run.out / "kernel_alu.md").write_text("\n".join(markdown(run.res)) + "\n")
 
 
 if __name__ == "__main__":
