@@ -7,6 +7,7 @@
   per block size is used for the rest of the run (``kernels.set_tuned``) and printed as a ``DEVICE_CONFIGS``
   line;
 - ``tune0``: axis 0 (in place) candidates, the tile kernel and the row-loop kernel, on mxfp4; likewise;
+- ``tune_mse``: the mse rule's own launch configs (``kernels.launch_config``'s "last_mse" / "inner_mse");
 - ``table``: every MX format x blocks 16/32/64/128 x last axis / axis 0, rule floor;
 - ``rules``: every MX format x scale rules ceil, even, rceil, mse x blocks 16/32/64/128, last axis; each rule on
   axis 0 at block 32 (mxint4, mxfp4); roundings even and floor for mxint4 and mxfp4;
@@ -20,7 +21,7 @@ each of 11 rounds replays a copy graph, then the kernel's; a cell's "of copy" is
 copy time / kernel time. The JSON is rewritten after every section, so a run cut by a time limit keeps what
 it measured.
 
-    python3 benchmarks/kernel_alu.py [--sections base,tune,tune0,table,rules,torchao,bits] [--tuned kernel_alu.json]
+    python3 benchmarks/kernel_alu.py [--sections base,tune,tune0,tune_mse,table,rules,torchao,bits] [--tuned kernel_alu.json]
     # writes $OUT (or benchmarks/results)/kernel_alu.{json,md}; bench_h200.py runs it as its kernel section
 """
 from __future__ import annotations
@@ -234,6 +235,27 @@ def tune0(run: Run) -> None:
     print(f'DEVICE_CONFIGS "inner": {table}', flush=True)
 
 
+def tune_mse(run: Run) -> None:
+    """The mse rule's own launch configs (it holds two quantized tiles and float64 sums, so it may want fewer
+    elements per thread than floor): last axis 8/16/32 elements per thread x 1/2 warps at every block size,
+    axis 0 at block 32 (the base kind's configs among them); mxfp4; the best is used for the rest of the run."""
+    for block in BLOCKS:
+        scores = {}
+        for ept in (8, 16, 32):
+            for warps in (1, 2):
+                cfg = (max(1, ept * 32 * warps // block), warps, kernels.STREAM)
+                scores[cfg] = run.row("tunemse", f"mxfp4_e2m1 block {block} last axis mse config {cfg}",
+                                      run.quant("mxfp4_e2m1", block, 1, scale_rule="mse", config=cfg),
+                                      fmt="mxfp4_e2m1", block=block, rule="mse", config=list(cfg))
+        _pick(run, "last_mse", block, scores)
+    scores = {}
+    for cfg in ((32, 1, 0), (64, 1, 0), (64, 2, 0), (128, 2, 0), (32, 4, 0), (128, 4, 0)):
+        scores[cfg] = run.row("tunemse", f"mxfp4_e2m1 block 32 axis 0 mse config {cfg}",
+                              run.quant("mxfp4_e2m1", 32, 0, scale_rule="mse", config=cfg), fmt="mxfp4_e2m1",
+                              block=32, axis=0, rule="mse", config=list(cfg))
+    _pick(run, "inner_mse", 32, scores)
+
+
 def table(run: Run) -> None:
     for axis in (1, 0):
         for block in BLOCKS:
@@ -368,7 +390,7 @@ def markdown(res: dict) -> list[str]:
     return md
 
 
-SECTIONS = {"base": base, "tune": tune, "tune0": tune0, "table": table, "rules": rules, "torchao": torchao,
+SECTIONS = {"base": base, "tune": tune, "tune0": tune0, "tune_mse": tune_mse, "table": table, "rules": rules, "torchao": torchao,
             "bits": bits}
 
 

@@ -296,19 +296,22 @@ _TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
 
 
 def launch_config(kind: str, block_size: int, device: torch.device | None = None) -> tuple[int, int, int]:
-    """(tile parameter, num_warps, variant) for ``kind`` "last" or "inner" at ``block_size`` on ``device``."""
+    """(tile parameter, num_warps, variant) for ``kind`` "last" or "inner" at ``block_size`` on ``device``;
+    "last_mse" / "inner_mse" are the mse rule's own configs where measured, else the base kind's."""
     name = _device_name(torch.cuda.current_device() if device is None or device.index is None else device.index) \
         if torch.cuda.is_available() else ""
-    if (name, kind, block_size) in _TUNED:
-        return _full(_TUNED[(name, kind, block_size)])
-    for key, table in DEVICE_CONFIGS.items():
-        if key in name and block_size in table.get(kind, {}):
-            return _full(table[kind][block_size])
-    default = LAST_AXIS_DEFAULT if kind == "last" else INNER_DEFAULT
+    base = kind.removesuffix("_mse")
+    for k in dict.fromkeys((kind, base)):
+        if (name, k, block_size) in _TUNED:
+            return _full(_TUNED[(name, k, block_size)])
+        for key, table in DEVICE_CONFIGS.items():
+            if key in name and block_size in table.get(k, {}):
+                return _full(table[k][block_size])
+    default = LAST_AXIS_DEFAULT if base == "last" else INNER_DEFAULT
     if block_size in default:
         return _full(default[block_size])
     kp = triton.next_power_of_2(block_size)
-    return (max(1, 2048 // kp), 4, 0) if kind == "last" else (max(16, 4096 // kp), 4, 0)
+    return (max(1, 2048 // kp), 4, 0) if base == "last" else (max(16, 4096 // kp), 4, 0)
 
 
 def _full(config: tuple[int, ...]) -> tuple[int, int, int]:
@@ -344,7 +347,8 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     # arguments (20.5 against 22.8 for FP formats, benchmarks/kernel_sass.py), on an H200 bound by its ALUs
     fmt = dict(mb=f.mbits - 2, min_exp=min_exp, emax=f.emax, max_norm=float(f.max_norm), thresh=thresh)
     y = torch.empty_like(xm)
-    ni, warps, variant = _full(config or launch_config("inner", block_size, x.device))
+    mse = "_mse" if rule == RULE_IDS["mse"] else ""
+    ni, warps, variant = _full(config or launch_config("inner" + mse, block_size, x.device))
     if inner > 1 and triton.cdiv(inner, ni) <= 65535:   # blocks across the memory order: tiles read in place
         outer = xm.numel() // (L * inner)
         bpc = triton.cdiv(L, block_size)
@@ -364,7 +368,7 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
         return mx_quantize(xm.movedim(axis, -1), f, block_size, xm.dim() - 1, rounding,
                            scale_rule=scale_rule, fast=fast).movedim(-1, axis) \
             .contiguous().reshape(x.shape)
-    nb, warps, variant = _full(config or launch_config("last", block_size, x.device))
+    nb, warps, variant = _full(config or launch_config("last" + mse, block_size, x.device))
     rows = xm.numel() // L
     blocks_per_row = triton.cdiv(L, block_size)
     n_blocks = rows * blocks_per_row
