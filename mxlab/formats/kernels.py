@@ -290,7 +290,11 @@ DEVICE_CONFIGS: dict[str, dict[str, dict[int, tuple[int, ...]]]] = {
     # axis 0: best of the tile kernel's 1/2/4 warps x 32-256 columns (tune0, 2026-12-03 fourth session):
     # 74-87% for mxfp4 against 41-80% with the old 4-warp default (cross-warp reductions through shared memory)
     "H200": {"last": {16: (64, 1, STREAM), 32: (32, 1, STREAM), 64: (16, 1, STREAM), 128: (16, 2, STREAM)},
-             "inner": {16: (128, 1), 32: (128, 2), 64: (64, 2), 128: (32, 4)}},
+             "inner": {16: (128, 1), 32: (128, 2), 64: (64, 2), 128: (32, 4)},
+             # mse (tune_mse): 8-16 elements per thread, 1 warp: 57-59% of a copy on the last axis (55-56% with
+             # floor's configs); axis 0 at block 32: (32 columns, 1 warp) 47% against 28%
+             "last_mse": {16: (32, 1, STREAM), 32: (16, 1, STREAM), 64: (8, 1, STREAM), 128: (4, 1, STREAM)},
+             "inner_mse": {32: (32, 1)}},
 }
 _TUNED: dict[tuple[str, str, int], tuple[int, ...]] = {}
 
