@@ -113,8 +113,8 @@ def quant_elements(x, e, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.con
 @triton.jit
 def quant_scaled(x, e, nan_block, mb, min_exp, max_norm, ROUND: tl.constexpr, INT: tl.constexpr):
     """``quant_elements``' bits, NaN for ``nan_block``, in fewer ops per element (the tile kernels' path; the
-    kernel is bound by its ALUs on an H200, so every op counts: 22.8 against 24.5 SASS instructions per
-    element for FP formats, 90-98% of a device copy against 87-91%, BENCHMARKS.md):
+    kernel is bound by its ALUs on an H200, so every op counts: 20.0 against 22.0 SASS instructions per
+    element for FP formats with the format compiled in, 93-98% of a device copy, BENCHMARKS.md):
     - the element's exponent stays in place in the bits (a mask, no shifts): the step's and its inverse's bits
       are one add each;
     - the sign, as the reference's (v + 0.0 < 0), is selected per block: 0 in NaN blocks, whose results are 0
@@ -348,7 +348,7 @@ def mx_quantize(x: torch.Tensor, f, block_size: int, axis: int, rounding: str,
     min_exp = f.min_exp if f.ebits else 0
     is_int = f.ebits == 0 and f.max_norm < 2      # quant_elements' INT path: every element's p is 0
     # the format's constants compiled in (one kernel per format): ~2 fewer instructions per element than as
-    # arguments (20.5 against 22.8 for FP formats, benchmarks/kernel_sass.py), on an H200 bound by its ALUs
+    # arguments (20.0 against 22.8 for FP formats, benchmarks/kernel_sass.py), on an H200 bound by its ALUs
     fmt = dict(mb=f.mbits - 2, min_exp=min_exp, emax=f.emax, max_norm=float(f.max_norm), thresh=thresh)
     y = torch.empty_like(xm)
     mse = "_mse" if rule == RULE_IDS["mse"] else ""
